@@ -1,0 +1,97 @@
+"""Choosing a store from a URL.
+
+Precedence: ``url=`` argument > ``MINIBATCH_URL`` > ``MINIBATCH_MONGO_URL`` >
+``MONGO_URL`` > the embedded default, a SQLite file in the per-user data
+directory (``$XDG_DATA_HOME/minibatch/minibatch.db``, usually
+``~/.local/share/minibatch/minibatch.db``; ``MINIBATCH_HOME`` overrides the folder).
+
+Stores are imported lazily, so a missing optional driver only matters when
+its scheme is used, and then the error names the pip extra to install.
+"""
+import importlib
+import logging
+import os
+import threading
+
+from minibatch.errors import MissingDependencyError, UnknownStoreError
+from minibatch.store.base import Store, Message, StreamInfo, WindowRecord  # noqa: F401 (re-export)
+
+logger = logging.getLogger(__name__)
+
+#: scheme -> (module, class, pip extra that installs its driver)
+STORES = {
+    'mongodb': ('minibatch.store.mongodb', 'MongoStore', 'mongodb'),
+    'mongodb+srv': ('minibatch.store.mongodb', 'MongoStore', 'mongodb'),
+    'sqlite': ('minibatch.store.sqlite', 'SQLiteStore', None),
+}
+
+_stores = {}
+_lock = threading.Lock()
+
+
+def default_sqlite_path():
+    """The embedded store's database file when no URL is configured."""
+    home = os.environ.get('MINIBATCH_HOME')
+    if not home:
+        data_home = os.environ.get('XDG_DATA_HOME') or os.path.join(os.path.expanduser('~'), '.local', 'share')
+        home = os.path.join(data_home, 'minibatch')
+    return os.path.join(home, 'minibatch.db')
+
+
+def resolve_url(url=None):
+    """Return the store URL to use: ``url`` if given, else the environment, else the embedded default."""
+    for candidate in (url, os.environ.get('MINIBATCH_URL'), os.environ.get('MINIBATCH_MONGO_URL'),
+                      os.environ.get('MONGO_URL')):
+        if candidate:
+            return candidate
+    return 'sqlite:///' + default_sqlite_path()
+
+
+def scheme_of(url):
+    return url.split('://', 1)[0].lower() if '://' in url else ''
+
+
+def store_class(url):
+    """Return the Store class serving ``url``; raise UnknownStoreError / MissingDependencyError."""
+    scheme = scheme_of(url)
+    if scheme not in STORES:
+        known = ', '.join(f'{s}://' for s in STORES)
+        raise UnknownStoreError(
+            f'no minibatch store for the URL scheme {scheme + "://" if scheme else repr(url)}; '
+            f'known schemes: {known}. Example: mongodb://localhost:27017/minibatch or sqlite:////tmp/mb.db')
+    module_name, class_name, extra = STORES[scheme]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f'the {scheme}:// store needs a driver that is not installed ({exc}); '
+            f'install it with: pip install "minibatch[{extra}]"') from exc
+    return getattr(module, class_name)
+
+
+def get_store(url=None, **options):
+    """Return the store for ``url`` (see :func:`resolve_url`), shared per process and options.
+
+    A process forked after a store was opened gets its own store object, so
+    connections are never shared across processes.
+    """
+    url = resolve_url(url)
+    key = (os.getpid(), url, tuple(sorted((k, repr(v)) for k, v in options.items())))
+    with _lock:
+        store = _stores.get(key)
+        if store is None:
+            store = store_class(url)(url, **options)
+            logger.debug('minibatch store: %s', store.describe())
+            _stores[key] = store
+        return store
+
+
+def reset_stores():
+    """Close and forget every store of this process (tests, reconfiguration)."""
+    with _lock:
+        for store in _stores.values():
+            try:
+                store.close()
+            except Exception:  # closing is best effort; a dead connection must not stop the reset
+                logger.debug('closing %s failed', store, exc_info=True)
+        _stores.clear()
