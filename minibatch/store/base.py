@@ -188,9 +188,18 @@ class Store:
         All or nothing: every document is validated and serialised before
         anything is written, so a bad document raises
         :class:`~minibatch.errors.InvalidMessage` and writes none of the batch.
-        The write is acknowledged by the store when this returns. Message ids
-        only ever increase within a store, in append order. Returns the list
-        of new ids ([] for an empty ``docs``).
+        The write is acknowledged by the store when this returns. Ids increase
+        in append order for each producer; across producers they follow
+        arrival (SQLite: strictly; MongoDB ObjectIds: to the second) and are
+        never reused. Returns the list of new ids ([] for an empty ``docs``).
+        """
+        raise NotImplementedError
+
+    def validate(self, docs):
+        """Raise :class:`~minibatch.errors.InvalidMessage` unless every dict in ``docs`` can be stored.
+
+        Read-only, no round trip: lets batching producers reject a bad message
+        when it is appended rather than when its batch is written.
         """
         raise NotImplementedError
 
@@ -206,6 +215,9 @@ class Store:
 
     def claim(self, name, ids, token, lease):
         """Claim the messages ``ids`` of ``name`` that are still available.
+
+        ``ids`` holds message ids or :class:`Message` objects as returned by
+        ``find_available`` (which lets a store skip reading their data again).
 
         Atomic per message: a message is claimed by exactly one caller even
         when several race for it. Claimed messages get state ``claimed``,

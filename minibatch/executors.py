@@ -1,0 +1,107 @@
+"""Where window functions run: inline, in threads, in processes, on Dask.
+
+``executor=`` of ``@streaming`` accepts a name (``'process'``, ``'thread'``,
+``'inline'``), an Executor class (instantiated with ``max_workers``), or an
+Executor instance (used as is, never shut down by minibatch).
+"""
+import concurrent.futures
+import multiprocessing
+import os
+import signal
+
+from minibatch.errors import ConfigurationError
+
+
+class LocalExecutor(concurrent.futures.Executor):
+    """Runs each submitted call at once, in the calling thread.
+
+    The consumer does exactly what it would with a pool, minus the
+    parallelism: handy for tests, debugging and functions that are cheap.
+    """
+
+    def __init__(self, max_workers=None, **kwargs):
+        self._max_workers = 1
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # the window failed; the consumer decides what that means
+            future.set_exception(exc)
+        return future
+
+    def shutdown(self, wait=True, **kwargs):
+        pass
+
+
+def _ignore_interrupts():
+    # Ctrl-C goes to the whole process group; the consumer process decides how
+    # to stop (finish or release in-flight windows), so workers must not die first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _process_pool(max_workers):
+    # fork: the workers start fast and never re-import the user's __main__
+    # (which, in the quick start, is a blocking @streaming call). Workers do
+    # not touch the database, so inherited connections are never used.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context('fork' if 'fork' in methods else None)
+    return concurrent.futures.ProcessPoolExecutor(max_workers=max_workers, mp_context=context,
+                                                  initializer=_ignore_interrupts)
+
+
+EXECUTORS = {
+    'process': _process_pool,
+    'thread': lambda n: concurrent.futures.ThreadPoolExecutor(max_workers=n, thread_name_prefix='minibatch'),
+    'inline': lambda n: LocalExecutor(),
+    'local': lambda n: LocalExecutor(),
+}
+
+
+def default_workers():
+    return os.cpu_count() or 1
+
+
+def make_executor(executor=None, workers=None):
+    """Return ``(executor, capacity, owned, ships_functions)`` for the ``executor=`` argument.
+
+    ``capacity`` is how many windows may be in flight at once (backpressure);
+    ``owned`` tells whether minibatch created it and must shut it down;
+    ``ships_functions`` whether calls cross a process boundary (the function
+    must then be marshalled).
+    """
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ConfigurationError(f'workers must be an integer >= 1, got {workers!r}')
+    n = workers or default_workers()
+    if executor is None:
+        executor = 'process'
+    if isinstance(executor, str):
+        if executor.startswith(('dask://', 'tcp://')):
+            from minibatch.contrib.dask import dask_executor
+            return dask_executor(executor, workers)
+        if executor not in EXECUTORS:
+            raise ConfigurationError(f'unknown executor {executor!r}; use one of {sorted(EXECUTORS)}, '
+                                     'an Executor class or an Executor instance')
+        instance = EXECUTORS[executor](n)
+        return instance, _capacity(instance, n), True, executor == 'process'
+    if isinstance(executor, type) and issubclass(executor, concurrent.futures.Executor):
+        instance = executor(max_workers=n)
+        return instance, _capacity(instance, n), True, _ships(instance)
+    if _is_dask_client(executor):
+        from minibatch.contrib.dask import dask_executor
+        return dask_executor(executor, workers)
+    if hasattr(executor, 'submit'):
+        return executor, _capacity(executor, workers or None), False, _ships(executor)
+    raise ConfigurationError(f'executor must be a name, an Executor class or instance, got {executor!r}')
+
+
+def _capacity(executor, default):
+    return getattr(executor, '_max_workers', None) or default or default_workers()
+
+
+def _ships(executor):
+    return not isinstance(executor, (LocalExecutor, concurrent.futures.ThreadPoolExecutor))
+
+
+def _is_dask_client(obj):
+    return type(obj).__module__.startswith('distributed') and type(obj).__name__ == 'Client'

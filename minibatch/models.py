@@ -1,0 +1,316 @@
+"""The public data model: ``Stream``, ``Buffer`` and ``Window``.
+
+They are mongoengine Documents on the connection alias ``'minibatch'`` with
+the collections ``stream``, ``buffer`` and ``window``, exactly as in the
+original minibatch, so existing code that queries them (``Buffer.objects.
+filter(processed=False)``) keeps working on MongoDB.
+
+All work goes through the store seam (:mod:`minibatch.store`), which is why
+the same classes also serve the embedded SQLite store: there, Stream and
+Window objects are plain in-memory instances (never saved), and the
+mongoengine query API (``Stream.objects``, querysets from ``buffer()``) is not
+available.
+"""
+import atexit
+import logging
+import threading
+import time
+import weakref
+
+from mongoengine import BooleanField, DateTimeField, DictField, Document, FloatField, IntField, ListField, StringField
+
+from minibatch.errors import InvalidMessage, NotSupportedByStore
+from minibatch.store import get_store
+from minibatch.store.base import STATES, utcnow
+
+logger = logging.getLogger(__name__)
+
+#: seconds after which a partly filled append batch is written anyway
+FLUSH_INTERVAL = 0.5
+
+
+class Buffer(Document):
+    """One message of a stream (a document of the ``buffer`` collection).
+
+    ``processed`` is False while the message waits to be taken; ``state``
+    tells the rest of its life cycle (claimed, retry, done, dead).
+    """
+    stream = StringField(required=True)
+    created = DateTimeField(default=utcnow)
+    data = DictField(required=True)
+    processed = BooleanField(default=False)
+    state = StringField(default='available', choices=STATES)
+    claim = StringField()
+    lease = DateTimeField()
+    attempts = IntField(default=0)
+    error = StringField()
+    # indexes are created by the MongoDB store itself (minibatch.store.mongodb),
+    # so that documents never race it with differently named index definitions
+    meta = {'db_alias': 'minibatch', 'collection': 'buffer', 'strict': False,
+            'auto_create_index': False, 'auto_create_index_on_save': False}
+
+
+class Window(Document):
+    """One emitted window: the ``data`` list handed to the streaming function.
+
+    ``processed`` becomes True once the function (and the sink) succeeded.
+    """
+    stream = StringField(required=True)
+    created = DateTimeField(default=utcnow)
+    data = ListField(default=list)
+    processed = BooleanField(default=False)
+    query = ListField(default=list)
+    meta = {'db_alias': 'minibatch', 'collection': 'window', 'strict': False,
+            'auto_create_index': False, 'auto_create_index_on_save': False}
+
+
+_batching_streams = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_all_at_exit():
+    # an unflushed batch at interpreter exit would be silent loss
+    for stream in list(_batching_streams):
+        try:
+            stream.flush()
+        except Exception:
+            logger.exception('minibatch: could not flush stream %r at exit', stream.name)
+
+
+class Stream(Document):
+    """A named, persistent stream of dict messages.
+
+    Get one with :func:`minibatch.stream` / :meth:`Stream.get_or_create`.
+    """
+    name = StringField(required=True)
+    status = DictField(default=dict)
+    created = DateTimeField(default=utcnow)
+    closed = BooleanField(default=False)
+    interval = FloatField(default=1.0)
+    last_read = DateTimeField(default=utcnow)
+    max_age = FloatField()
+    meta = {'db_alias': 'minibatch', 'collection': 'stream', 'strict': False,
+            'auto_create_index': False, 'auto_create_index_on_save': False}
+
+    _store = None
+
+    # -- creating ---------------------------------------------------------
+    @classmethod
+    def get_or_create(cls, name, url=None, interval=None, batchsize=1, max_age=None, **cnx_kwargs):
+        """Return the stream ``name``, creating it if needed.
+
+        :param url: store URL (``mongodb://...``, ``sqlite:///path``); default
+            from ``MINIBATCH_URL`` / ``MINIBATCH_MONGO_URL`` / ``MONGO_URL``,
+            else the embedded SQLite store
+        :param interval: default window interval in seconds (updates an existing stream)
+        :param batchsize: appends are collected and written ``batchsize`` at a
+            time (one round trip per batch); a partial batch is written after
+            0.5 s, on ``flush()`` and at interpreter exit. 1 writes every append at once.
+        :param max_age: seconds to retain processed data (kept messages, window
+            records); unprocessed messages are never dropped
+        :param cnx_kwargs: passed to the store's client (e.g. pymongo's
+            ``serverSelectionTimeoutMS``, ``tls``, ``authSource``)
+        :raises minibatch.errors.StoreUnavailable: the store cannot be reached
+        """
+        if not isinstance(name, str) or not name:
+            raise InvalidMessage(f'a stream name must be a non-empty string, got {name!r}')
+        if not isinstance(batchsize, int) or batchsize < 1:
+            raise InvalidMessage(f'batchsize must be an integer >= 1, got {batchsize!r}')
+        store = get_store(url, **cnx_kwargs)
+        info = store.ensure_stream(name, interval=interval, max_age=max_age)
+        return cls._from_info(store, info, batchsize=batchsize)
+
+    @classmethod
+    def _from_info(cls, store, info, batchsize=1):
+        stream = cls(name=info.name, status=info.status or {}, created=info.created, closed=info.closed,
+                     interval=info.interval, last_read=info.last_read, max_age=info.max_age)
+        stream._store = store
+        stream._batchsize = batchsize
+        stream._batch = []
+        stream._batch_lock = threading.Lock()
+        stream._flusher = None
+        stream._sources = []
+        if batchsize > 1:
+            _batching_streams.add(stream)
+        return stream
+
+    @property
+    def store(self):
+        """The store holding this stream (resolved from the environment for documents loaded by a query)."""
+        if self._store is None:
+            self._store = get_store()
+        return self._store
+
+    # -- producing --------------------------------------------------------
+    def append(self, data):
+        """Append a message (a dict), or a list of dicts as one batch.
+
+        With ``batchsize=1`` (the default) the write is acknowledged when this
+        returns; a list is one write, all or nothing. With a larger
+        ``batchsize``, messages are collected and written per batch.
+
+        :raises minibatch.errors.InvalidMessage: (a ``TypeError``) a message is
+            not a dict or holds a value the store cannot serialise; nothing is written
+        """
+        docs = data if isinstance(data, list) else [data]
+        for i, doc in enumerate(docs):
+            if not isinstance(doc, dict):
+                where = f' (item {i} of the list)' if isinstance(data, list) else ''
+                raise InvalidMessage(f'a stream message must be a dict, got {type(doc).__name__}: {doc!r:.200}{where}')
+        if getattr(self, '_batchsize', 1) <= 1:
+            self.store.append(self.name, docs)
+            return
+        self.store.validate(docs) if hasattr(self.store, 'validate') else None
+        with self._batch_lock:
+            self._batch.extend(docs)
+            full = len(self._batch) >= self._batchsize
+            if not full:
+                self._ensure_flusher()
+        if full:
+            self.flush()
+
+    def flush(self):
+        """Write any collected (batched) messages now. No-op when nothing is pending.
+
+        On failure the messages stay pending, so a later flush can still write them.
+        """
+        lock = getattr(self, '_batch_lock', None)
+        if lock is None:
+            return
+        with lock:
+            pending, self._batch = self._batch, []
+            if not pending:
+                return
+            try:
+                self.store.append(self.name, pending)
+            except Exception:
+                self._batch = pending + self._batch
+                raise
+
+    def _ensure_flusher(self):
+        # one daemon thread per batching stream, so a partial batch is written
+        # within FLUSH_INTERVAL even if the producer goes quiet
+        if self._flusher is not None and self._flusher.is_alive():
+            return
+        ref = weakref.ref(self)
+
+        def run():
+            while True:
+                time.sleep(FLUSH_INTERVAL)
+                stream = ref()
+                if stream is None:
+                    return
+                try:
+                    stream.flush()
+                except Exception:
+                    logger.exception('minibatch: background flush of stream %r failed; will retry', stream.name)
+                if not stream._batch:
+                    stream._flusher = None
+                    return
+                del stream
+
+        self._flusher = threading.Thread(target=run, name=f'minibatch-flush-{self.name}', daemon=True)
+        self._flusher.start()
+
+    # -- sources ----------------------------------------------------------
+    def attach(self, source, background=True):
+        """Feed this stream from ``source`` (an object with ``stream(stream)``).
+
+        Runs ``source.stream(self)`` in a daemon thread (or inline when
+        ``background`` is False). ``stop()`` ends it.
+        """
+        self._sources.append(source)
+        if not background:
+            source.stream(self)
+            return source
+        thread = threading.Thread(target=source.stream, args=(self,), name=f'minibatch-source-{self.name}',
+                                  daemon=True)
+        thread.start()
+        return source
+
+    def stop(self):
+        """Stop every attached source (``source.cancel()``) and flush pending appends."""
+        for source in getattr(self, '_sources', []):
+            cancel = getattr(source, 'cancel', None) or getattr(source, 'stop', None)
+            if cancel:
+                cancel()
+        self.flush()
+
+    # -- consuming --------------------------------------------------------
+    def streaming(self, fn=None, **kwargs):
+        """``@stream.streaming(size=N)``: like :func:`minibatch.streaming` for this stream."""
+        from minibatch.consumer import streaming
+        kwargs.setdefault('url', self.store.url)
+        return streaming(self.name, fn=fn, **kwargs)
+
+    # -- inspecting -------------------------------------------------------
+    def buffer(self, processed=None, limit=None):
+        """The stream's messages, oldest first (``processed=False``: only those waiting).
+
+        MongoDB: a ``Buffer`` queryset; other stores: a list of ``Buffer`` objects.
+        """
+        if self.store.querysets:
+            qs = Buffer.objects(stream=self.name).order_by('_id')
+            if processed is not None:
+                qs = qs.filter(processed=processed)
+            return qs.limit(limit) if limit else qs
+        state = 'available' if processed is False else None
+        messages = self.store.messages(self.name, state=state, limit=None if processed else limit)
+        if processed:
+            messages = [m for m in messages if m.processed][:limit] if limit else [m for m in messages if m.processed]
+        return [Buffer(id=m.id, stream=m.stream, created=m.created, data=m.data, processed=m.processed,
+                       state=m.state, attempts=m.attempts, error=m.error) for m in messages]
+
+    def window(self, processed=None):
+        """The stream's window records, oldest first.
+
+        MongoDB: a ``Window`` queryset; other stores: a list of ``Window`` objects.
+        """
+        if self.store.querysets:
+            qs = Window.objects(stream=self.name).order_by('_id')
+            return qs.filter(processed=processed) if processed is not None else qs
+        return [Window(id=w.id, stream=w.stream, created=w.created, data=w.data, processed=w.processed,
+                       query=w.query) for w in self.store.windows(self.name, processed=processed)]
+
+    def stats(self):
+        """Counts per message state plus ``windows``, e.g. ``{'available': 3, 'claimed': 0, ...}``."""
+        return self.store.counts(self.name)
+
+    def dead_letters(self, limit=None):
+        """Messages that failed ``max_attempts`` times, with ``attempts`` and ``error``, oldest first."""
+        return self.store.dead_letters(self.name, limit=limit)
+
+    def requeue(self, ids=None):
+        """Put dead letters (all, or the given ids) back into the stream; returns how many."""
+        return self.store.requeue(self.name, ids=ids)
+
+    def purge_dead_letters(self, ids=None):
+        """Delete dead letters (all, or the given ids); removes data; returns how many."""
+        return self.store.purge_dead(self.name, ids=ids)
+
+    def housekeep(self, max_age=None):
+        """Remove processed data older than ``max_age`` (default: the stream's); returns the count."""
+        max_age = max_age if max_age is not None else self.max_age
+        return self.store.housekeep(self.name, max_age) if max_age else 0
+
+    # -- removing ---------------------------------------------------------
+    def clear(self):
+        """Remove every message and window of this stream (pending appends too); keep the stream."""
+        if getattr(self, '_batch_lock', None) is not None:
+            with self._batch_lock:
+                self._batch = []
+        return self.store.clear(self.name)
+
+    def delete(self, *args, **kwargs):
+        """Remove this stream with all its messages, dead letters and windows. Irreversible."""
+        self.stop()
+        self.store.delete_stream(self.name)
+
+    def save(self, *args, **kwargs):
+        if not self.store.querysets:
+            raise NotSupportedByStore('Stream.save() needs the MongoDB store; the stream is kept by '
+                                      f'{self.store.describe()} already')
+        return super().save(*args, **kwargs)
+
+    def __repr__(self):
+        return f'<Stream {self.name!r} on {self.store.describe()}>'

@@ -1,0 +1,473 @@
+"""The MongoDB store: the production backend.
+
+Collections ``stream``, ``buffer`` and ``window`` of the URL's database
+(default ``minibatch``), on the mongoengine connection alias ``'minibatch'``
+so that :class:`minibatch.models.Buffer` and friends query the same data.
+
+Every hot-path operation is one batch round trip: a window is a sorted
+``find().limit(n)`` plus one ``update_many`` with ``$in``, never a
+``findAndModify`` per message. Claims filter on ``state: 'available'``, which
+makes ``update_many`` atomic per message: of two consumers racing for a
+message exactly one modifies it.
+"""
+import functools
+import logging
+import os
+import threading
+import uuid
+from urllib.parse import urlsplit
+
+import bson
+import mongoengine.connection as me_connection
+import pymongo
+from bson.raw_bson import RawBSONDocument
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
+
+from minibatch.errors import ConfigurationError, InvalidMessage, StoreUnavailable
+from minibatch.store.base import (AVAILABLE, CLAIMED, DEAD, DONE, RETRY, STATES, Message, Store, StreamInfo,
+                                  Waiter, WindowRecord, utcnow)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATABASE = 'minibatch'
+#: fail within this time when the server cannot be reached, instead of pymongo's 30 s
+DEFAULT_SERVER_SELECTION_TIMEOUT_MS = 5000
+ALIAS = 'minibatch'
+
+_aliases = {}          # url -> mongoengine alias used for it
+_alias_pids = {}       # alias -> pid that opened its client
+_alias_lock = threading.Lock()
+
+
+def redact(url):
+    """``url`` without its password, safe for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(':' + parts.password + '@', ':***@')
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+def _unavailable(store, exc):
+    return StoreUnavailable(f'cannot reach MongoDB at {redact(store.url)} '
+                            f'(waited {store.timeout_ms / 1000:g} s for a server): {exc}')
+
+
+def _translate_errors(method):
+    """Turn "no server" into StoreUnavailable; other driver errors pass unchanged."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except pymongo.errors.ServerSelectionTimeoutError as exc:
+            raise _unavailable(self, exc) from exc
+    return wrapper
+
+
+class MongoStore(Store):
+    """Store on MongoDB (or any server speaking its wire protocol with the same semantics)."""
+    schemes = ('mongodb', 'mongodb+srv')
+    push_wakeups = True
+    querysets = True
+
+    def __init__(self, url, **options):
+        super().__init__(url, **options)
+        parts = urlsplit(url)
+        self.database = parts.path.lstrip('/') or DEFAULT_DATABASE
+        if '/' in self.database:
+            raise ConfigurationError(f'bad MongoDB database name in {redact(url)!r}')
+        self.client_options = dict(options)
+        self.client_options.setdefault('serverSelectionTimeoutMS', DEFAULT_SERVER_SELECTION_TIMEOUT_MS)
+        self.timeout_ms = int(self.client_options['serverSelectionTimeoutMS'])
+        with _alias_lock:
+            # the first URL of the process owns alias 'minibatch' (the one the
+            # Documents use); any other URL gets a private alias
+            self.alias = _aliases.setdefault(url, ALIAS if ALIAS not in _aliases.values()
+                                             else f'{ALIAS}-{len(_aliases)}')
+        self._indexed = False
+
+    # -- connection -------------------------------------------------------
+    def connect(self):
+        """Register the mongoengine alias (again, after a disconnect or a fork) and return the database."""
+        pid = os.getpid()
+        with _alias_lock:
+            if _alias_pids.get(self.alias) not in (None, pid):
+                # inherited from the parent process: drop the references without
+                # closing, since closing would end sessions on sockets the parent still uses
+                me_connection._connections.pop(self.alias, None)
+                me_connection._dbs.pop(self.alias, None)
+                me_connection._connection_settings.pop(self.alias, None)
+                _reset_document_collections()
+            if self.alias not in me_connection._connection_settings:
+                me_connection.register_connection(self.alias, host=self.url, db=self.database,
+                                                  **self.client_options)
+                _reset_document_collections()
+            _alias_pids[self.alias] = pid
+            return me_connection.get_db(self.alias)
+
+    def _db(self):
+        if _alias_pids.get(self.alias) == os.getpid() and self.alias in me_connection._dbs:
+            return me_connection._dbs[self.alias]
+        return self.connect()
+
+    def _collections(self):
+        db = self._db()
+        if not self._indexed:
+            self._ensure_indexes(db)
+        return db['stream'], db['buffer'], db['window']
+
+    def _buffer(self):
+        return self._collections()[1]
+
+    def _ensure_indexes(self, db):
+        try:
+            db['buffer'].create_index([('stream', 1), ('processed', 1), ('_id', 1)], name='mb_available')
+            db['buffer'].create_index([('stream', 1), ('state', 1), ('lease', 1)], name='mb_state_lease')
+            db['window'].create_index([('stream', 1), ('processed', 1)], name='mb_window')
+            try:
+                db['stream'].create_index([('name', 1)], name='mb_name_unique', unique=True)
+            except OperationFailure as exc:
+                # data written by minibatch < 1.0 may hold duplicate names; keep working without the constraint
+                logger.warning('minibatch: cannot make stream names unique (%s); using a plain index', exc)
+                db['stream'].create_index([('name', 1)], name='mb_name')
+        except pymongo.errors.ServerSelectionTimeoutError as exc:
+            raise _unavailable(self, exc) from exc
+        self._indexed = True
+
+    def close(self):
+        with _alias_lock:
+            if _alias_pids.get(self.alias) == os.getpid():
+                me_connection.disconnect(self.alias)
+                _alias_pids.pop(self.alias, None)
+        self._indexed = False
+
+    def describe(self):
+        return f'{redact(self.url)} (MongoDB, database {self.database!r})'
+
+    # -- streams ----------------------------------------------------------
+    @staticmethod
+    def _info(doc):
+        return StreamInfo(name=doc['name'], created=doc.get('created'), last_read=doc.get('last_read'),
+                          interval=doc.get('interval', 1.0), closed=doc.get('closed', False),
+                          max_age=doc.get('max_age'), status=doc.get('status') or {})
+
+    @_translate_errors
+    def ensure_stream(self, name, **defaults):
+        streams = self._collections()[0]
+        now = utcnow()
+        updates = {k: defaults.pop(k) for k in ('interval', 'max_age') if defaults.get(k) is not None}
+        defaults = {k: v for k, v in defaults.items() if v is not None}
+        on_insert = {'created': now, 'last_read': now, 'interval': 1.0, 'closed': False, 'status': {},
+                     **defaults}
+        for key in updates:
+            on_insert.pop(key, None)
+        update = {'$setOnInsert': on_insert}
+        if updates:
+            update['$set'] = updates
+        for _ in range(2):
+            try:
+                doc = streams.find_one_and_update({'name': name}, update, upsert=True,
+                                                  return_document=pymongo.ReturnDocument.AFTER)
+                return self._info(doc)
+            except DuplicateKeyError:
+                continue  # lost a creation race to another process: the record exists now
+        return self._info(streams.find_one({'name': name}))
+
+    @_translate_errors
+    def get_stream(self, name):
+        doc = self._collections()[0].find_one({'name': name})
+        return self._info(doc) if doc else None
+
+    @_translate_errors
+    def list_streams(self):
+        return [self._info(doc) for doc in self._collections()[0].find({}).sort('name', 1)]
+
+    @_translate_errors
+    def update_stream(self, name, **fields):
+        self._collections()[0].update_one({'name': name}, {'$set': fields})
+
+    @_translate_errors
+    def compare_and_set_last_read(self, name, expected, new):
+        result = self._collections()[0].update_one({'name': name, 'last_read': expected},
+                                                   {'$set': {'last_read': new}})
+        return result.modified_count == 1
+
+    @_translate_errors
+    def delete_stream(self, name):
+        streams, buffer, windows = self._collections()
+        buffer.delete_many({'stream': name})
+        windows.delete_many({'stream': name})
+        streams.delete_many({'name': name})
+
+    @_translate_errors
+    def clear(self, name):
+        _, buffer, windows = self._collections()
+        removed = buffer.delete_many({'stream': name}).deleted_count
+        windows.delete_many({'stream': name})
+        return removed
+
+    # -- producing --------------------------------------------------------
+    def _encode(self, name, docs, now):
+        raw = []
+        for i, data in enumerate(docs):
+            if not isinstance(data, dict):
+                raise InvalidMessage(f'a stream message must be a dict, got {type(data).__name__}: {data!r:.200}')
+            try:
+                raw.append(RawBSONDocument(bson.encode({
+                    '_id': bson.ObjectId(), 'stream': name, 'created': now, 'data': data,
+                    'processed': False, 'state': AVAILABLE, 'attempts': 0})))
+            except (bson.errors.InvalidDocument, TypeError, OverflowError) as exc:
+                where = f' (message {i} of the batch)' if len(docs) > 1 else ''
+                raise InvalidMessage(f'message cannot be stored in MongoDB{where}: {exc}; '
+                                     f'message: {data!r:.200}') from exc
+        return raw
+
+    def validate(self, docs):
+        self._encode('-', docs, utcnow())
+
+    @_translate_errors
+    def append(self, name, docs):
+        if not docs:
+            return []
+        raw = self._encode(name, docs, utcnow())  # all encoded before anything is sent
+        buffer = self._buffer()
+        if len(raw) == 1:
+            buffer.insert_one(raw[0])
+        else:
+            buffer.insert_many(raw, ordered=True)
+        return [doc['_id'] for doc in raw]
+
+    # -- consuming --------------------------------------------------------
+    @staticmethod
+    def _message(doc):
+        return Message(id=doc['_id'], stream=doc['stream'], created=doc.get('created'), data=doc.get('data'),
+                       state=doc.get('state', AVAILABLE if not doc.get('processed') else DONE),
+                       attempts=doc.get('attempts', 0), error=doc.get('error'))
+
+    @_translate_errors
+    def find_available(self, name, limit=None, until=None):
+        query = {'stream': name, 'processed': False}
+        if until is not None:
+            query['created'] = {'$lt': until}
+        cursor = self._buffer().find(query).sort('_id', 1)
+        if limit:
+            cursor = cursor.limit(limit)
+        return [self._message(doc) for doc in cursor]
+
+    @_translate_errors
+    def claim(self, name, ids, token, lease):
+        if not ids:
+            return []
+        known = {m.id: m for m in ids if isinstance(m, Message)}
+        ids = [m.id if isinstance(m, Message) else m for m in ids]
+        buffer = self._buffer()
+        result = buffer.update_many(
+            {'_id': {'$in': ids}, 'stream': name, 'state': AVAILABLE},
+            {'$set': {'processed': True, 'state': CLAIMED, 'claim': token, 'lease': _after(lease)}})
+        if result.modified_count == len(ids) and len(known) == len(ids):
+            claimed = [known[i] for i in ids]
+        else:
+            # lost some to another consumer, or we lack the data: read back what is ours
+            claimed = [self._message(doc) for doc in buffer.find({'_id': {'$in': ids}, 'claim': token})]
+        for message in claimed:
+            message.state = CLAIMED
+        claimed.sort(key=lambda m: m.id)
+        return claimed
+
+    @_translate_errors
+    def renew(self, name, token, lease):
+        result = self._buffer().update_many({'stream': name, 'state': CLAIMED, 'claim': token},
+                                            {'$set': {'lease': _after(lease)}})
+        return result.matched_count
+
+    @_translate_errors
+    def commit(self, name, token, ids, keep=False):
+        query = {'_id': {'$in': list(ids)}, 'claim': token, 'state': CLAIMED}
+        buffer = self._buffer()
+        if keep:
+            return buffer.update_many(query, {'$set': {'state': DONE, 'done': utcnow()},
+                                              '$unset': {'claim': '', 'lease': ''}}).modified_count
+        return buffer.delete_many(query).deleted_count
+
+    @_translate_errors
+    def release(self, name, token, ids, error=None, max_attempts=3, backoff=0.0):
+        buffer = self._buffer()
+        query = {'_id': {'$in': list(ids)}, 'claim': token, 'state': CLAIMED}
+        error = _error_text(error)
+        dead = buffer.update_many(
+            {**query, 'attempts': {'$gte': max_attempts - 1}},
+            {'$set': {'state': DEAD, 'error': error, 'failed': utcnow()}, '$inc': {'attempts': 1},
+             '$unset': {'claim': '', 'lease': ''}}).modified_count
+        if backoff > 0:
+            retry = {'$set': {'state': RETRY, 'error': error, 'lease': _after(backoff)}, '$inc': {'attempts': 1}}
+        else:
+            retry = {'$set': {'state': AVAILABLE, 'processed': False, 'error': error}, '$inc': {'attempts': 1},
+                     '$unset': {'claim': '', 'lease': ''}}
+        retried = buffer.update_many(query, retry).modified_count
+        return retried, dead
+
+    @_translate_errors
+    def unclaim(self, name, token, ids):
+        return self._buffer().update_many(
+            {'_id': {'$in': list(ids)}, 'claim': token, 'state': CLAIMED},
+            {'$set': {'state': AVAILABLE, 'processed': False}, '$unset': {'claim': '', 'lease': ''}}).modified_count
+
+    @_translate_errors
+    def expire_leases(self, name, max_attempts=3):
+        buffer = self._buffer()
+        now = utcnow()
+        to_available = {'$set': {'state': AVAILABLE, 'processed': False}, '$unset': {'claim': '', 'lease': ''}}
+        changed = buffer.update_many({'stream': name, 'state': RETRY, 'lease': {'$lt': now}},
+                                     to_available).modified_count
+        expired = {'stream': name, 'state': CLAIMED, 'lease': {'$lt': now}}
+        reason = 'lease expired: the consumer died or hung while holding this message'
+        changed += buffer.update_many(
+            {**expired, 'attempts': {'$gte': max_attempts - 1}},
+            {'$set': {'state': DEAD, 'error': reason, 'failed': now}, '$inc': {'attempts': 1},
+             '$unset': {'claim': '', 'lease': ''}}).modified_count
+        changed += buffer.update_many(
+            expired, {**to_available, '$set': {**to_available['$set'], 'error': reason},
+                      '$inc': {'attempts': 1}}).modified_count
+        return changed
+
+    # -- dead letters -----------------------------------------------------
+    @_translate_errors
+    def dead_letters(self, name, limit=None):
+        cursor = self._buffer().find({'stream': name, 'state': DEAD}).sort('_id', 1)
+        return [self._message(doc) for doc in (cursor.limit(limit) if limit else cursor)]
+
+    @_translate_errors
+    def requeue(self, name, ids=None):
+        query = {'stream': name, 'state': DEAD}
+        if ids is not None:
+            query['_id'] = {'$in': list(ids)}
+        return self._buffer().update_many(query, {'$set': {'state': AVAILABLE, 'processed': False, 'attempts': 0},
+                                                  '$unset': {'error': '', 'failed': ''}}).modified_count
+
+    @_translate_errors
+    def purge_dead(self, name, ids=None):
+        query = {'stream': name, 'state': DEAD}
+        if ids is not None:
+            query['_id'] = {'$in': list(ids)}
+        return self._buffer().delete_many(query).deleted_count
+
+    # -- windows ----------------------------------------------------------
+    @_translate_errors
+    def save_window(self, name, data, query=None):
+        doc = {'stream': name, 'created': utcnow(), 'data': data, 'processed': False, 'query': query or []}
+        return self._collections()[2].insert_one(doc).inserted_id
+
+    @_translate_errors
+    def mark_window(self, window_id, processed=True):
+        self._collections()[2].update_one({'_id': window_id}, {'$set': {'processed': processed}})
+
+    @_translate_errors
+    def windows(self, name, processed=None):
+        query = {'stream': name}
+        if processed is not None:
+            query['processed'] = processed
+        return [WindowRecord(id=doc['_id'], stream=doc['stream'], created=doc.get('created'),
+                             data=doc.get('data', []), processed=doc.get('processed', False),
+                             query=doc.get('query', []))
+                for doc in self._collections()[2].find(query).sort('_id', 1)]
+
+    # -- inspection and housekeeping --------------------------------------
+    @_translate_errors
+    def messages(self, name, state=None, limit=None):
+        query = {'stream': name}
+        if state is not None:
+            query['state'] = state
+        cursor = self._buffer().find(query).sort('_id', 1)
+        return [self._message(doc) for doc in (cursor.limit(limit) if limit else cursor)]
+
+    @_translate_errors
+    def counts(self, name):
+        _, buffer, windows = self._collections()
+        counts = dict.fromkeys(STATES, 0)
+        for row in buffer.aggregate([{'$match': {'stream': name}}, {'$group': {'_id': '$state', 'n': {'$sum': 1}}}]):
+            state = row['_id'] if row['_id'] in counts else AVAILABLE
+            counts[state] += row['n']
+        counts['windows'] = windows.count_documents({'stream': name})
+        return counts
+
+    @_translate_errors
+    def housekeep(self, name, max_age):
+        import datetime
+        cutoff = utcnow() - datetime.timedelta(seconds=max_age)
+        _, buffer, windows = self._collections()
+        removed = buffer.delete_many({'stream': name, 'state': DONE, 'created': {'$lt': cutoff}}).deleted_count
+        removed += windows.delete_many({'stream': name, 'processed': True, 'created': {'$lt': cutoff}}).deleted_count
+        return removed
+
+    # -- wake-ups ---------------------------------------------------------
+    def waiter(self, name):
+        return ChangeStreamWaiter(self, name)
+
+
+class ChangeStreamWaiter(Waiter):
+    """Wakes on inserts into the stream, via a MongoDB change stream watched in a thread.
+
+    Servers without change streams (a standalone mongod) make the thread exit
+    after one try; ``wait()`` then just sleeps, and the consumer polls.
+    """
+    #: how long the server holds each getMore of the change stream: bounds idle queries to one per second
+    MAX_AWAIT_MS = 1000
+
+    def __init__(self, store, stream):
+        super().__init__(store, stream)
+        self._event = threading.Event()
+        self._closed = threading.Event()
+        self.supported = True
+        self._thread = threading.Thread(target=self._watch, name=f'minibatch-watch-{stream}', daemon=True)
+        self._thread.start()
+
+    def _watch(self):
+        pipeline = [{'$match': {'operationType': 'insert', 'fullDocument.stream': self.stream}}]
+        while not self._closed.is_set():
+            try:
+                with self.store._buffer().watch(pipeline, max_await_time_ms=self.MAX_AWAIT_MS) as changes:
+                    while not self._closed.is_set():
+                        if changes.try_next() is not None:
+                            self._event.set()
+            except OperationFailure as exc:
+                logger.info('minibatch: change streams unavailable on %s (%s); polling instead',
+                            self.store.describe(), exc)
+                self.supported = False
+                return
+            except (ConnectionFailure, PyMongoError, StoreUnavailable) as exc:
+                logger.debug('minibatch: change stream interrupted (%s); retrying', exc)
+                self._event.set()  # something may have been missed: let the consumer look
+                self._closed.wait(1.0)
+
+    def wait(self, timeout):
+        if not self.supported:
+            return super().wait(timeout)
+        woke = self._event.wait(timeout)
+        self._event.clear()
+        return woke
+
+    def close(self):
+        self._closed.set()
+
+
+def _after(seconds):
+    import datetime
+    return utcnow() + datetime.timedelta(seconds=seconds)
+
+
+def _error_text(error):
+    if error is None or isinstance(error, str):
+        return error
+    return f'{type(error).__name__}: {error}'
+
+
+def _reset_document_collections():
+    # mongoengine caches collection objects per Document class; after a
+    # reconnect they would point at the old client
+    from minibatch.models import Buffer, Stream, Window
+    for document in (Buffer, Stream, Window):
+        document._collection = None
+
+
+def new_token():
+    return uuid.uuid4().hex

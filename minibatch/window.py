@@ -1,0 +1,544 @@
+"""Window emitters: when to cut a window, and what happens to it.
+
+A :class:`WindowEmitter` runs rounds. Each round it
+
+1. ``window_ready()`` -> ``(ready, query_args)``: is there a window to cut?
+2. ``query(*query_args)`` -> the candidate messages (read-only);
+3. ``process(messages)`` -> the messages it could claim (atomic, with a lease);
+4. ``emit(messages)`` -> records the window and submits the function to the executor;
+5. later, when the function returned: ``commit(messages, window)`` (and the
+   sink got the result), or ``undo(messages, window, error)`` when it raised.
+
+Subclasses override any step (see docs/windows.rst). Claims carry a lease the
+emitter renews while the function runs; a consumer that dies leaves leases
+that expire, so its messages are delivered again by another consumer.
+"""
+import concurrent.futures
+import datetime
+import logging
+import queue as queue_module
+import signal
+import threading
+import time
+import traceback
+import uuid
+
+from minibatch.errors import ConfigurationError, InvalidWindowSpec
+from minibatch.executors import make_executor
+from minibatch.marshaller import marshal
+from minibatch.models import Stream, Window
+from minibatch.store.base import Message, utcnow
+
+logger = logging.getLogger(__name__)
+
+#: errors of the store that are worth waiting out (the connection dropped)
+try:
+    from pymongo.errors import AutoReconnect as _AutoReconnect, ServerSelectionTimeoutError as _NoServer
+    TRANSIENT_ERRORS = (ConnectionError, _AutoReconnect, _NoServer)
+except ImportError:  # pragma: no cover - pymongo is a core dependency
+    TRANSIENT_ERRORS = (ConnectionError,)
+import sqlite3  # noqa: E402
+TRANSIENT_ERRORS += (sqlite3.OperationalError,)
+
+
+class InFlight:
+    """A window submitted to the executor and not yet committed or undone."""
+    __slots__ = ('messages', 'window', 'future', 'renewed')
+
+    def __init__(self, messages, window, future):
+        self.messages = messages
+        self.window = window
+        self.future = future
+        self.renewed = time.monotonic()
+
+
+class WindowEmitter:
+    """Base class of window strategies; runs the consumer loop.
+
+    :param stream: stream name or :class:`~minibatch.models.Stream`
+    :param interval: the strategy's parameter (seconds for time windows, the
+        window size for :class:`CountWindow`)
+    :param emitfn: the function called with each :class:`~minibatch.models.Window`
+    :param processfn: optional ``fn(messages) -> messages`` applied to claimed messages before emitting
+    :param executor: see :func:`minibatch.executors.make_executor`; default a process pool
+    :param workers: parallel windows (and pool size); default the number of CPUs
+    :param keep: keep committed messages (state ``done``) instead of deleting them
+    :param sink: object with ``put(data)``; gets the function's result (or the window data)
+    :param queue: a ``multiprocessing.Queue``; putting ``True`` stops the emitter
+    :param emit_empty: call the function for empty time windows too
+    :param max_attempts: deliveries of a message before it is dead-lettered (>= 1)
+    :param lease: seconds a claim is held without renewal; renewed every third of it
+    :param retry_backoff: first delay before a failed window is retried; doubles per attempt, at most 60 s
+    :param url: store URL, used when ``stream`` is a name
+    """
+    #: longest idle sleep between polls when the store cannot push wake-ups
+    MAX_POLL = 1.0
+    #: longest idle sleep when it can (the wake-up comes first anyway)
+    MAX_PUSH_WAIT = 5.0
+    #: stop waiting for in-flight windows this long after a stop was asked
+    STOP_GRACE = 30.0
+
+    def __init__(self, stream, interval=None, processfn=None, emitfn=None, executor=None, workers=None,
+                 max_workers=None, keep=False, sink=None, queue=None, emit_empty=False, max_attempts=3,
+                 lease=60.0, retry_backoff=1.0, url=None, cnx_kwargs=None, **kwargs):
+        if max_attempts is None or int(max_attempts) < 1:
+            raise InvalidWindowSpec(f'max_attempts must be >= 1, got {max_attempts!r}')
+        if lease is None or lease <= 0:
+            raise InvalidWindowSpec(f'lease must be a positive number of seconds, got {lease!r}')
+        self._stream_arg = stream
+        self.stream_name = stream.name if isinstance(stream, Stream) else stream
+        self.url = url
+        self.cnx_kwargs = cnx_kwargs or {}
+        self.interval = interval
+        self.processfn = processfn
+        self.emitfn = emitfn
+        self.executor_arg = executor
+        self.workers = workers or max_workers
+        self.keep = keep
+        self.sink = sink
+        self.queue = queue
+        self.emit_empty = emit_empty
+        self.max_attempts = int(max_attempts)
+        self.lease = float(lease)
+        self.retry_backoff = float(retry_backoff)
+        #: extra keyword arguments of @streaming, for custom emitters
+        self.kwargs = kwargs
+        self._stream = None
+        self._executor = None
+        self._inflight = []
+        self._stop_event = threading.Event()
+        self._waiter = None
+        self._idle = 0.01
+        self._next_expiry = 0.0
+        self._next_housekeeping = 0.0
+        #: counts for this emitter's lifetime, e.g. for tests and status pages
+        self.stats = {'windows': 0, 'committed': 0, 'failed': 0, 'messages': 0}
+
+    # -- resources --------------------------------------------------------
+    @property
+    def stream(self):
+        """The :class:`~minibatch.models.Stream` this emitter consumes (created if needed)."""
+        if self._stream is None:
+            if isinstance(self._stream_arg, Stream):
+                self._stream = self._stream_arg
+            else:
+                self._stream = Stream.get_or_create(self.stream_name, url=self.url, **self.cnx_kwargs)
+        return self._stream
+
+    @property
+    def store(self):
+        return self.stream.store
+
+    def _setup(self):
+        if self._executor is None:
+            self._executor, self.capacity, self._owns_executor, ships = make_executor(
+                self.executor_arg, self.workers)
+            self._call = marshal(self.emitfn) if (ships and self.emitfn) else self.emitfn
+        if self._waiter is None:
+            self._waiter = self.store.waiter(self.stream_name)
+
+    def _teardown(self):
+        if self._waiter is not None:
+            self._waiter.close()
+            self._waiter = None
+        if self._executor is not None and self._owns_executor:
+            self._executor.shutdown(wait=True)
+        self._executor = None
+
+    # -- the overridable steps --------------------------------------------
+    def window_ready(self):
+        """Return ``(ready, query_args)``; ``query(*query_args)`` is called when ready."""
+        raise NotImplementedError
+
+    def query(self, *args):
+        """Return the candidate messages of the next window (read-only; ``process`` claims them)."""
+        raise NotImplementedError
+
+    def buffer(self, limit=None, until=None):
+        """Messages waiting in the stream, oldest first, as :class:`~minibatch.store.base.Message`.
+
+        The store-independent way for custom emitters to look at the stream
+        (``Buffer.objects`` works on MongoDB only).
+        """
+        return self.store.find_available(self.stream_name, limit=limit, until=until)
+
+    def process(self, qs):
+        """Claim the messages ``qs`` atomically; return those this consumer now holds.
+
+        ``qs`` may hold :class:`Message` objects, ``Buffer`` documents or ids.
+        Messages another consumer took first are silently left out.
+        """
+        items = [_as_claimable(m) for m in (qs or [])]
+        if not items:
+            return []
+        token = uuid.uuid4().hex
+        claimed = self.store.claim(self.stream_name, items, token, self.lease)
+        for message in claimed:
+            message.token = token
+        if claimed and self.processfn is not None:
+            kept = self.processfn(claimed)
+            dropped = {m.id for m in claimed} - {m.id for m in kept}
+            if dropped:  # processfn filtered them out: they are done, not lost
+                self.store.commit(self.stream_name, token, list(dropped), keep=self.keep)
+            claimed = kept
+        return claimed
+
+    def emit(self, qs):
+        """Record a window of the claimed messages ``qs`` and submit the function. Returns the Window."""
+        data = [m.data for m in qs]
+        window = Window(stream=self.stream_name, data=data, processed=False, query=[])
+        window.id = self.store.save_window(self.stream_name, data)
+        window._messages = qs
+        self.stats['windows'] += 1
+        self.stats['messages'] += len(qs)
+        if self.emitfn is None:
+            future = concurrent.futures.Future()
+            future.set_result(None)
+        else:
+            future = self._executor.submit(self._call, window)
+        self._inflight.append(InFlight(qs, window, future))
+        return window
+
+    def commit(self, qs, window):
+        """The window succeeded: remove (or keep, with ``keep=True``) its messages; mark the window processed."""
+        if qs:
+            token = qs[0].token
+            done = self.store.commit(self.stream_name, token, [m.id for m in qs], keep=self.keep)
+            if done < len(qs):
+                logger.warning('minibatch: %d of %d messages of a window on %r were no longer held '
+                               '(lease expired); they may be delivered again', len(qs) - done, len(qs),
+                               self.stream_name)
+        self.store.mark_window(window.id, processed=True)
+        window.processed = True
+        self.stats['committed'] += 1
+
+    def undo(self, qs, window, error=None):
+        """The window failed: count an attempt per message, retry after a backoff or dead-letter."""
+        self.stats['failed'] += 1
+        if not qs:
+            return
+        attempts = max(m.attempts for m in qs)
+        backoff = min(self.retry_backoff * (2 ** attempts), 60.0) if self.retry_backoff else 0.0
+        retried, dead = self.store.release(self.stream_name, qs[0].token, [m.id for m in qs], error=error,
+                                           max_attempts=self.max_attempts, backoff=backoff)
+        if dead:
+            logger.error('minibatch: %d messages of stream %r dead-lettered after %d attempts: %s',
+                         dead, self.stream_name, self.max_attempts, _summary(error))
+        else:
+            logger.warning('minibatch: window of %d messages on %r failed (attempt %d of %d), retrying in %.1fs: %s',
+                           len(qs), self.stream_name, attempts + 1, self.max_attempts, backoff, _summary(error))
+
+    def timestamp(self, *args):
+        """Note that a window was cut (time windows record ``last_read``). Returns the time used."""
+        return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+    def sleep(self):
+        """Wait before the next round: until a function finishes, a message arrives, or a poll is due."""
+        timeout = self._next_timeout()
+        if self._inflight and len(self._inflight) >= self.capacity:
+            concurrent.futures.wait([f.future for f in self._inflight], timeout=timeout,
+                                    return_when=concurrent.futures.FIRST_COMPLETED)
+            return
+        if self._inflight:
+            timeout = min(timeout, 0.02)
+        if self._waiter.wait(timeout):
+            self._idle = 0.01
+        else:
+            cap = self.MAX_PUSH_WAIT if getattr(self._waiter, 'supported', False) else self.MAX_POLL
+            self._idle = min(self._idle * 2, cap)
+
+    def _next_timeout(self):
+        now = time.monotonic()
+        return max(0.001, min(self._idle, self._next_expiry - now, self._due_in()))
+
+    def _due_in(self):
+        """Seconds until this strategy has something to do regardless of new messages (time windows)."""
+        return float('inf')
+
+    # -- running ----------------------------------------------------------
+    def run(self, blocking=True):
+        """Consume the stream: until ``stop()``, ``True`` on the queue, SIGTERM or Ctrl-C.
+
+        ``blocking=False`` runs exactly one round: at most one window is cut,
+        and the call returns once it is committed or undone.
+        """
+        self._setup()
+        restore = self._install_sigterm() if blocking else None
+        try:
+            if not blocking:
+                self._round()
+                self._drain(timeout=None)
+                return self
+            while not self._should_stop():
+                try:
+                    worked = self._round()
+                except TRANSIENT_ERRORS as exc:
+                    logger.warning('minibatch: store unavailable (%s); retrying', _summary(exc))
+                    self._stop_event.wait(min(self._idle * 4, 2.0))
+                    self._idle = min(self._idle * 2, self.MAX_POLL)
+                    continue
+                if not worked:
+                    self.sleep()
+        except KeyboardInterrupt:
+            logger.info('minibatch: interrupted; finishing in-flight windows of %r', self.stream_name)
+        finally:
+            try:
+                self._drain(timeout=self.STOP_GRACE)
+            finally:
+                if restore:
+                    restore()
+                self._teardown()
+        return self
+
+    def stop(self):
+        """Ask a running emitter to stop (from any thread): in-flight windows finish, no new ones start."""
+        self._stop_event.set()
+
+    @property
+    def stopped(self):
+        return self._stop_event.is_set()
+
+    def _should_stop(self):
+        if self._stop_event.is_set():
+            return True
+        if self.queue is not None:
+            try:
+                if self.queue.get_nowait() is True:
+                    self._stop_event.set()
+            except queue_module.Empty:
+                pass
+            except (EOFError, OSError):  # the queue's other end is gone: nobody can stop us any more
+                self.queue = None
+        return self._stop_event.is_set()
+
+    def _round(self):
+        """One pass: settle finished windows, keep leases alive, cut at most one new window."""
+        self._reap()
+        self._maintain()
+        if len(self._inflight) >= self.capacity or self._stop_event.is_set():
+            return False
+        ready, args = self.window_ready()
+        if not ready:
+            return False
+        qs = self.process(self.query(*(args or ())))
+        if not qs and not self.emit_empty:
+            return False
+        self.emit(qs)
+        self.timestamp(*(args or ()))
+        self._idle = 0.01
+        return True
+
+    def _reap(self):
+        for flight in [f for f in self._inflight if f.future.done()]:
+            self._settle(flight)
+
+    def _settle(self, flight):
+        try:
+            result = flight.future.result()
+            if self.sink is not None:
+                self.sink.put(_sink_payload(result, flight.window))
+        except Exception as exc:
+            error = ''.join(traceback.format_exception(exc))[-4000:]
+            self._store_call(self.undo, flight.messages, flight.window, error)
+        else:
+            self._store_call(self.commit, flight.messages, flight.window)
+        self._inflight.remove(flight)
+
+    def _store_call(self, fn, *args):
+        """Settle a window even if the store is briefly unreachable; give up only when the lease is gone."""
+        deadline = time.monotonic() + self.lease
+        delay = 0.1
+        while True:
+            try:
+                return fn(*args)
+            except TRANSIENT_ERRORS as exc:
+                if time.monotonic() > deadline:
+                    logger.error('minibatch: could not settle a window on %r (%s); its lease will expire and '
+                                 'it will be delivered again', self.stream_name, _summary(exc))
+                    return None
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _maintain(self):
+        now = time.monotonic()
+        for flight in self._inflight:
+            if now - flight.renewed > self.lease / 3 and flight.messages:
+                held = self.store.renew(self.stream_name, flight.messages[0].token, self.lease)
+                flight.renewed = now
+                if not held:
+                    logger.warning('minibatch: lost the lease of a running window on %r', self.stream_name)
+        if now >= self._next_expiry:
+            self.store.expire_leases(self.stream_name, max_attempts=self.max_attempts)
+            self._next_expiry = now + max(0.2, min(self.lease / 4, 5.0, self.retry_backoff or 5.0))
+        if now >= self._next_housekeeping:
+            if self.stream.max_age:
+                self.stream.housekeep()
+            self._next_housekeeping = now + 60.0
+
+    def _drain(self, timeout):
+        """Settle in-flight windows: wait for them up to ``timeout``, then give the rest back."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._inflight:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, _ = concurrent.futures.wait([f.future for f in self._inflight], timeout=remaining,
+                                              return_when=concurrent.futures.FIRST_COMPLETED)
+            if not done:
+                break
+            self._reap()
+        for flight in list(self._inflight):
+            # still running after the grace period: hand the messages back untouched
+            if flight.messages:
+                self._store_call(self.store.unclaim, self.stream_name, flight.messages[0].token,
+                                 [m.id for m in flight.messages])
+            self._inflight.remove(flight)
+
+    def _install_sigterm(self):
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum, frame):
+            self.stop()
+        signal.signal(signal.SIGTERM, on_sigterm)
+        return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+class CountWindow(WindowEmitter):
+    """Emit windows of exactly ``interval`` (= ``size``) messages, oldest first.
+
+    Waits until that many are available. With competing consumers, a
+    consumer that could claim only part of a window gives it back and retries.
+    """
+
+    def __init__(self, stream, interval=None, **kwargs):
+        super().__init__(stream, interval=interval, **kwargs)
+        if not isinstance(interval, int) or isinstance(interval, bool) or interval < 1:
+            raise InvalidWindowSpec(f'CountWindow needs size >= 1 (an integer), got {interval!r}')
+        self.size = interval
+
+    def window_ready(self):
+        candidates = self.buffer(limit=self.size)
+        return len(candidates) >= self.size, (candidates,)
+
+    def query(self, candidates=()):
+        return list(candidates)
+
+    def process(self, qs):
+        claimed = super().process(qs)
+        for _ in range(3):  # others took some: top up from the next available messages
+            if len(claimed) >= self.size or not claimed:
+                break
+            more = self.buffer(limit=self.size - len(claimed))
+            if not more:
+                break
+            extra = self.store.claim(self.stream_name, more, claimed[0].token, self.lease)
+            for message in extra:
+                message.token = claimed[0].token
+            claimed += extra
+        if claimed and len(claimed) < self.size:
+            self.store.unclaim(self.stream_name, claimed[0].token, [m.id for m in claimed])
+            return []
+        return claimed[:self.size]
+
+
+class _TimeWindow(WindowEmitter):
+    def __init__(self, stream, interval=None, **kwargs):
+        super().__init__(stream, interval=interval, **kwargs)
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
+            raise InvalidWindowSpec(f'{type(self).__name__} needs interval > 0 (seconds), got {interval!r}')
+        self.interval = float(interval)
+        #: most messages in one time window; the rest go to the next one (bounded memory)
+        self.max_window = int(self.kwargs.pop('max_window', 100_000))
+
+    def query(self, since=None, until=None):
+        return self.buffer(limit=self.max_window, until=until)
+
+
+class RelaxedTimeWindow(_TimeWindow):
+    """Every ``interval`` seconds, emit all messages that arrived since the last window.
+
+    Messages are not guaranteed to belong to a given time slot (use
+    :class:`FixedTimeWindow` for that).
+    """
+
+    def __init__(self, stream, interval=None, **kwargs):
+        super().__init__(stream, interval=interval, **kwargs)
+        self._next = time.monotonic() + self.interval
+
+    def window_ready(self):
+        if time.monotonic() < self._next:
+            return False, ()
+        self._next = time.monotonic() + self.interval
+        return True, (None, utcnow())
+
+    def timestamp(self, *args):
+        now = super().timestamp()
+        self.store.update_stream(self.stream_name, last_read=now)
+        return now
+
+    def _due_in(self):
+        return max(0.0, self._next - time.monotonic())
+
+
+class FixedTimeWindow(_TimeWindow):
+    """Emit the messages of consecutive, fixed slots of ``interval`` seconds.
+
+    The slots follow the stream's ``last_read``; each slot is handed to exactly
+    one consumer by an atomic compare-and-set of ``last_read``. A window holds
+    the messages created before the slot's end that were not yet delivered
+    (messages of an earlier slot that failed and are retried join the next one).
+    """
+
+    def __init__(self, stream, interval=None, **kwargs):
+        super().__init__(stream, interval=interval, **kwargs)
+        self._last_read = None
+
+    def window_ready(self):
+        if self._last_read is None:
+            info = self.store.get_stream(self.stream_name)
+            self._last_read = info.last_read
+        slot_end = self._last_read + datetime.timedelta(seconds=self.interval)
+        if utcnow() < slot_end:
+            return False, ()
+        start = self._last_read
+        won = self.store.compare_and_set_last_read(self.stream_name, start, slot_end)
+        # winner or not, the next slot starts where the store says it does
+        self._last_read = slot_end if won else None
+        return won, (start, slot_end)
+
+    def _due_in(self):
+        if self._last_read is None:
+            return 0.0
+        slot_end = self._last_read + datetime.timedelta(seconds=self.interval)
+        return max(0.0, (slot_end - utcnow()).total_seconds())
+
+
+def _as_claimable(item):
+    if isinstance(item, Message):
+        return item
+    pk = getattr(item, 'pk', None)
+    if pk is not None:
+        return pk
+    if isinstance(item, dict):
+        return item.get('_id', item.get('id'))
+    return item
+
+
+def _sink_payload(result, window):
+    # the seed's convention: the function's return value, or the window data when it returns nothing
+    if result is None:
+        return window.data
+    if isinstance(result, Window):
+        return result.data
+    return result
+
+
+def _summary(error):
+    text = str(error).strip().splitlines()
+    return text[-1] if text else repr(error)
+
+
+def validate_emitter_class(emitter):
+    if not (isinstance(emitter, type) and issubclass(emitter, WindowEmitter)):
+        raise ConfigurationError(f'emitter must be a WindowEmitter subclass, got {emitter!r}')
+    return emitter
