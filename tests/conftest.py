@@ -13,7 +13,11 @@ import pytest
 # Captured, then removed, so that the store the library picks by default inside
 # the tests is decided by each test (explicit url= or the embedded default),
 # never by the developer's shell.
-MONGO_URL = os.environ.get('MINIBATCH_MONGO_URL')
+# (kept under a private name too, so that importing this module again, e.g.
+# ``from tests.conftest import require_mongo``, still sees it)
+MONGO_URL = os.environ.get('MINIBATCH_MONGO_URL') or os.environ.get('_MINIBATCH_TEST_MONGO_URL')
+if MONGO_URL:
+    os.environ['_MINIBATCH_TEST_MONGO_URL'] = MONGO_URL
 for _var in ('MINIBATCH_URL', 'MINIBATCH_MONGO_URL', 'MONGO_URL'):
     os.environ.pop(_var, None)
 

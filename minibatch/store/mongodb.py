@@ -78,6 +78,7 @@ class MongoStore(Store):
             raise ConfigurationError(f'bad MongoDB database name in {redact(url)!r}')
         self.client_options = dict(options)
         self.client_options.setdefault('serverSelectionTimeoutMS', DEFAULT_SERVER_SELECTION_TIMEOUT_MS)
+        self.client_options.setdefault('uuidRepresentation', 'standard')
         self.timeout_ms = int(self.client_options['serverSelectionTimeoutMS'])
         with _alias_lock:
             # the first URL of the process owns alias 'minibatch' (the one the

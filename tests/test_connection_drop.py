@@ -1,0 +1,111 @@
+"""The MongoDB connection drops for a while: consumers wait it out and lose nothing.
+
+Starts its own MongoDB-wire server (SecantusDB) so that it can stop and
+restart it under a running consumer.
+"""
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import minibatch as mb
+from tests.conftest import require_mongo
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(condition, timeout, interval=0.05, message='condition'):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f'timed out after {timeout}s waiting for {message}')
+
+
+class WireServer:
+    """A SecantusDB server on loopback that the test can stop and start again on the same data."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.port = free_port()
+        self.proc = None
+
+    @property
+    def url(self):
+        return f'mongodb://127.0.0.1:{self.port}/droptest?retryWrites=false'
+
+    def start(self):
+        self.proc = subprocess.Popen([sys.executable, '-m', 'secantus', '--host', '127.0.0.1', '--port',
+                                      str(self.port), '--storage-path', self.path, '--log-level', 'WARNING'],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self._answers, timeout=60, interval=0.2, message='the server to answer')
+
+    def _answers(self):
+        try:
+            with socket.create_connection(('127.0.0.1', self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def server(tmp_path):
+    require_mongo()  # same rule as every MongoDB test: skipped on a laptop without it, required in CI
+    if importlib.util.find_spec('secantus') is None:
+        pytest.skip('secantusdb is not installed (scripts/test installs it)')
+    wire = WireServer(tmp_path / 'data')
+    wire.start()
+    yield wire
+    wire.stop()
+
+
+def test_consumer_survives_database_outage(server):
+    stream = mb.stream('outage', url=server.url, serverSelectionTimeoutMS=1000)
+    seen = []
+    lock = threading.Lock()
+
+    def work(window):
+        time.sleep(0.2)  # slow enough that the outage hits windows in flight
+        with lock:
+            seen.extend(m['i'] for m in window.data)
+
+    em = mb.streaming('outage', size=5, url=server.url, executor='inline', blocking=False, lease=5,
+                      cnx_kwargs={'serverSelectionTimeoutMS': 1000})(work)
+    try:
+        stream.append([{'i': i} for i in range(40)])
+        wait_until(lambda: len(seen) >= 10, timeout=60, message='the first windows')
+        server.stop()
+        time.sleep(2)  # the outage itself: the consumer keeps trying meanwhile
+        assert em.thread.is_alive(), 'the consumer survived the outage'
+        server.start()
+        assert len(seen) < 40, 'the outage interrupted the work'
+        stream.append([{'i': i} for i in range(40, 60)])
+        wait_until(lambda: set(seen) >= set(range(60)), timeout=90, message='every message, old and new')
+        wait_until(lambda: stream.stats()['claimed'] == 0, timeout=30, message='the last commit')
+    finally:
+        em.stop()
+        em.thread.join(timeout=30)
+    # at least once: a window whose commit could not reach the server may run again
+    assert set(seen) == set(range(60))
+    stats = stream.stats()
+    assert stats['available'] == stats['claimed'] == 0

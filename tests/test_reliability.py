@@ -1,0 +1,228 @@
+"""Reliability shown, not claimed: competing consumers, kill -9, poison, stops.
+
+Consumers run as real processes (tests/consumer_process.py) against every store.
+"""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import minibatch as mb
+
+HERE = os.path.dirname(__file__)
+CONSUMER = os.path.join(HERE, 'consumer_process.py')
+
+
+def wait_until(condition, timeout, interval=0.05, message='condition'):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f'timed out after {timeout}s waiting for {message}')
+
+
+def start_consumer(url, stream, outdir, **options):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get('PYTHONPATH', '')]))
+    return subprocess.Popen([sys.executable, CONSUMER, url, stream, str(outdir), json.dumps(options)], env=env)
+
+
+def events(outdir, event):
+    """All logged windows of kind ``event`` as (pid, ids) pairs."""
+    found = []
+    for path in glob.glob(os.path.join(str(outdir), '*.jsonl')):
+        with open(path) as log:
+            for line in log:
+                if line.strip():
+                    record = json.loads(line)
+                    if record['event'] == event:
+                        found.append((record['pid'], record['ids']))
+    return found
+
+
+def delivered(outdir):
+    return [i for _, ids in events(outdir, 'done') for i in ids]
+
+
+def stop_all(procs):
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def settled(stream):
+    """True when no message is waiting, held or retrying."""
+    stats = stream.stats()
+    return stats['available'] == stats['claimed'] == stats['retry'] == 0
+
+
+def test_competing_consumers_process_each_message_exactly_once(store_url, tmp_path):
+    n = 3000
+    stream = mb.stream('competing', url=store_url)
+    stream.append([{'i': i} for i in range(n)])
+    procs = [start_consumer(store_url, 'competing', tmp_path, size=100, executor='inline', lease=30)
+             for _ in range(3)]
+    try:
+        wait_until(lambda: len(delivered(tmp_path)) >= n, timeout=240, message=f'{n} messages delivered')
+    finally:
+        stop_all(procs)
+    got = delivered(tmp_path)
+    assert sorted(got) == list(range(n)), 'every message exactly once'
+    assert len({pid for pid, _ in events(tmp_path, 'done')}) >= 2, 'the work was shared between consumers'
+    assert all(len(ids) == 100 for _, ids in events(tmp_path, 'done'))
+    assert settled(stream)
+    assert all(proc.returncode == 0 for proc in procs), 'SIGTERM stops a consumer cleanly'
+
+
+def test_competing_consumers_with_process_pools(store_url, tmp_path):
+    n = 600
+    stream = mb.stream('pooled', url=store_url)
+    stream.append([{'i': i} for i in range(n)])
+    procs = [start_consumer(store_url, 'pooled', tmp_path, size=20, executor='process', workers=2, lease=30)
+             for _ in range(2)]
+    try:
+        wait_until(lambda: len(delivered(tmp_path)) >= n, timeout=180, message=f'{n} messages delivered')
+        wait_until(lambda: settled(stream), timeout=30, message='all windows committed')
+    finally:
+        stop_all(procs)
+    assert sorted(delivered(tmp_path)) == list(range(n))
+
+
+def test_sigkill_mid_window_loses_nothing(store_url, tmp_path):
+    n = 30
+    stream = mb.stream('killed', url=store_url)
+    stream.append([{'i': i} for i in range(n)])
+    victim = start_consumer(store_url, 'killed', tmp_path, size=10, executor='inline', lease=1.5, slow=30)
+    try:
+        wait_until(lambda: events(tmp_path, 'start'), timeout=60, message='the first window to start')
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(timeout=10)
+        cut_short = events(tmp_path, 'start')[0][1]
+        assert not events(tmp_path, 'done'), 'the killed window never finished'
+        successor = start_consumer(store_url, 'killed', tmp_path, size=10, executor='inline', lease=1.5)
+        try:
+            wait_until(lambda: len(set(delivered(tmp_path))) >= n, timeout=120, message='redelivery')
+            wait_until(lambda: settled(stream), timeout=30, message='all windows committed')
+        finally:
+            stop_all([successor])
+    finally:
+        stop_all([victim])
+    assert sorted(delivered(tmp_path)) == list(range(n)), 'each message delivered (once by the successor)'
+    assert set(cut_short) <= set(delivered(tmp_path))
+    assert stream.dead_letters() == []
+
+
+def test_poison_message_is_dead_lettered_while_others_flow(store_url, tmp_path):
+    stream = mb.stream('poisoned', url=store_url)
+    stream.append([{'i': i, 'poison': i == 7} for i in range(20)])
+    proc = start_consumer(store_url, 'poisoned', tmp_path, size=1, executor='inline', max_attempts=3,
+                          retry_backoff=0.05, poison=True)
+    try:
+        wait_until(lambda: len(delivered(tmp_path)) >= 19, timeout=120, message='the good messages')
+        wait_until(lambda: stream.dead_letters(), timeout=60, message='a dead letter')
+    finally:
+        stop_all([proc])
+    assert sorted(delivered(tmp_path)) == [i for i in range(20) if i != 7]
+    attempts = [ids for _, ids in events(tmp_path, 'start') if ids == [7]]
+    assert len(attempts) == 3, 'tried exactly max_attempts times'
+    dead = stream.dead_letters()
+    assert [m.data['i'] for m in dead] == [7]
+    assert dead[0].attempts == 3
+    assert 'ValueError: poison message' in dead[0].error
+    assert settled(stream)
+    # inspected and fixed: put it back, it is available again with a fresh attempt count
+    assert stream.requeue() == 1
+    assert stream.dead_letters() == []
+    waiting = stream.store.find_available('poisoned')
+    assert [(m.data['i'], m.attempts) for m in waiting] == [(7, 0)]
+
+
+def test_sigterm_finishes_the_running_window(store_url, tmp_path):
+    stream = mb.stream('graceful', url=store_url)
+    stream.append([{'i': i} for i in range(4)])
+    proc = start_consumer(store_url, 'graceful', tmp_path, size=4, executor='inline', slow=1.5)
+    try:
+        wait_until(lambda: events(tmp_path, 'start'), timeout=60, message='the window to start')
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        stop_all([proc])
+    assert sorted(delivered(tmp_path)) == [0, 1, 2, 3], 'the running window completed'
+    assert settled(stream), 'and was committed, not left for redelivery'
+
+
+def test_long_window_renews_its_lease(store_url, tmp_path):
+    stream = mb.stream('renewed', url=store_url)
+    stream.append([{'i': i} for i in range(5)])
+    slow = start_consumer(store_url, 'renewed', tmp_path, size=5, executor='thread', workers=1, lease=1.0,
+                          slow=4)
+    try:
+        wait_until(lambda: events(tmp_path, 'start'), timeout=60, message='the slow window to start')
+        rival = start_consumer(store_url, 'renewed', tmp_path, size=5, executor='inline', lease=1.0)
+        try:
+            wait_until(lambda: delivered(tmp_path), timeout=60, message='the slow window to finish')
+            wait_until(lambda: settled(stream), timeout=30, message='commit')
+        finally:
+            stop_all([rival])
+    finally:
+        stop_all([slow])
+    assert len(events(tmp_path, 'start')) == 1, 'nobody else got the messages while the lease was renewed'
+    assert sorted(delivered(tmp_path)) == list(range(5))
+
+
+def test_in_flight_windows_are_bounded_by_workers(store_url):
+    import threading
+    stream = mb.stream('bounded', url=store_url)
+    stream.append([{'i': i} for i in range(40)])
+    lock = threading.Lock()
+    running = {'now': 0, 'max': 0, 'seen': []}
+    observed_claims = []
+
+    def work(window):
+        with lock:
+            running['now'] += 1
+            running['max'] = max(running['max'], running['now'])
+        observed_claims.append(stream.stats()['claimed'])
+        time.sleep(0.05)
+        with lock:
+            running['now'] -= 1
+            running['seen'].extend(m['i'] for m in window.data)
+
+    em = mb.streaming('bounded', size=2, url=store_url, executor='thread', workers=2, blocking=False)(work)
+    try:
+        wait_until(lambda: len(running['seen']) >= 40, timeout=120, message='all windows')
+    finally:
+        em.stop()
+        em.thread.join(timeout=30)
+    assert sorted(running['seen']) == list(range(40))
+    assert running['max'] <= 2
+    assert max(observed_claims) <= 4, 'never more than workers x size messages claimed'
+
+
+def test_fixed_time_slots_are_handed_out_once(store_url, tmp_path):
+    stream = mb.stream('slots', url=store_url)
+    procs = [start_consumer(store_url, 'slots', tmp_path, interval=0.3, relaxed=False, executor='inline')
+             for _ in range(2)]
+    try:
+        wait_until(lambda: len(glob.glob(os.path.join(str(tmp_path), 'ready-*'))) == 2, timeout=60,
+                   message='consumers started')
+        for i in range(30):
+            stream.append({'i': i})
+            time.sleep(0.03)  # spread the messages over several slots
+        wait_until(lambda: len(delivered(tmp_path)) >= 30, timeout=120, message='all messages')
+    finally:
+        stop_all(procs)
+    assert sorted(delivered(tmp_path)) == list(range(30))
+    assert len(events(tmp_path, 'done')) >= 2, 'the messages were spread over several slots'
