@@ -18,12 +18,16 @@ HERE = os.path.dirname(__file__)
 CONSUMER = os.path.join(HERE, 'consumer_process.py')
 
 
-def wait_until(condition, timeout, interval=0.05, message='condition'):
+def wait_until(condition, timeout, interval=0.05, message='condition', alive=()):
+    """Poll ``condition`` until true; fail at the deadline, or at once if a process in ``alive`` exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
+        dead = [proc for proc in alive if proc.poll() is not None]
+        if dead:
+            raise AssertionError(f'consumer process exited with {dead[0].returncode} while waiting for {message}')
         time.sleep(interval)
     raise AssertionError(f'timed out after {timeout}s waiting for {message}')
 
@@ -75,7 +79,7 @@ def test_competing_consumers_process_each_message_exactly_once(store_url, tmp_pa
     procs = [start_consumer(store_url, 'competing', tmp_path, size=100, executor='inline', lease=30)
              for _ in range(3)]
     try:
-        wait_until(lambda: len(delivered(tmp_path)) >= n, timeout=240, message=f'{n} messages delivered')
+        wait_until(lambda: len(delivered(tmp_path)) >= n, timeout=240, message=f'{n} messages delivered', alive=procs)
     finally:
         stop_all(procs)
     got = delivered(tmp_path)
@@ -93,7 +97,7 @@ def test_competing_consumers_with_process_pools(store_url, tmp_path):
     procs = [start_consumer(store_url, 'pooled', tmp_path, size=20, executor='process', workers=2, lease=30)
              for _ in range(2)]
     try:
-        wait_until(lambda: len(delivered(tmp_path)) >= n, timeout=180, message=f'{n} messages delivered')
+        wait_until(lambda: len(delivered(tmp_path)) >= n, timeout=180, message=f'{n} messages delivered', alive=procs)
         wait_until(lambda: settled(stream), timeout=30, message='all windows committed')
     finally:
         stop_all(procs)
@@ -106,14 +110,14 @@ def test_sigkill_mid_window_loses_nothing(store_url, tmp_path):
     stream.append([{'i': i} for i in range(n)])
     victim = start_consumer(store_url, 'killed', tmp_path, size=10, executor='inline', lease=1.5, slow=30)
     try:
-        wait_until(lambda: events(tmp_path, 'start'), timeout=60, message='the first window to start')
+        wait_until(lambda: events(tmp_path, 'start'), timeout=60, message='the first window to start', alive=[victim])
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(timeout=10)
         cut_short = events(tmp_path, 'start')[0][1]
         assert not events(tmp_path, 'done'), 'the killed window never finished'
         successor = start_consumer(store_url, 'killed', tmp_path, size=10, executor='inline', lease=1.5)
         try:
-            wait_until(lambda: len(set(delivered(tmp_path))) >= n, timeout=120, message='redelivery')
+            wait_until(lambda: len(set(delivered(tmp_path))) >= n, timeout=120, message='redelivery', alive=[successor])
             wait_until(lambda: settled(stream), timeout=30, message='all windows committed')
         finally:
             stop_all([successor])
@@ -130,7 +134,7 @@ def test_poison_message_is_dead_lettered_while_others_flow(store_url, tmp_path):
     proc = start_consumer(store_url, 'poisoned', tmp_path, size=1, executor='inline', max_attempts=3,
                           retry_backoff=0.05, poison=True)
     try:
-        wait_until(lambda: len(delivered(tmp_path)) >= 19, timeout=120, message='the good messages')
+        wait_until(lambda: len(delivered(tmp_path)) >= 19, timeout=120, message='the good messages', alive=[proc])
         wait_until(lambda: stream.dead_letters(), timeout=60, message='a dead letter')
     finally:
         stop_all([proc])
@@ -221,7 +225,7 @@ def test_fixed_time_slots_are_handed_out_once(store_url, tmp_path):
         for i in range(30):
             stream.append({'i': i})
             time.sleep(0.03)  # spread the messages over several slots
-        wait_until(lambda: len(delivered(tmp_path)) >= 30, timeout=120, message='all messages')
+        wait_until(lambda: len(delivered(tmp_path)) >= 30, timeout=120, message='all messages', alive=procs)
     finally:
         stop_all(procs)
     assert sorted(delivered(tmp_path)) == list(range(30))

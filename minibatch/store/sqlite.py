@@ -173,7 +173,8 @@ def _is_locked(exc):
 
 
 def _chunks(ids):
-    ids = [int(i) for i in ids]
+    # Message objects (as find_available returns them) are accepted wherever ids are
+    ids = [int(getattr(i, 'id', i)) for i in ids]
     for start in range(0, len(ids), CHUNK):
         yield ids[start:start + CHUNK]
 
@@ -404,6 +405,10 @@ class SQLiteStore(Store):
         return self._write(work)
 
     # -- producing --------------------------------------------------------
+    def validate(self, docs):
+        for i, doc in enumerate(docs):
+            serialise(doc, i)
+
     def append(self, name, docs):
         if isinstance(docs, dict):
             raise InvalidMessage('append() takes a list of dicts, not a single dict')
