@@ -1,7 +1,8 @@
 """``@streaming`` and ``make_emitter``: turning a function into a stream consumer."""
 import threading
 
-from minibatch.errors import InvalidWindowSpec
+from minibatch.errors import ConfigurationError, InvalidWindowSpec
+from minibatch.executors import check_executor
 from minibatch.window import CountWindow, FixedTimeWindow, RelaxedTimeWindow, validate_emitter_class
 
 
@@ -18,7 +19,13 @@ def make_emitter(name, emitfn=None, interval=None, size=None, relaxed=True, url=
     relaxed time window. Other keyword arguments reach the emitter class.
 
     :raises minibatch.errors.InvalidWindowSpec: inconsistent or out-of-range window arguments
+    :raises minibatch.errors.ConfigurationError: a bad stream name, ``executor=`` or ``workers=``
     """
+    from minibatch.models import Stream
+    if not isinstance(name, Stream) and (not isinstance(name, str) or not name):
+        raise ConfigurationError(f'a stream name must be a non-empty string, got {name!r}')
+    workers = workers if workers is not None else max_workers
+    check_executor(executor, workers)
     if size is not None and interval is not None:
         raise InvalidWindowSpec('give either size= (count windows) or interval= (time windows), not both')
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
@@ -29,14 +36,13 @@ def make_emitter(name, emitfn=None, interval=None, size=None, relaxed=True, url=
     if size is not None and not relaxed and emitter is None:
         raise InvalidWindowSpec('relaxed=False applies to time windows: use interval= with it, not size=')
     options = dict(emitfn=emitfn, url=url, sink=sink, executor=executor, keep=keep, queue=queue,
-                   cnx_kwargs=cnx_kwargs, workers=workers or max_workers, **kwargs)
+                   cnx_kwargs=cnx_kwargs, workers=workers, **kwargs)
     if emitter is not None:
         cls = validate_emitter_class(emitter)
         return cls(name, interval=size if size is not None else interval, **options)
     if size is not None:
         return CountWindow(name, interval=size, **options)
     if interval is None:
-        from minibatch.models import Stream
         interval = Stream.get_or_create(name, url=url, **(cnx_kwargs or {})).interval
     return (RelaxedTimeWindow if relaxed else FixedTimeWindow)(name, interval=interval, **options)
 
@@ -59,7 +65,7 @@ def streaming(name, fn=None, interval=None, size=None, emitter=None, relaxed=Tru
     def build(fn):
         return make_emitter(name, emitfn=fn, interval=interval, size=size, relaxed=relaxed, url=url, sink=sink,
                             emitter=emitter, executor=executor, keep=keep, queue=queue, cnx_kwargs=cnx_kwargs,
-                            workers=workers or max_workers, **kwargs)
+                            workers=workers if workers is not None else max_workers, **kwargs)
 
     # build once now so that a bad spec fails where it is written, not in a thread later
     build(None)

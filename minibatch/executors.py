@@ -62,6 +62,26 @@ def default_workers():
     return os.cpu_count() or 1
 
 
+def check_executor(executor=None, workers=None):
+    """Raise ConfigurationError for an ``executor=`` / ``workers=`` that :func:`make_executor` would refuse.
+
+    Creates nothing, so ``@streaming`` can reject bad arguments where they are written.
+    """
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigurationError(f'workers must be an integer >= 1, got {workers!r}')
+    if executor is None or (isinstance(executor, str) and executor.startswith(('dask://', 'tcp://'))):
+        return
+    if isinstance(executor, str):
+        if executor not in EXECUTORS:
+            raise ConfigurationError(f'unknown executor {executor!r}; use one of {sorted(EXECUTORS)}, '
+                                     'an Executor class or an Executor instance')
+    elif isinstance(executor, type):
+        if not issubclass(executor, concurrent.futures.Executor):
+            raise ConfigurationError(f'executor must be a name, an Executor class or instance, got {executor!r}')
+    elif not (_is_dask_client(executor) or hasattr(executor, 'submit')):
+        raise ConfigurationError(f'executor must be a name, an Executor class or instance, got {executor!r}')
+
+
 def make_executor(executor=None, workers=None):
     """Return ``(executor, capacity, owned, ships_functions)`` for the ``executor=`` argument.
 
@@ -70,8 +90,7 @@ def make_executor(executor=None, workers=None):
     ``ships_functions`` whether calls cross a process boundary (the function
     must then be marshalled).
     """
-    if workers is not None and (not isinstance(workers, int) or workers < 1):
-        raise ConfigurationError(f'workers must be an integer >= 1, got {workers!r}')
+    check_executor(executor, workers)
     n = workers or default_workers()
     if executor is None:
         executor = 'process'
@@ -79,9 +98,6 @@ def make_executor(executor=None, workers=None):
         if executor.startswith(('dask://', 'tcp://')):
             from minibatch.contrib.dask import dask_executor
             return dask_executor(executor, workers)
-        if executor not in EXECUTORS:
-            raise ConfigurationError(f'unknown executor {executor!r}; use one of {sorted(EXECUTORS)}, '
-                                     'an Executor class or an Executor instance')
         instance = EXECUTORS[executor](n)
         return instance, _capacity(instance, n), True, executor == 'process'
     if isinstance(executor, type) and issubclass(executor, concurrent.futures.Executor):

@@ -17,9 +17,11 @@ import threading
 import time
 import weakref
 
-from mongoengine import BooleanField, DateTimeField, DictField, Document, FloatField, IntField, ListField, StringField
+from bson import ObjectId
+from mongoengine import (BooleanField, DateTimeField, DictField, Document, DynamicField, FloatField, IntField,
+                         ListField, StringField)
 
-from minibatch.errors import InvalidMessage, NotSupportedByStore
+from minibatch.errors import ConfigurationError, InvalidMessage, NotSupportedByStore
 from minibatch.store import get_store
 from minibatch.store.base import STATES, utcnow
 
@@ -35,6 +37,9 @@ class Buffer(Document):
     ``processed`` is False while the message waits to be taken; ``state``
     tells the rest of its life cycle (claimed, retry, done, dead).
     """
+    # ObjectIds on MongoDB, integers on the embedded store: the id must accept both
+    # (an ObjectIdField would make a window with an integer id fail to pickle to a worker)
+    id = DynamicField(primary_key=True, db_field='_id', default=ObjectId)
     stream = StringField(required=True)
     created = DateTimeField(default=utcnow)
     data = DictField(required=True)
@@ -55,6 +60,7 @@ class Window(Document):
 
     ``processed`` becomes True once the function (and the sink) succeeded.
     """
+    id = DynamicField(primary_key=True, db_field='_id', default=ObjectId)  # see Buffer.id
     stream = StringField(required=True)
     created = DateTimeField(default=utcnow)
     data = ListField(default=list)
@@ -113,9 +119,9 @@ class Stream(Document):
         :raises minibatch.errors.StoreUnavailable: the store cannot be reached
         """
         if not isinstance(name, str) or not name:
-            raise InvalidMessage(f'a stream name must be a non-empty string, got {name!r}')
-        if not isinstance(batchsize, int) or batchsize < 1:
-            raise InvalidMessage(f'batchsize must be an integer >= 1, got {batchsize!r}')
+            raise ConfigurationError(f'a stream name must be a non-empty string, got {name!r}')
+        if isinstance(batchsize, bool) or not isinstance(batchsize, int) or batchsize < 1:
+            raise ConfigurationError(f'batchsize must be an integer >= 1, got {batchsize!r}')
         store = get_store(url, **cnx_kwargs)
         info = store.ensure_stream(name, interval=interval, max_age=max_age)
         return cls._from_info(store, info, batchsize=batchsize)
@@ -250,7 +256,7 @@ class Stream(Document):
         MongoDB: a ``Buffer`` queryset; other stores: a list of ``Buffer`` objects.
         """
         if self.store.querysets:
-            qs = Buffer.objects(stream=self.name).order_by('_id')
+            qs = Buffer.objects.using(self.store.document_alias()).filter(stream=self.name).order_by('_id')
             if processed is not None:
                 qs = qs.filter(processed=processed)
             return qs.limit(limit) if limit else qs
@@ -267,7 +273,7 @@ class Stream(Document):
         MongoDB: a ``Window`` queryset; other stores: a list of ``Window`` objects.
         """
         if self.store.querysets:
-            qs = Window.objects(stream=self.name).order_by('_id')
+            qs = Window.objects.using(self.store.document_alias()).filter(stream=self.name).order_by('_id')
             return qs.filter(processed=processed) if processed is not None else qs
         return [Window(id=w.id, stream=w.stream, created=w.created, data=w.data, processed=w.processed,
                        query=w.query) for w in self.store.windows(self.name, processed=processed)]

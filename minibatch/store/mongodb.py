@@ -11,6 +11,7 @@ makes ``update_many`` atomic per message: of two consumers racing for a
 message exactly one modifies it.
 """
 import functools
+import itertools
 import logging
 import os
 import threading
@@ -34,9 +35,24 @@ DEFAULT_DATABASE = 'minibatch'
 DEFAULT_SERVER_SELECTION_TIMEOUT_MS = 5000
 ALIAS = 'minibatch'
 
-_aliases = {}          # url -> mongoengine alias used for it
+_aliases = {}          # (url, options) -> mongoengine alias used for it
 _alias_pids = {}       # alias -> pid that opened its client
 _alias_lock = threading.Lock()
+_private_aliases = itertools.count(1)
+
+
+def _alias_for(key):
+    """The alias of the client for ``key`` (call under ``_alias_lock``).
+
+    Alias ``'minibatch'``, the one the Documents use, goes to the first client
+    that connects while it is free (again after the store holding it closed);
+    any other client gets a private alias.
+    """
+    alias = _aliases.get(key)
+    if alias is None:
+        alias = ALIAS if ALIAS not in _aliases.values() else f'{ALIAS}-{next(_private_aliases)}'
+        _aliases[key] = alias
+    return alias
 
 
 def redact(url):
@@ -80,11 +96,10 @@ class MongoStore(Store):
         self.client_options.setdefault('serverSelectionTimeoutMS', DEFAULT_SERVER_SELECTION_TIMEOUT_MS)
         self.client_options.setdefault('uuidRepresentation', 'standard')
         self.timeout_ms = int(self.client_options['serverSelectionTimeoutMS'])
+        # one client per URL and options: options given here must reach the driver
+        self._alias_key = (url, tuple(sorted((k, repr(v)) for k, v in self.client_options.items())))
         with _alias_lock:
-            # the first URL of the process owns alias 'minibatch' (the one the
-            # Documents use); any other URL gets a private alias
-            self.alias = _aliases.setdefault(url, ALIAS if ALIAS not in _aliases.values()
-                                             else f'{ALIAS}-{len(_aliases)}')
+            self.alias = _alias_for(self._alias_key)
         self._indexed = False
 
     # -- connection -------------------------------------------------------
@@ -92,6 +107,7 @@ class MongoStore(Store):
         """Register the mongoengine alias (again, after a disconnect or a fork) and return the database."""
         pid = os.getpid()
         with _alias_lock:
+            self.alias = _alias_for(self._alias_key)  # a new one if close() gave it up
             if _alias_pids.get(self.alias) not in (None, pid):
                 # inherited from the parent process: drop the references without
                 # closing, since closing would end sessions on sockets the parent still uses
@@ -107,9 +123,15 @@ class MongoStore(Store):
             return me_connection.get_db(self.alias)
 
     def _db(self):
-        if _alias_pids.get(self.alias) == os.getpid() and self.alias in me_connection._dbs:
+        if (_alias_pids.get(self.alias) == os.getpid() and self.alias in me_connection._dbs
+                and _aliases.get(self._alias_key) == self.alias):
             return me_connection._dbs[self.alias]
         return self.connect()
+
+    def document_alias(self):
+        """Connect if needed; return the mongoengine alias whose database holds this store's data."""
+        self._db()
+        return self.alias
 
     def _collections(self):
         db = self._db()
@@ -140,6 +162,8 @@ class MongoStore(Store):
             if _alias_pids.get(self.alias) == os.getpid():
                 me_connection.disconnect(self.alias)
                 _alias_pids.pop(self.alias, None)
+                if _aliases.get(self._alias_key) == self.alias:
+                    del _aliases[self._alias_key]  # frees 'minibatch' for the next store that connects
         self._indexed = False
 
     def describe(self):
@@ -169,10 +193,14 @@ class MongoStore(Store):
             try:
                 doc = streams.find_one_and_update({'name': name}, update, upsert=True,
                                                   return_document=pymongo.ReturnDocument.AFTER)
-                return self._info(doc)
             except DuplicateKeyError:
                 continue  # lost a creation race to another process: the record exists now
-        return self._info(streams.find_one({'name': name}))
+            if doc is not None:  # some wire-compatible servers answer None to a racing upsert
+                return self._info(doc)
+        doc = streams.find_one({'name': name})
+        if doc is None:
+            raise OperationFailure(f'could not create or find stream {name!r}')
+        return self._info(doc)
 
     @_translate_errors
     def get_stream(self, name):
