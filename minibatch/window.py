@@ -23,8 +23,6 @@ import time
 import traceback
 import uuid
 
-from bson import ObjectId
-
 from minibatch.errors import ConfigurationError, InvalidWindowSpec
 from minibatch.executors import make_executor
 from minibatch.marshaller import marshal
@@ -189,11 +187,7 @@ class WindowEmitter:
         """Record a window of the claimed messages ``qs`` and submit the function. Returns the Window."""
         data = [m.data for m in qs]
         window = Window(stream=self.stream_name, data=data, processed=False, query=[])
-        record_id = self.store.save_window(self.stream_name, data)
-        # Window.id is an ObjectId field: only MongoDB ids fit (others would fail on pickling)
-        if isinstance(record_id, ObjectId):
-            window.id = record_id
-        window._record_id = record_id
+        window.id = self.store.save_window(self.stream_name, data)
         window._messages = qs
         self.stats['windows'] += 1
         self.stats['messages'] += len(qs)
@@ -214,7 +208,7 @@ class WindowEmitter:
                 logger.warning('minibatch: %d of %d messages of a window on %r were no longer held '
                                '(lease expired); they may be delivered again', len(qs) - done, len(qs),
                                self.stream_name)
-        self.store.mark_window(window._record_id, processed=True)
+        self.store.mark_window(window.id, processed=True)
         window.processed = True
         self.stats['committed'] += 1
 

@@ -443,6 +443,9 @@ class SQLiteStore(Store):
         if not ids:
             return []
         until = time.time() + lease
+        # messages we already read (from find_available) need not be decoded again
+        known = {m.id: m for m in ids if isinstance(m, Message)}
+        columns = 'id' if len(known) == len(ids) else MESSAGE_COLUMNS
 
         def work(conn):
             rows = []
@@ -450,10 +453,17 @@ class SQLiteStore(Store):
                 rows += conn.execute(
                     f"UPDATE buffer SET state = '{CLAIMED}', processed = 1, claim = ?, lease = ?"
                     f" WHERE stream = ? AND state = '{AVAILABLE}' AND id IN ({_marks(chunk)})"
-                    f' RETURNING {MESSAGE_COLUMNS}', (token, until, name, *chunk)).fetchall()
+                    f' RETURNING {columns}', (token, until, name, *chunk)).fetchall()
             return rows
+        rows = self._write(work)
+        if columns == 'id':
+            claimed = [known[row[0]] for row in rows]
+            for message in claimed:
+                message.state = CLAIMED
+        else:
+            claimed = [_message(row) for row in rows]
         # RETURNING has no defined order
-        return sorted((_message(row) for row in self._write(work)), key=lambda m: m.id)
+        return sorted(claimed, key=lambda m: m.id)
 
     def _by_token(self, sql, params, name, token, ids):
         """Run ``sql`` (ending in a WHERE clause) on ``ids`` still claimed under ``token``; return the rowcount."""

@@ -1,0 +1,53 @@
+"""An idle consumer must not hammer the store, yet must wake up for new messages."""
+import threading
+import time
+
+import minibatch as mb
+from minibatch.store import get_store
+
+#: store operations that reach the database
+OPERATIONS = ('find_available', 'claim', 'expire_leases', 'renew', 'get_stream', 'compare_and_set_last_read',
+              'update_stream', 'counts', 'save_window', 'commit', 'housekeep')
+
+
+def count_operations(store, monkeypatch):
+    calls = []
+    lock = threading.Lock()
+    for name in OPERATIONS:
+        original = getattr(store, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            with lock:
+                calls.append((time.monotonic(), _name))
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(store, name, counted)
+    return calls
+
+
+def wait_until(condition, timeout, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    raise AssertionError(f'timed out after {timeout}s')
+
+
+def test_idle_consumer_issues_few_operations_and_still_wakes(store_url, monkeypatch):
+    stream = mb.stream('idle', url=store_url)
+    calls = count_operations(get_store(store_url), monkeypatch)
+    seen = []
+    em = mb.streaming('idle', size=1, url=store_url, executor='inline', blocking=False)(
+        lambda window: seen.extend(window.data))
+    try:
+        time.sleep(1.0)  # let the poll interval back off to its idle maximum
+        start = time.monotonic()
+        time.sleep(4.0)  # the measured idle period
+        idle_calls = [name for t, name in calls if start <= t < start + 4.0]
+        assert len(idle_calls) <= 4 * 3, f'{len(idle_calls)} store operations in 4 s idle: {idle_calls}'
+        stream.append({'x': 1})
+        wait_until(lambda: seen, timeout=10)
+    finally:
+        em.stop()
+        em.thread.join(timeout=30)
+    assert seen == [{'x': 1}]
