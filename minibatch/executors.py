@@ -26,8 +26,9 @@ class LocalExecutor(concurrent.futures.Executor):
         future = concurrent.futures.Future()
         try:
             future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # the window failed; the consumer decides what that means
+        except Exception as exc:  # the window failed; the consumer decides what that means
             future.set_exception(exc)
+        # KeyboardInterrupt and SystemExit propagate: they stop the consumer, they are not window failures
         return future
 
     def shutdown(self, wait=True, **kwargs):

@@ -129,13 +129,21 @@ class WindowEmitter:
     def store(self):
         return self.stream.store
 
-    def _setup(self):
+    def _setup(self, waiter=True):
         if self._executor is None:
             self._executor, self.capacity, self._owns_executor, ships = make_executor(
                 self.executor_arg, self.workers)
             self._call = marshal(self.emitfn) if (ships and self.emitfn) else self.emitfn
-        if self._waiter is None:
+        if waiter and self._waiter is None:
             self._waiter = self.store.waiter(self.stream_name)
+
+    def close(self):
+        """Shut down the executor minibatch created (and the wake-up watcher). Idempotent.
+
+        A blocking ``run()`` does this when it ends; after ``run(blocking=False)``
+        rounds the pool is kept for the next round, so call ``close()`` when done.
+        """
+        self._teardown()
 
     def _teardown(self):
         if self._waiter is not None:
@@ -186,8 +194,7 @@ class WindowEmitter:
     def emit(self, qs):
         """Record a window of the claimed messages ``qs`` and submit the function. Returns the Window."""
         data = [m.data for m in qs]
-        window = Window(stream=self.stream_name, data=data, processed=False, query=[])
-        window.id = self.store.save_window(self.stream_name, data)
+        window = Window.for_data(self.stream_name, data, id=self.store.save_window(self.stream_name, data))
         window._messages = qs
         self.stats['windows'] += 1
         self.stats['messages'] += len(qs)
@@ -195,7 +202,14 @@ class WindowEmitter:
             future = concurrent.futures.Future()
             future.set_result(None)
         else:
-            future = self._executor.submit(self._call, window)
+            try:
+                future = self._executor.submit(self._call, window)
+            except BaseException:
+                # not started (pool broken, Ctrl-C in an inline function): give the messages
+                # back at once, without counting an attempt, rather than wait for the lease
+                if qs:
+                    self._store_call(self.store.unclaim, self.stream_name, qs[0].token, [m.id for m in qs])
+                raise
         self._inflight.append(InFlight(qs, window, future))
         return window
 
@@ -262,13 +276,15 @@ class WindowEmitter:
         ``blocking=False`` runs exactly one round: at most one window is cut,
         and the call returns once it is committed or undone.
         """
+        if not blocking:
+            # one round, no wake-up watcher; the pool stays for the next round (see close())
+            self._setup(waiter=False)
+            self._round()
+            self._drain(timeout=None)
+            return self
         self._setup()
-        restore = self._install_sigterm() if blocking else None
+        restore = self._install_sigterm()
         try:
-            if not blocking:
-                self._round()
-                self._drain(timeout=None)
-                return self
             while not self._should_stop():
                 try:
                     worked = self._round()

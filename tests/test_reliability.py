@@ -230,3 +230,33 @@ def test_fixed_time_slots_are_handed_out_once(store_url, tmp_path):
         stop_all(procs)
     assert sorted(delivered(tmp_path)) == list(range(30))
     assert len(events(tmp_path, 'done')) >= 2, 'the messages were spread over several slots'
+
+
+def test_ctrl_c_lets_pool_windows_finish(store_url, tmp_path):
+    stream = mb.stream('interrupted', url=store_url)
+    stream.append([{'i': i} for i in range(4)])
+    proc = start_consumer(store_url, 'interrupted', tmp_path, size=4, executor='process', workers=1, slow=1.5)
+    try:
+        wait_until(lambda: events(tmp_path, 'start'), timeout=60, message='the window to start', alive=[proc])
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        stop_all([proc])
+    assert sorted(delivered(tmp_path)) == [0, 1, 2, 3], 'the worker was not interrupted'
+    assert settled(stream), 'the finished window was committed'
+
+
+def test_ctrl_c_in_an_inline_function_gives_the_window_back(store_url, tmp_path):
+    stream = mb.stream('interrupted-inline', url=store_url)
+    stream.append([{'i': i} for i in range(4)])
+    proc = start_consumer(store_url, 'interrupted-inline', tmp_path, size=4, executor='inline', slow=30)
+    try:
+        wait_until(lambda: events(tmp_path, 'start'), timeout=60, message='the window to start', alive=[proc])
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        stop_all([proc])
+    assert delivered(tmp_path) == []
+    waiting = stream.store.find_available('interrupted-inline')
+    assert [(m.data['i'], m.attempts) for m in waiting] == [(0, 0), (1, 0), (2, 0), (3, 0)], \
+        'available again at once, no attempt counted'
