@@ -81,7 +81,7 @@ def get_store(url=None, **options):
         store = _stores.get(key)
         if store is None:
             store = store_class(url)(url, **options)
-            logger.debug('minibatch store: %s', store.describe())
+            logger.info('minibatch store: %s', store.describe())
             _stores[key] = store
         return store
 
