@@ -23,7 +23,7 @@ from mongoengine import (BooleanField, DateTimeField, DictField, Document, Dynam
 
 from minibatch.errors import ConfigurationError, InvalidMessage, NotSupportedByStore
 from minibatch.store import get_store
-from minibatch.store.base import STATES, utcnow
+from minibatch.store.base import AVAILABLE, STATES, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -183,14 +183,10 @@ class Stream(Document):
             not a dict or holds a value the store cannot serialise; nothing is written
         """
         docs = data if isinstance(data, list) else [data]
-        for i, doc in enumerate(docs):
-            if not isinstance(doc, dict):
-                where = f' (item {i} of the list)' if isinstance(data, list) else ''
-                raise InvalidMessage(f'a stream message must be a dict, got {type(doc).__name__}: {doc!r:.200}{where}')
         if getattr(self, '_batchsize', 1) <= 1:
-            self.store.append(self.name, docs)
+            self.store.append(self.name, docs)  # validates everything before writing anything
             return
-        self.store.validate(docs) if hasattr(self.store, 'validate') else None
+        self.store.validate(docs)  # reject a bad message now, not when its batch is written
         with self._batch_lock:
             self._batch.extend(docs)
             full = len(self._batch) >= self._batchsize
@@ -284,10 +280,11 @@ class Stream(Document):
             if processed is not None:
                 qs = qs.filter(processed=processed)
             return qs.limit(limit) if limit else qs
-        state = 'available' if processed is False else None
-        messages = self.store.messages(self.name, state=state, limit=None if processed else limit)
-        if processed:
-            messages = [m for m in messages if m.processed][:limit] if limit else [m for m in messages if m.processed]
+        if processed is False:
+            messages = self.store.messages(self.name, state=AVAILABLE, limit=limit)
+        else:
+            messages = [m for m in self.store.messages(self.name) if processed is None or m.processed]
+            messages = messages[:limit] if limit else messages
         return [Buffer(id=m.id, stream=m.stream, created=m.created, data=m.data, processed=m.processed,
                        state=m.state, attempts=m.attempts, error=m.error) for m in messages]
 
