@@ -31,16 +31,6 @@ from minibatch.store.base import Message, utcnow
 
 logger = logging.getLogger(__name__)
 
-#: errors of the store that are worth waiting out (the connection dropped)
-try:
-    from pymongo.errors import AutoReconnect as _AutoReconnect, ServerSelectionTimeoutError as _NoServer
-    TRANSIENT_ERRORS = (ConnectionError, _AutoReconnect, _NoServer)
-except ImportError:  # pragma: no cover - pymongo is a core dependency
-    TRANSIENT_ERRORS = (ConnectionError,)
-import sqlite3  # noqa: E402
-TRANSIENT_ERRORS += (sqlite3.OperationalError,)
-
-
 class InFlight:
     """A window submitted to the executor and not yet committed or undone."""
     __slots__ = ('messages', 'window', 'future', 'renewed')
@@ -288,7 +278,7 @@ class WindowEmitter:
             while not self._should_stop():
                 try:
                     worked = self._round()
-                except TRANSIENT_ERRORS as exc:
+                except self.store.transient_errors as exc:
                     logger.warning('minibatch: store unavailable (%s); retrying', _summary(exc))
                     self._stop_event.wait(min(self._idle * 4, 2.0))
                     self._idle = min(self._idle * 2, self.MAX_POLL)
@@ -367,7 +357,7 @@ class WindowEmitter:
         while True:
             try:
                 return fn(*args)
-            except TRANSIENT_ERRORS as exc:
+            except self.store.transient_errors as exc:
                 if time.monotonic() > deadline:
                     logger.error('minibatch: could not settle a window on %r (%s); its lease will expire and '
                                  'it will be delivered again', self.stream_name, _summary(exc))

@@ -75,10 +75,14 @@ def settled(stream):
 def test_competing_consumers_process_each_message_exactly_once(store_url, tmp_path):
     n = 3000
     stream = mb.stream('competing', url=store_url)
-    stream.append([{'i': i} for i in range(n)])
-    procs = [start_consumer(store_url, 'competing', tmp_path, size=100, executor='inline', lease=30)
+    # slow=0.02: each window takes a little time, so that no consumer can take
+    # every window before the others are up (the sharing assertion below)
+    procs = [start_consumer(store_url, 'competing', tmp_path, size=100, executor='inline', lease=30, slow=0.02)
              for _ in range(3)]
     try:
+        wait_until(lambda: len(glob.glob(os.path.join(str(tmp_path), 'ready-*'))) == 3, timeout=60,
+                   message='consumers started', alive=procs)
+        stream.append([{'i': i} for i in range(n)])
         wait_until(lambda: len(delivered(tmp_path)) >= n, timeout=240, message=f'{n} messages delivered', alive=procs)
     finally:
         stop_all(procs)

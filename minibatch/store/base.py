@@ -118,11 +118,14 @@ class Store:
       so an idle consumer need not poll often.
     * ``querysets``: ``Stream.buffer()`` / ``Stream.window()`` can return
       mongoengine querysets (MongoDB only); otherwise they return lists.
+    * ``transient_errors``: exceptions that mean "the store is briefly
+      unreachable or busy"; consumers wait these out and retry instead of dying.
     """
     #: URL schemes this store serves, e.g. ('mongodb', 'mongodb+srv')
     schemes = ()
     push_wakeups = False
     querysets = False
+    transient_errors = (ConnectionError,)
 
     def __init__(self, url, **options):
         self.url = url

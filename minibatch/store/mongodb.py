@@ -85,6 +85,8 @@ class MongoStore(Store):
     schemes = ('mongodb', 'mongodb+srv')
     push_wakeups = True
     querysets = True
+    # AutoReconnect covers a dropped connection and a failed server selection
+    transient_errors = (ConnectionError, pymongo.errors.AutoReconnect)
 
     def __init__(self, url, **options):
         super().__init__(url, **options)

@@ -221,9 +221,18 @@ class _Holder:
 
 
 class SQLiteStore(Store):
+    """The embedded store: one SQLite file in WAL mode, shared by the processes of one machine.
+
+    Every write is one ``BEGIN IMMEDIATE`` transaction; claims are a single
+    ``UPDATE ... RETURNING`` on rows still available, so they are atomic
+    across processes. Ids come from AUTOINCREMENT: they only increase and are
+    never reused.
+    """
     schemes = ('sqlite',)
     push_wakeups = False
     querysets = False
+    # the write lock held longer than busy timeout plus retries: worth waiting out
+    transient_errors = (ConnectionError, sqlite3.OperationalError)
 
     def __init__(self, url, **options):
         super().__init__(url, **options)
