@@ -33,12 +33,13 @@ logger = logging.getLogger(__name__)
 
 class InFlight:
     """A window submitted to the executor and not yet committed or undone."""
-    __slots__ = ('messages', 'window', 'future', 'renewed')
+    __slots__ = ('messages', 'window', 'future', 'renewed', 'executor')
 
-    def __init__(self, messages, window, future):
+    def __init__(self, messages, window, future, executor=None):
         self.messages = messages
         self.window = window
         self.future = future
+        self.executor = executor  # the pool it runs on, to tell a broken pool from its replacement
         self.renewed = time.monotonic()
 
 
@@ -101,6 +102,7 @@ class WindowEmitter:
         self._idle = 0.01
         self._next_expiry = 0.0
         self._next_housekeeping = 0.0
+        self._isolating = 0  # windows still to run alone after a worker crash (see _reap)
         #: counts for this emitter's lifetime, e.g. for tests and status pages
         self.stats = {'windows': 0, 'committed': 0, 'failed': 0, 'messages': 0}
 
@@ -193,14 +195,19 @@ class WindowEmitter:
             future.set_result(None)
         else:
             try:
-                future = self._executor.submit(self._call, window)
+                try:
+                    future = self._executor.submit(self._call, window)
+                except concurrent.futures.BrokenExecutor:
+                    # a worker died since the last round; its windows are settled by _reap
+                    self._replace_broken_executor()
+                    future = self._executor.submit(self._call, window)
             except BaseException:
                 # not started (pool broken, Ctrl-C in an inline function): give the messages
                 # back at once, without counting an attempt, rather than wait for the lease
                 if qs:
                     self._store_call(self.store.unclaim, self.stream_name, qs[0].token, [m.id for m in qs])
                 raise
-        self._inflight.append(InFlight(qs, window, future))
+        self._inflight.append(InFlight(qs, window, future, self._executor))
         return window
 
     def commit(self, qs, window):
@@ -321,7 +328,8 @@ class WindowEmitter:
         """One pass: settle finished windows, keep leases alive, cut at most one new window."""
         self._reap()
         self._maintain()
-        if len(self._inflight) >= self.capacity or self._stop_event.is_set():
+        capacity = 1 if self._isolating else self.capacity
+        if len(self._inflight) >= capacity or self._stop_event.is_set():
             return False
         ready, args = self.window_ready()
         if not ready:
@@ -335,20 +343,53 @@ class WindowEmitter:
         return True
 
     def _reap(self):
-        for flight in [f for f in self._inflight if f.future.done()]:
+        done = [f for f in self._inflight if f.future.done()]
+        # cancelled: left behind in a pool we replaced; broken: its pool lost a worker
+        broken = [f for f in done if f.future.cancelled()
+                  or isinstance(f.future.exception(), concurrent.futures.BrokenExecutor)]
+        if any(flight.executor is self._executor for flight in broken):
+            self._replace_broken_executor()
+        if len(broken) > 1:
+            # a dead worker fails every window of its pool, and which one killed it is
+            # unknown: give them all back without counting an attempt, and run the next
+            # windows one at a time, so that a repeat crash points at its culprit
+            for flight in broken:
+                if flight.messages:
+                    self._store_call(self.store.unclaim, self.stream_name, flight.messages[0].token,
+                                     [m.id for m in flight.messages])
+                self._inflight.remove(flight)
+            self._isolating = max(self._isolating, len(broken))
+            done = [f for f in done if f not in broken]
+        for flight in done:
             self._settle(flight)
 
     def _settle(self, flight):
+        if self._isolating:
+            self._isolating -= 1
         try:
             result = flight.future.result()
             if self.sink is not None:
                 self.sink.put(_sink_payload(result, flight.window))
         except Exception as exc:
-            error = ''.join(traceback.format_exception(exc))[-4000:]
+            if isinstance(exc, concurrent.futures.BrokenExecutor):
+                error = (f'{type(exc).__name__}: the worker process died while running this window '
+                         f'(killed, out of memory or crashed): {exc}')
+            else:
+                error = ''.join(traceback.format_exception(exc))[-4000:]
             self._store_call(self.undo, flight.messages, flight.window, error)
         else:
             self._store_call(self.commit, flight.messages, flight.window)
         self._inflight.remove(flight)
+
+    def _replace_broken_executor(self):
+        # a pool whose worker died refuses all further work; start a fresh one
+        # (only ours: an executor the user passed in is theirs to manage)
+        if not self._owns_executor or self._executor is None:
+            return
+        logger.error('minibatch: a worker process of %r died; starting a new pool', self.stream_name)
+        old, self._executor = self._executor, None
+        old.shutdown(wait=False, cancel_futures=True)
+        self._setup(waiter=False)
 
     def _store_call(self, fn, *args):
         """Settle a window even if the store is briefly unreachable; give up only when the lease is gone."""

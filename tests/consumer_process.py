@@ -9,10 +9,13 @@ tell which messages were delivered, by whom, and which window was cut short.
 Extra options understood here (not passed to @streaming):
 
 * ``slow``: seconds the function sleeps before returning;
-* ``poison``: the function raises when a message has ``poison: true``.
+* ``poison``: the function raises when a message has ``poison: true``;
+* ``crash``: the process running the function kills itself (SIGKILL) when a
+  message has ``crash: true`` (a worker dying of OOM or a segfault).
 """
 import json
 import os
+import signal
 import sys
 import time
 
@@ -29,12 +32,15 @@ def main(argv):
     url, stream, outdir, options = argv[1], argv[2], argv[3], json.loads(argv[4])
     slow = options.pop('slow', 0)
     poison = options.pop('poison', False)
+    crash = options.pop('crash', False)
 
     def process(window):
         ids = [message['i'] for message in window.data]
         log_event(outdir, 'start', ids)
         if poison and any(message.get('poison') for message in window.data):
             raise ValueError(f'poison message in window {ids}')
+        if crash and any(message.get('crash') for message in window.data):
+            os.kill(os.getpid(), signal.SIGKILL)
         if slow:
             time.sleep(slow)
         log_event(outdir, 'done', ids)

@@ -264,3 +264,22 @@ def test_ctrl_c_in_an_inline_function_gives_the_window_back(store_url, tmp_path)
     waiting = stream.store.find_available('interrupted-inline')
     assert [(m.data['i'], m.attempts) for m in waiting] == [(0, 0), (1, 0), (2, 0), (3, 0)], \
         'available again at once, no attempt counted'
+
+
+def test_worker_killed_by_a_message_is_replaced_and_the_message_dead_lettered(store_url, tmp_path):
+    stream = mb.stream('crashing', url=store_url)
+    stream.append([{'i': i, 'crash': i == 3} for i in range(10)])
+    proc = start_consumer(store_url, 'crashing', tmp_path, size=1, executor='process', workers=2, max_attempts=2,
+                          retry_backoff=0.05, crash=True)
+    try:
+        wait_until(lambda: len(delivered(tmp_path)) >= 9, timeout=120, message='the other messages', alive=[proc])
+        wait_until(lambda: stream.dead_letters(), timeout=60, message='the crashing message dead-lettered',
+                   alive=[proc])
+        wait_until(lambda: settled(stream), timeout=30, message='all settled', alive=[proc])
+    finally:
+        stop_all([proc])
+    assert set(delivered(tmp_path)) == set(range(10)) - {3}
+    dead = stream.dead_letters()
+    assert [m.data['i'] for m in dead] == [3]
+    assert 'worker process died' in dead[0].error
+    assert dead[0].attempts == 2
