@@ -166,13 +166,16 @@ class WindowEmitter:
         """Claim the messages ``qs`` atomically; return those this consumer now holds.
 
         ``qs`` may hold :class:`Message` objects, ``Buffer`` documents or ids.
-        Messages another consumer took first are silently left out.
+        Messages another consumer took first are silently left out; the rest
+        keep the order of ``qs`` (a custom emitter may have sorted them).
         """
         items = [_as_claimable(m) for m in (qs or [])]
         if not items:
             return []
         token = uuid.uuid4().hex
         claimed = self.store.claim(self.stream_name, items, token, self.lease)
+        position = {getattr(item, 'id', item): i for i, item in enumerate(items)}
+        claimed.sort(key=lambda m: position.get(m.id, len(position)))
         for message in claimed:
             message.token = token
         if claimed and self.processfn is not None:
