@@ -21,7 +21,7 @@ from bson import ObjectId
 from mongoengine import (BooleanField, DateTimeField, DictField, Document, DynamicField, FloatField, IntField,
                          ListField, StringField)
 
-from minibatch.errors import ConfigurationError, InvalidMessage, NotSupportedByStore
+from minibatch.errors import ConfigurationError, NotSupportedByStore
 from minibatch.store import get_store
 from minibatch.store.base import AVAILABLE, STATES, utcnow
 

@@ -21,20 +21,9 @@ import pytest
 import minibatch as mb
 from minibatch import Buffer, CountWindow, Stream, WindowEmitter, streaming
 from minibatch.store.base import STATES
+from tests.helpers import wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def wait_until(cond, timeout=5.0, interval=0.02, what='condition'):
-    """Poll ``cond()`` until it returns something truthy; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f'{what} not met within {timeout}s (last value: {value!r})')
-        time.sleep(interval)
 
 
 def name_of(prefix='s'):
@@ -146,7 +135,7 @@ def test_partial_batch_is_flushed_automatically(store_url):
     stream.append([{'i': 0}, {'i': 1}])
     stream.append({'i': 2})
     started = time.monotonic()
-    wait_until(lambda: stream.stats()['available'] == 3, timeout=3.0, what='background flush of a partial batch')
+    wait_until(lambda: stream.stats()['available'] == 3, timeout=3.0, message='background flush of a partial batch')
     assert time.monotonic() - started < 2.5
     assert [b.data['i'] for b in stream.buffer()] == [0, 1, 2]
 
@@ -240,8 +229,8 @@ def test_streaming_decorator_non_blocking_delivers_every_message_once(store_url)
 
     em = consume  # the decorator returns the running emitter
     try:
-        wait_until(lambda: len(fn.windows) == 5, timeout=20, what='5 windows')
-        wait_until(lambda: stream.stats()['done'] == 10, timeout=10, what='10 messages kept as done')
+        wait_until(lambda: len(fn.windows) == 5, timeout=20, message='5 windows')
+        wait_until(lambda: stream.stats()['done'] == 10, timeout=10, message='10 messages kept as done')
     finally:
         stop_and_join(em)
     assert all(len(w) == 2 for w in fn.windows)
@@ -270,11 +259,11 @@ def test_interval_windows_deliver_every_message_once(store_url, relaxed):
     assert type(em).__name__ == ('RelaxedTimeWindow' if relaxed else 'FixedTimeWindow')
     try:
         fill(stream, 6)
-        wait_until(lambda: len(fn.values()) >= 6, timeout=20, what='first 6 messages')
+        wait_until(lambda: len(fn.values()) >= 6, timeout=20, message='first 6 messages')
         stream.append([{'i': i} for i in range(6, 10)])
-        wait_until(lambda: len(fn.values()) >= 10, timeout=20, what='all 10 messages')
+        wait_until(lambda: len(fn.values()) >= 10, timeout=20, message='all 10 messages')
         wait_until(lambda: stream.stats()['available'] == 0 and stream.stats()['claimed'] == 0, timeout=10,
-                   what='all messages committed')
+                   message='all messages committed')
     finally:
         stop_and_join(em)
     values = fn.values()
@@ -420,7 +409,7 @@ def test_queue_true_stops_a_blocking_consumer(store_url):
 
     thread = threading.Thread(target=consumer, daemon=True)
     thread.start()
-    wait_until(lambda: len(fn.windows) == 1, timeout=20, what='the first window')
+    wait_until(lambda: len(fn.windows) == 1, timeout=20, message='the first window')
     assert thread.is_alive(), 'a blocking consumer returned before it was stopped'
     q.put(True)
     thread.join(10)
@@ -436,10 +425,10 @@ def test_stop_from_another_thread_ends_a_blocking_run(store_url):
     thread = threading.Thread(target=em.run, daemon=True)  # run() blocks by default
     thread.start()
     stream.append({'i': 1})
-    wait_until(lambda: fn.windows == [[{'i': 1}]], timeout=20, what='the window')
+    wait_until(lambda: fn.windows == [[{'i': 1}]], timeout=20, message='the window')
     # let it go idle for a while, so that it sleeps between polls
     wait_until(lambda: not thread.is_alive() or getattr(em, '_idle', 1.0) >= 0.5, timeout=10,
-               what='the consumer to idle')
+               message='the consumer to idle')
     assert thread.is_alive()
     started = time.monotonic()
     em.stop()
@@ -462,7 +451,7 @@ def test_closures_and_lambdas_run_in_the_default_process_pool(store_url):
     sink = ListSink()
     em = streaming(stream.name, size=2, url=store_url, sink=sink, workers=2, blocking=False)(closure)
     try:
-        wait_until(lambda: len(sink.items) == 3, timeout=60, what='3 windows from the process pool')
+        wait_until(lambda: len(sink.items) == 3, timeout=60, message='3 windows from the process pool')
     finally:
         stop_and_join(em, timeout=30)
     assert sorted(v for item in sink.items for v in item['values']) == [0, 10, 20, 30, 40, 50]
@@ -475,7 +464,7 @@ def test_closures_and_lambdas_run_in_the_default_process_pool(store_url):
     em = streaming(other.name, size=2, url=store_url, sink=sink2, workers=2, blocking=False)(
         lambda w: (os.getpid(), sum(d['i'] for d in w.data) + factor))
     try:
-        wait_until(lambda: len(sink2.items) == 2, timeout=60, what='2 windows from a lambda')
+        wait_until(lambda: len(sink2.items) == 2, timeout=60, message='2 windows from a lambda')
     finally:
         stop_and_join(em, timeout=30)
     assert sorted(total for _, total in sink2.items) == [11, 15]
@@ -514,7 +503,7 @@ def test_forked_child_reconnects(mongo_url):
     child.start()
     child.join(60)
     assert child.exitcode == 0
-    wait_until(lambda: stream.stats()['available'] == 2, timeout=5, what="the child's message")
+    wait_until(lambda: stream.stats()['available'] == 2, timeout=5, message="the child's message")
     # ObjectIds of different processes order by arrival only to the second: compare without order
     data = sorted((b.data for b in stream.buffer()), key=lambda d: d['from'])
     assert data == [{'from': 'child', 'pid': child.pid}, {'from': 'parent'}]
@@ -571,7 +560,7 @@ def test_housekeep_removes_old_kept_messages_only(store_url):
     assert stream.housekeep() == 0  # nothing is an hour old
     removed = []
     wait_until(lambda: removed.append(stream.housekeep(max_age=0.2)) or sum(removed) >= 6, timeout=5,
-               what='4 done messages and 2 windows to age out')
+               message='4 done messages and 2 windows to age out')
     assert sum(removed) == 6
     counts = stream.stats()
     assert (counts['done'], counts['available'], counts['windows']) == (0, 2, 0)

@@ -11,18 +11,6 @@ from minibatch.errors import (ConfigurationError, InvalidMessage, InvalidWindowS
 from minibatch.store.base import STATES
 
 
-def wait_until(cond, timeout=5.0, interval=0.02, what='condition'):
-    """Poll ``cond()`` until it returns something truthy; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f'{what} not met within {timeout}s (last value: {value!r})')
-        time.sleep(interval)
-
-
 def name_of(prefix='bad'):
     return f'{prefix}-{uuid.uuid4().hex[:8]}'
 

@@ -4,7 +4,6 @@ Starts its own MongoDB-wire server (SecantusDB) so that it can stop and
 restart it under a running consumer.
 """
 import importlib.util
-import os
 import socket
 import subprocess
 import sys
@@ -15,22 +14,13 @@ import pytest
 
 import minibatch as mb
 from tests.conftest import require_mongo
+from tests.helpers import wait_until
 
 
 def free_port():
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         return sock.getsockname()[1]
-
-
-def wait_until(condition, timeout, interval=0.05, message='condition'):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f'timed out after {timeout}s waiting for {message}')
 
 
 class WireServer:

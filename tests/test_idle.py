@@ -4,6 +4,7 @@ import time
 
 import minibatch as mb
 from minibatch.store import get_store
+from tests.helpers import wait_until
 
 #: store operations that reach the database
 OPERATIONS = ('find_available', 'claim', 'expire_leases', 'renew', 'get_stream', 'compare_and_set_last_read',
@@ -22,15 +23,6 @@ def count_operations(store, monkeypatch):
             return _original(*args, **kwargs)
         monkeypatch.setattr(store, name, counted)
     return calls
-
-
-def wait_until(condition, timeout, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    raise AssertionError(f'timed out after {timeout}s')
 
 
 def test_idle_consumer_issues_few_operations_and_still_wakes(store_url, monkeypatch):

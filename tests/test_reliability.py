@@ -10,26 +10,12 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 import minibatch as mb
+from tests.helpers import wait_until
 
 HERE = os.path.dirname(__file__)
 CONSUMER = os.path.join(HERE, 'consumer_process.py')
-
-
-def wait_until(condition, timeout, interval=0.05, message='condition', alive=()):
-    """Poll ``condition`` until true; fail at the deadline, or at once if a process in ``alive`` exited."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        dead = [proc for proc in alive if proc.poll() is not None]
-        if dead:
-            raise AssertionError(f'consumer process exited with {dead[0].returncode} while waiting for {message}')
-        time.sleep(interval)
-    raise AssertionError(f'timed out after {timeout}s waiting for {message}')
 
 
 def start_consumer(url, stream, outdir, **options):
