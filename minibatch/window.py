@@ -409,7 +409,7 @@ class WindowEmitter:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    def _maintain(self):
+    def _renew_leases(self):
         now = time.monotonic()
         for flight in self._inflight:
             if now - flight.renewed > self.lease / 3 and flight.messages:
@@ -417,6 +417,10 @@ class WindowEmitter:
                 flight.renewed = now
                 if not held:
                     logger.warning('minibatch: lost the lease of a running window on %r', self.stream_name)
+
+    def _maintain(self):
+        self._renew_leases()
+        now = time.monotonic()
         if now >= self._next_expiry:
             self.store.expire_leases(self.stream_name, max_attempts=self.max_attempts)
             self._next_expiry = now + max(0.2, min(self.lease / 4, 5.0, self.retry_backoff or 5.0))
@@ -429,12 +433,17 @@ class WindowEmitter:
         """Settle in-flight windows: wait for them up to ``timeout``, then give the rest back."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._inflight:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            done, _ = concurrent.futures.wait([f.future for f in self._inflight], timeout=remaining,
-                                              return_when=concurrent.futures.FIRST_COMPLETED)
-            if not done:
+            remaining = self.lease / 3 if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
                 break
+            # wake at least every third of the lease: a long window keeps its claim while we wait
+            concurrent.futures.wait([f.future for f in self._inflight], timeout=min(remaining, self.lease / 3),
+                                    return_when=concurrent.futures.FIRST_COMPLETED)
             self._reap()
+            try:
+                self._renew_leases()
+            except self.store.transient_errors as exc:
+                logger.warning('minibatch: could not renew leases (%s); retrying', _summary(exc))
         for flight in list(self._inflight):
             # still running after the grace period: hand the messages back untouched
             if flight.messages:
@@ -537,7 +546,12 @@ class FixedTimeWindow(_TimeWindow):
     one consumer by an atomic compare-and-set of ``last_read``. A window holds
     the messages created before the slot's end that were not yet delivered
     (messages of an earlier slot that failed and are retried join the next one).
+
+    When the slots are more than ``MAX_CATCH_UP`` behind the clock (no
+    consumer ran for a while), the missed slots are merged into one window
+    that ends at the last full slot, rather than cut one by one.
     """
+    MAX_CATCH_UP = 10
 
     def __init__(self, stream, interval=None, **kwargs):
         super().__init__(stream, interval=interval, **kwargs)
@@ -547,10 +561,12 @@ class FixedTimeWindow(_TimeWindow):
         if self._last_read is None:
             info = self.store.get_stream(self.stream_name)
             self._last_read = info.last_read
-        slot_end = self._last_read + datetime.timedelta(seconds=self.interval)
-        if utcnow() < slot_end:
+        now = utcnow()
+        slots = int((now - self._last_read).total_seconds() // self.interval)
+        if slots < 1:
             return False, ()
         start = self._last_read
+        slot_end = start + datetime.timedelta(seconds=self.interval * (slots if slots > self.MAX_CATCH_UP else 1))
         won = self.store.compare_and_set_last_read(self.stream_name, start, slot_end)
         # winner or not, the next slot starts where the store says it does
         self._last_read = slot_end if won else None

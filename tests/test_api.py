@@ -565,3 +565,19 @@ def test_housekeep_removes_old_kept_messages_only(store_url):
     counts = stream.stats()
     assert (counts['done'], counts['available'], counts['windows']) == (0, 2, 0)
     assert [b.data['i'] for b in stream.buffer()] == [4, 5]
+
+
+def test_fixed_time_window_merges_slots_it_is_far_behind(store_url):
+    stream = mb.stream(name_of(), url=store_url)
+    an_hour_ago = stream.last_read - datetime.timedelta(hours=1)
+    stream.store.update_stream(stream.name, last_read=an_hour_ago)
+    stream.append([{'i': i} for i in range(5)])
+    fn = Collector()
+    em = streaming(stream.name, interval=1.0, relaxed=False, url=store_url, executor='inline').make(fn)
+    # the messages belong to the slot that is running now; once it is over, the
+    # next round cuts one window for the whole missed hour, not 3,600 slots
+    wait_until(lambda: em.run(blocking=False) and fn.windows, timeout=10, interval=0.1, message='the window')
+    assert [[d['i'] for d in w] for w in fn.windows] == [[0, 1, 2, 3, 4]]
+    assert em.stats['windows'] <= 2
+    behind = datetime.datetime.utcnow() - stream.store.get_stream(stream.name).last_read
+    assert datetime.timedelta(0) <= behind < datetime.timedelta(seconds=2)

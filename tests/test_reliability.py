@@ -269,3 +269,32 @@ def test_worker_killed_by_a_message_is_replaced_and_the_message_dead_lettered(st
     assert [m.data['i'] for m in dead] == [3]
     assert 'worker process died' in dead[0].error
     assert dead[0].attempts == 2
+
+
+def test_one_round_keeps_the_lease_of_a_long_window(store_url):
+    """run(blocking=False) waits for its window; meanwhile nobody else may take the messages."""
+    import threading
+    stream = mb.stream('one-long-round', url=store_url)
+    stream.append([{'i': i} for i in range(3)])
+    calls = []
+
+    def slow(window):
+        calls.append([m['i'] for m in window.data])
+        time.sleep(2.5)  # several leases long
+
+    em = mb.streaming('one-long-round', size=3, url=store_url, executor='thread', workers=1, lease=0.6).make(slow)
+    rival_saw = []
+    rival = mb.streaming('one-long-round', size=3, url=store_url, executor='inline', lease=0.6).make(
+        lambda window: rival_saw.append(window.data))
+    runner = threading.Thread(target=em.run, kwargs={'blocking': False})
+    runner.start()
+    try:
+        wait_until(lambda: calls, timeout=30, message='the long window to start')
+        while runner.is_alive():
+            rival.run(blocking=False)  # would take the messages if the lease had lapsed
+            time.sleep(0.1)
+    finally:
+        runner.join(timeout=30)
+        em.close()
+    assert calls == [[0, 1, 2]] and rival_saw == []
+    assert settled(stream)
