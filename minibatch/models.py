@@ -276,7 +276,7 @@ class Stream(Document):
         MongoDB: a ``Buffer`` queryset; other stores: a list of ``Buffer`` objects.
         """
         if self.store.querysets:
-            qs = Buffer.objects.using(self.store.document_alias()).filter(stream=self.name).order_by('_id')
+            qs = self.store.queryset(Buffer).filter(stream=self.name).order_by('_id')
             if processed is not None:
                 qs = qs.filter(processed=processed)
             return qs.limit(limit) if limit else qs
@@ -294,7 +294,7 @@ class Stream(Document):
         MongoDB: a ``Window`` queryset; other stores: a list of ``Window`` objects.
         """
         if self.store.querysets:
-            qs = Window.objects.using(self.store.document_alias()).filter(stream=self.name).order_by('_id')
+            qs = self.store.queryset(Window).filter(stream=self.name).order_by('_id')
             return qs.filter(processed=processed) if processed is not None else qs
         return [Window(id=w.id, stream=w.stream, created=w.created, data=w.data, processed=w.processed,
                        query=w.query) for w in self.store.windows(self.name, processed=processed)]

@@ -215,14 +215,12 @@ class WindowEmitter:
 
     def commit(self, qs, window):
         """The window succeeded: remove (or keep, with ``keep=True``) its messages; mark the window processed."""
-        if qs:
-            token = qs[0].token
-            done = self.store.commit(self.stream_name, token, [m.id for m in qs], keep=self.keep)
-            if done < len(qs):
-                logger.warning('minibatch: %d of %d messages of a window on %r were no longer held '
-                               '(lease expired); they may be delivered again', len(qs) - done, len(qs),
-                               self.stream_name)
-        self.store.mark_window(window.id, processed=True)
+        token = qs[0].token if qs else None
+        done = self.store.commit(self.stream_name, token, [m.id for m in qs], keep=self.keep, window_id=window.id)
+        if done < len(qs):
+            logger.warning('minibatch: %d of %d messages of a window on %r were no longer held '
+                           '(lease expired); they may be delivered again', len(qs) - done, len(qs),
+                           self.stream_name)
         window.processed = True
         self.stats['committed'] += 1
 

@@ -238,13 +238,16 @@ class Store:
         """
         raise NotImplementedError
 
-    def commit(self, name, token, ids, keep=False):
+    def commit(self, name, token, ids, keep=False, window_id=None):
         """Mark the window claimed with ``token`` as successfully processed.
 
         Only messages among ``ids`` still held under ``token`` are affected,
         so a consumer whose lease was lost cannot commit another's claim.
         Removes the messages unless ``keep`` is true, in which case they stay
-        with state ``done``. Atomic per message. Returns the number committed.
+        with state ``done``. Atomic per message. With ``window_id``, that
+        window record is marked processed too (in the same transaction where
+        the store has transactions, right after otherwise). Returns the number
+        of messages committed.
         """
         raise NotImplementedError
 

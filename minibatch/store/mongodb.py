@@ -44,14 +44,22 @@ _private_aliases = itertools.count(1)
 def _alias_for(key):
     """The alias of the client for ``key`` (call under ``_alias_lock``).
 
-    Alias ``'minibatch'``, the one the Documents use, goes to the first client
-    that connects while it is free (again after the store holding it closed);
-    any other client gets a private alias.
+    Alias ``'minibatch'``, the one the Documents use (``Buffer.objects``), is
+    taken by any client that connects while no connection is registered under
+    it: the first store of the process, and again after the store holding it
+    closed or the user called ``mongoengine.disconnect(alias='minibatch')``.
+    Other clients get a private alias.
     """
     alias = _aliases.get(key)
-    if alias is None:
-        alias = ALIAS if ALIAS not in _aliases.values() else f'{ALIAS}-{next(_private_aliases)}'
-        _aliases[key] = alias
+    if alias != ALIAS and ALIAS not in me_connection._connection_settings:
+        for other, other_alias in list(_aliases.items()):
+            if other_alias == ALIAS:
+                del _aliases[other]  # its holder disconnected: it reconnects under a private alias
+        if alias is not None and alias in me_connection._connection_settings:
+            me_connection.disconnect(alias)  # our old private client, replaced by the shared one
+        alias = _aliases[key] = ALIAS
+    elif alias is None:
+        alias = _aliases[key] = f'{ALIAS}-{next(_private_aliases)}'
     return alias
 
 
@@ -130,10 +138,14 @@ class MongoStore(Store):
             return me_connection._dbs[self.alias]
         return self.connect()
 
-    def document_alias(self):
-        """Connect if needed; return the mongoengine alias whose database holds this store's data."""
-        self._db()
-        return self.alias
+    def queryset(self, document):
+        """A mongoengine queryset of ``document`` (Buffer, Window, Stream) over this store's collection.
+
+        Built on the collection itself rather than on a connection alias, so it
+        reads this store's database whatever the alias ``'minibatch'`` points at.
+        """
+        from mongoengine.queryset import QuerySet
+        return QuerySet(document, self._db()[document._meta['collection']])
 
     def _collections(self):
         db = self._db()
@@ -312,13 +324,21 @@ class MongoStore(Store):
         return result.matched_count
 
     @_translate_errors
-    def commit(self, name, token, ids, keep=False):
+    def commit(self, name, token, ids, keep=False, window_id=None):
         query = {'_id': {'$in': list(ids)}, 'claim': token, 'state': CLAIMED}
-        buffer = self._buffer()
-        if keep:
-            return buffer.update_many(query, {'$set': {'state': DONE, 'done': utcnow()},
-                                              '$unset': {'claim': '', 'lease': ''}}).modified_count
-        return buffer.delete_many(query).deleted_count
+        _, buffer, windows = self._collections()
+        if not ids:
+            count = 0
+        elif keep:
+            count = buffer.update_many(query, {'$set': {'state': DONE, 'done': utcnow()},
+                                               '$unset': {'claim': '', 'lease': ''}}).modified_count
+        else:
+            count = buffer.delete_many(query).deleted_count
+        if window_id is not None:
+            # a second round trip: a transaction would need a replica set, and a window
+            # record left unmarked after a crash here is harmless (its messages are committed)
+            windows.update_one({'_id': window_id}, {'$set': {'processed': True}})
+        return count
 
     @_translate_errors
     def release(self, name, token, ids, error=None, max_attempts=3, backoff=0.0):

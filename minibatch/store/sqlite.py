@@ -179,6 +179,16 @@ def _chunks(ids):
         yield ids[start:start + CHUNK]
 
 
+def _on_token(conn, sql, params, name, token, ids):
+    """Run ``sql`` (ending in a WHERE clause) on ``ids`` still claimed under ``token``; return the rowcount."""
+    count = 0
+    for chunk in _chunks(ids):
+        count += conn.execute(
+            f"{sql} claim = ? AND stream = ? AND state = '{CLAIMED}' AND id IN ({_marks(chunk)})",
+            (*params, token, name, *chunk)).rowcount
+    return count
+
+
 def _marks(ids):
     return ','.join('?' * len(ids))
 
@@ -476,25 +486,25 @@ class SQLiteStore(Store):
 
     def _by_token(self, sql, params, name, token, ids):
         """Run ``sql`` (ending in a WHERE clause) on ``ids`` still claimed under ``token``; return the rowcount."""
-        def work(conn):
-            count = 0
-            for chunk in _chunks(ids):
-                count += conn.execute(
-                    f"{sql} claim = ? AND stream = ? AND state = '{CLAIMED}' AND id IN ({_marks(chunk)})",
-                    (*params, token, name, *chunk)).rowcount
-            return count
-        return self._write(work) if ids else 0
+        return self._write(lambda conn: _on_token(conn, sql, params, name, token, ids)) if ids else 0
 
     def renew(self, name, token, lease):
         return self._write(lambda conn: conn.execute(
             f"UPDATE buffer SET lease = ? WHERE claim = ? AND stream = ? AND state = '{CLAIMED}'",
             (time.time() + lease, token, name)).rowcount)
 
-    def commit(self, name, token, ids, keep=False):
+    def commit(self, name, token, ids, keep=False, window_id=None):
         if keep:
-            return self._by_token(f"UPDATE buffer SET state = '{DONE}', processed = 1, claim = NULL, lease = NULL"
-                                  ' WHERE', (), name, token, ids)
-        return self._by_token('DELETE FROM buffer WHERE', (), name, token, ids)
+            sql = f"UPDATE buffer SET state = '{DONE}', processed = 1, claim = NULL, lease = NULL WHERE"
+        else:
+            sql = 'DELETE FROM buffer WHERE'
+
+        def work(conn):
+            count = _on_token(conn, sql, (), name, token, ids)
+            if window_id is not None:
+                conn.execute('UPDATE windows SET processed = 1 WHERE id = ?', (int(window_id),))
+            return count
+        return self._write(work) if ids or window_id is not None else 0
 
     def release(self, name, token, ids, error=None, max_attempts=3, backoff=0.0):
         if not ids:
