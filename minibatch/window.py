@@ -190,7 +190,6 @@ class WindowEmitter:
         """Record a window of the claimed messages ``qs`` and submit the function. Returns the Window."""
         data = [m.data for m in qs]
         window = Window.for_data(self.stream_name, data, id=self.store.save_window(self.stream_name, data))
-        window._messages = qs
         self.stats['windows'] += 1
         self.stats['messages'] += len(qs)
         if self.emitfn is None:
@@ -245,19 +244,28 @@ class WindowEmitter:
         return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
 
     def sleep(self):
-        """Wait before the next round: until a function finishes, a message arrives, or a poll is due."""
+        """Wait before the next round: until a function finishes, a message arrives, or a poll is due.
+
+        Waiting costs no store queries: the waiter watches for appends (change
+        stream, file changes) while running windows are checked in between.
+        """
         timeout = self._next_timeout()
-        if self._inflight and len(self._inflight) >= self.capacity:
-            concurrent.futures.wait([f.future for f in self._inflight], timeout=timeout,
-                                    return_when=concurrent.futures.FIRST_COMPLETED)
+        futures = [flight.future for flight in self._inflight]
+        if futures and len(futures) >= self.capacity:
+            concurrent.futures.wait(futures, timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED)
             return
-        if self._inflight:
-            timeout = min(timeout, 0.02)
-        if self._waiter.wait(timeout):
-            self._idle = 0.01
-        else:
-            cap = self.MAX_PUSH_WAIT if getattr(self._waiter, 'supported', False) else self.MAX_POLL
-            self._idle = min(self._idle * 2, cap)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if self._waiter.wait(min(remaining, 0.02) if futures else remaining):
+                self._idle = 0.01
+                return
+            if any(future.done() for future in futures):
+                return
+            if time.monotonic() >= deadline:
+                break
+        cap = self.MAX_PUSH_WAIT if getattr(self._waiter, 'supported', False) else self.MAX_POLL
+        self._idle = min(self._idle * 2, cap)
 
     def _next_timeout(self):
         now = time.monotonic()

@@ -43,3 +43,29 @@ def test_idle_consumer_issues_few_operations_and_still_wakes(store_url, monkeypa
         em.stop()
         em.thread.join(timeout=30)
     assert seen == [{'x': 1}]
+
+
+def test_a_long_window_does_not_make_the_consumer_poll(store_url, monkeypatch):
+    stream = mb.stream('busy', url=store_url)
+    stream.append({'x': 1})
+    calls = count_operations(get_store(store_url), monkeypatch)
+    started, release = threading.Event(), threading.Event()
+
+    def slow(window):
+        started.set()
+        release.wait(30)
+
+    # two workers: one runs the long window, the other is free and waits for messages
+    em = mb.streaming('busy', size=1, url=store_url, executor='thread', workers=2, blocking=False)(slow)
+    try:
+        assert started.wait(30)
+        time.sleep(1.0)  # let the poll interval back off
+        start = time.monotonic()
+        time.sleep(3.0)
+        busy_calls = [name for t, name in calls if start <= t < start + 3.0 and name != 'renew']
+        assert len(busy_calls) <= 3 * 3, f'{len(busy_calls)} store operations in 3 s: {busy_calls}'
+    finally:
+        release.set()
+        em.stop()
+        em.thread.join(timeout=30)
+    assert stream.stats()['available'] == 0
