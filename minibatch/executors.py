@@ -70,8 +70,11 @@ def check_executor(executor=None, workers=None):
     """
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ConfigurationError(f'workers must be an integer >= 1, got {workers!r}')
-    if executor is None or (isinstance(executor, str) and executor.startswith(('dask://', 'tcp://'))):
+    if executor is None:
         return
+    if (isinstance(executor, str) and executor.startswith(('dask://', 'tcp://'))) or _is_dask_client(executor):
+        raise ConfigurationError('the Dask executor is not available yet; use executor="process" (the default), '
+                                 '"thread" or "inline", or any concurrent.futures Executor')
     if isinstance(executor, str):
         if executor not in EXECUTORS:
             raise ConfigurationError(f'unknown executor {executor!r}; use one of {sorted(EXECUTORS)}, '
@@ -79,7 +82,7 @@ def check_executor(executor=None, workers=None):
     elif isinstance(executor, type):
         if not issubclass(executor, concurrent.futures.Executor):
             raise ConfigurationError(f'executor must be a name, an Executor class or instance, got {executor!r}')
-    elif not (_is_dask_client(executor) or hasattr(executor, 'submit')):
+    elif not hasattr(executor, 'submit'):
         raise ConfigurationError(f'executor must be a name, an Executor class or instance, got {executor!r}')
 
 
@@ -96,17 +99,11 @@ def make_executor(executor=None, workers=None):
     if executor is None:
         executor = 'process'
     if isinstance(executor, str):
-        if executor.startswith(('dask://', 'tcp://')):
-            from minibatch.contrib.dask import dask_executor
-            return dask_executor(executor, workers)
         instance = EXECUTORS[executor](n)
         return instance, _capacity(instance, n), True, executor == 'process'
     if isinstance(executor, type) and issubclass(executor, concurrent.futures.Executor):
         instance = executor(max_workers=n)
         return instance, _capacity(instance, n), True, _ships(instance)
-    if _is_dask_client(executor):
-        from minibatch.contrib.dask import dask_executor
-        return dask_executor(executor, workers)
     if hasattr(executor, 'submit'):
         return executor, _capacity(executor, workers or None), False, _ships(executor)
     raise ConfigurationError(f'executor must be a name, an Executor class or instance, got {executor!r}')

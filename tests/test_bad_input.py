@@ -229,3 +229,9 @@ def test_unreachable_mongodb_error_hides_the_password():
     for text in texts:
         assert 's3cr3t-pw' not in text, text
     assert 's3cr3t-pw' not in mb.get_store(url, serverSelectionTimeoutMS=500).describe()
+
+
+def test_dask_executor_is_refused_with_what_to_use_instead():
+    with pytest.raises(ValueError) as excinfo:
+        streaming('never-run', size=1, executor='dask://127.0.0.1:8786')
+    assert 'Dask' in str(excinfo.value) and 'process' in str(excinfo.value)
