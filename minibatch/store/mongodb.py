@@ -10,12 +10,12 @@ Every hot-path operation is one batch round trip: a window is a sorted
 makes ``update_many`` atomic per message: of two consumers racing for a
 message exactly one modifies it.
 """
+import datetime
 import functools
 import itertools
 import logging
 import os
 import threading
-import uuid
 from urllib.parse import urlsplit
 
 import bson
@@ -443,7 +443,6 @@ class MongoStore(Store):
 
     @_translate_errors
     def housekeep(self, name, max_age):
-        import datetime
         cutoff = utcnow() - datetime.timedelta(seconds=max_age)
         _, buffer, windows = self._collections()
         removed = buffer.delete_many({'stream': name, 'state': DONE, 'created': {'$lt': cutoff}}).deleted_count
@@ -502,7 +501,6 @@ class ChangeStreamWaiter(Waiter):
 
 
 def _after(seconds):
-    import datetime
     return utcnow() + datetime.timedelta(seconds=seconds)
 
 
@@ -518,7 +516,3 @@ def _reset_document_collections():
     from minibatch.models import Buffer, Stream, Window
     for document in (Buffer, Stream, Window):
         document._collection = None
-
-
-def new_token():
-    return uuid.uuid4().hex
