@@ -65,7 +65,7 @@ def streaming(name, fn=None, interval=None, size=None, emitter=None, relaxed=Tru
     def build(fn):
         return make_emitter(name, emitfn=fn, interval=interval, size=size, relaxed=relaxed, url=url, sink=sink,
                             emitter=emitter, executor=executor, keep=keep, queue=queue, cnx_kwargs=cnx_kwargs,
-                            workers=workers if workers is not None else max_workers, **kwargs)
+                            workers=workers, max_workers=max_workers, **kwargs)
 
     # build once now so that a bad spec fails where it is written, not in a thread later
     build(None)

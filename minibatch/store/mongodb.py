@@ -108,8 +108,7 @@ class MongoStore(Store):
         self.timeout_ms = int(self.client_options['serverSelectionTimeoutMS'])
         # one client per URL and options: options given here must reach the driver
         self._alias_key = (url, tuple(sorted((k, repr(v)) for k, v in self.client_options.items())))
-        with _alias_lock:
-            self.alias = _alias_for(self._alias_key)
+        self.alias = None  # chosen when connecting (see _alias_for)
         self._indexed = False
 
     # -- connection -------------------------------------------------------
