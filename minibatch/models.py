@@ -303,6 +303,17 @@ class Stream(Document):
         """Counts per message state plus ``windows``, e.g. ``{'available': 3, 'claimed': 0, ...}``."""
         return self.store.counts(self.name)
 
+    def reject(self, data, error):
+        """Store ``data`` (a dict, or a list of dicts) straight into the dead letters with ``error``.
+
+        For input a source could not turn into a message (a payload that is not
+        JSON, say): it is never processed, never silently dropped, and shows in
+        ``dead_letters()`` where it can be inspected, requeued or purged. One
+        acknowledged write, all or nothing; returns the new ids.
+        """
+        docs = data if isinstance(data, list) else [data]
+        return self.store.append_dead(self.name, docs, str(error))
+
     def dead_letters(self, limit=None):
         """Messages that failed ``max_attempts`` times, with ``attempts`` and ``error``, oldest first."""
         return self.store.dead_letters(self.name, limit=limit)

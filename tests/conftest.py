@@ -42,6 +42,39 @@ def require_mongo():
         pytest.skip('MINIBATCH_MONGO_URL not set (scripts/test starts a server and sets it)')
 
 
+def require_service(var, what):
+    """The address of a test server from ``var``; skip (or fail under CI) without it.
+
+    scripts/test starts every server on loopback and exports its address:
+    MINIBATCH_TEST_KAFKA (host:port of the tansu broker), MINIBATCH_TEST_MQTT
+    (mqtt://host:port of mosquitto), MINIBATCH_TEST_REDIS (redis://host:port/0).
+    """
+    value = os.environ.get(var)
+    if not value:
+        if os.environ.get('CI', '').lower() in ('1', 'true', 'yes'):
+            pytest.fail(f'{var} is not set under CI: run the tests with scripts/test, which starts {what}')
+        pytest.skip(f'{var} not set (scripts/test starts {what} and sets it)')
+    return value
+
+
+@pytest.fixture
+def kafka_bootstrap():
+    """host:port of the Kafka-protocol test broker (tansu)."""
+    return require_service('MINIBATCH_TEST_KAFKA', 'a tansu Kafka broker')
+
+
+@pytest.fixture
+def mqtt_url():
+    """mqtt://host:port of the mosquitto test broker."""
+    return require_service('MINIBATCH_TEST_MQTT', 'mosquitto')
+
+
+@pytest.fixture
+def redis_url():
+    """redis://host:port/0 of the Redis test server (Celery's broker)."""
+    return require_service('MINIBATCH_TEST_REDIS', 'redis-server')
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
     """The embedded default store lives in the test's own folder, never in ~/.local/share."""

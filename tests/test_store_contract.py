@@ -360,6 +360,26 @@ def test_requeue_touches_only_dead_messages(store):
     assert states(store) == {ids[0]: AVAILABLE, live[0]: CLAIMED}
 
 
+def test_append_dead_goes_straight_to_dead_letters(store):
+    live = store.append(S, [{'ok': 1}])
+    ids = store.append_dead(S, [{'payload': 'not json {'}, {'payload': 'x'}], 'not JSON: Expecting value')
+    assert len(ids) == 2 and ids[0] != live[0]
+    dead = store.dead_letters(S)
+    assert [(m.id, m.data, m.error) for m in dead] == [
+        (ids[0], {'payload': 'not json {'}, 'not JSON: Expecting value'),
+        (ids[1], {'payload': 'x'}, 'not JSON: Expecting value')]
+    assert [m.id for m in store.find_available(S)] == live  # never offered to a consumer
+    assert store.append_dead(S, [], 'none') == []
+    assert store.requeue(S, ids=[ids[0]]) == 1
+    assert [m.data for m in store.find_available(S)] == [{'ok': 1}, {'payload': 'not json {'}]
+
+
+def test_append_dead_bad_document_writes_nothing(store):
+    with pytest.raises(InvalidMessage):
+        store.append_dead(S, [{'ok': 1}, 'not a dict'], 'error')
+    assert store.dead_letters(S) == []
+
+
 def test_purge_dead(store):
     ids = make_dead(store, 3)
     other = store.append(S, [{'keep': 1}])

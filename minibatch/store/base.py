@@ -198,6 +198,16 @@ class Store:
         """
         raise NotImplementedError
 
+    def append_dead(self, name, docs, error):
+        """Append the dicts ``docs`` to ``name`` directly as dead letters with ``error``.
+
+        For input that must not be processed but must not be lost either (a
+        source's payload that is not JSON, say): it shows in
+        ``dead_letters()`` and can be inspected, requeued or purged. All or
+        nothing like ``append``. Returns the list of new ids.
+        """
+        raise NotImplementedError
+
     def validate(self, docs):
         """Raise :class:`~minibatch.errors.InvalidMessage` unless every dict in ``docs`` can be stored.
 

@@ -279,6 +279,20 @@ class MongoStore(Store):
             buffer.insert_many(raw, ordered=True)
         return [doc['_id'] for doc in raw]
 
+    @_translate_errors
+    def append_dead(self, name, docs, error):
+        if isinstance(docs, dict):
+            raise InvalidMessage('append_dead() takes a list of dicts, not a single dict')
+        docs = list(docs)
+        if not docs:
+            return []
+        self._encode(name, docs, utcnow())  # validates the whole batch before anything is sent
+        now = utcnow()
+        records = [{'_id': bson.ObjectId(), 'stream': name, 'created': now, 'data': data, 'processed': True,
+                    'state': DEAD, 'attempts': 0, 'error': str(error)} for data in docs]
+        self._buffer().insert_many(records, ordered=True)
+        return [doc['_id'] for doc in records]
+
     # -- consuming --------------------------------------------------------
     @staticmethod
     def _message(doc):

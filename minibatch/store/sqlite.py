@@ -446,6 +446,22 @@ class SQLiteStore(Store):
             return list(range(last - len(rows) + 1, last + 1))
         return self._write(work)
 
+    def append_dead(self, name, docs, error):
+        if isinstance(docs, dict):
+            raise InvalidMessage('append_dead() takes a list of dicts, not a single dict')
+        rows = [serialise(doc, i) for i, doc in enumerate(docs)]
+        if not rows:
+            return []
+
+        def work(conn):
+            now = time.time()
+            conn.executemany(f"INSERT INTO buffer (stream, created, data, state, processed, error)"
+                             f" VALUES (?, ?, ?, '{DEAD}', 1, ?)",
+                             [(name, now, data, str(error)) for data in rows])
+            last = conn.execute('SELECT last_insert_rowid()').fetchone()[0]
+            return list(range(last - len(rows) + 1, last + 1))
+        return self._write(work)
+
     # -- consuming --------------------------------------------------------
     def find_available(self, name, limit=None, until=None):
         sql, params = f'SELECT {MESSAGE_COLUMNS} FROM buffer WHERE stream = ? AND processed = 0', [name]
