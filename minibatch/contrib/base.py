@@ -11,11 +11,23 @@ all behave the same way when the outside system misbehaves:
   (:meth:`minibatch.Stream.reject`) with the reason, never dropped.
 """
 import base64
+import importlib
 import json
 import logging
 import threading
 
+from minibatch.errors import MissingDependencyError
+
 logger = logging.getLogger('minibatch.contrib')
+
+
+def require(module, extra):
+    """Import and return ``module``, or raise MissingDependencyError naming the pip extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{module} is not installed; install it with: pip install 'minibatch[{extra}]'") from exc
 
 
 class Source:
