@@ -1,0 +1,359 @@
+"""MQTT: feed a stream from a topic (:class:`MQTTSource`), publish results to one (:class:`MQTTSink`).
+
+Uses paho-mqtt 2.x (``pip install 'minibatch[mqtt]'``), imported when a source
+or sink is created, so importing this module never needs the driver.
+
+Delivery, in short (details in docs/integrations/mqtt.rst):
+
+- :class:`MQTTSource` acknowledges a QoS 1/2 message only after it was written
+  to the stream (or to its dead letters). With a durable session (give a
+  ``client_id``) a message the source received but could not store, because
+  the store failed or the process died, is sent again by the broker when the
+  source reconnects: at least once. Without a ``client_id`` the session ends
+  with the connection and the broker forgets what was not acknowledged.
+- :class:`MQTTSink` returns from ``put()`` only when the broker has
+  acknowledged every message (QoS 1), and raises otherwise, so the window is
+  retried: at least once, duplicates possible.
+"""
+import datetime
+import json
+import threading
+import time
+from urllib.parse import unquote, urlsplit
+
+from minibatch.contrib.base import Source, require
+from minibatch.errors import ConfigurationError, MinibatchError
+
+DEFAULT_PORT = 1883
+
+# arguments of paho's Client that the source and the sink set themselves
+_RESERVED = ('callback_api_version', 'manual_ack')
+
+
+class MQTTPublishError(MinibatchError, ConnectionError):
+    """A message could not be published to the MQTT broker (connection failed, refused or timed out)."""
+
+
+def _paho():
+    return require('paho.mqtt.client', 'mqtt')
+
+
+def parse_url(url):
+    """Return (host, port, username, password) of ``mqtt://[user[:password]@]host[:port]``.
+
+    :raises ConfigurationError: another scheme, no host, a bad port, or a path
+        (the topic is an argument of its own, not part of the URL)
+    """
+    if not isinstance(url, str):
+        raise ConfigurationError(f'an MQTT url must be a string like mqtt://host:1883, got {url!r}')
+    parts = urlsplit(url)
+    if parts.scheme != 'mqtt':
+        raise ConfigurationError(f'an MQTT url must start with mqtt://, got {url!r} '
+                                 '(e.g. mqtt://user:password@localhost:1883)')
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError as exc:
+        raise ConfigurationError(f'bad port in MQTT url {url!r}: {exc}') from None
+    if not parts.hostname:
+        raise ConfigurationError(f'MQTT url {url!r} names no host (e.g. mqtt://localhost:1883)')
+    if parts.path not in ('', '/') or parts.query or parts.fragment:
+        raise ConfigurationError(f'MQTT url {url!r} has a path or query; pass the topic as its own '
+                                 'argument: MQTTSource(url, topic)')
+    username = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password) if parts.password is not None else None
+    return parts.hostname, port, username, password
+
+
+def _check_qos(qos):
+    if qos not in (0, 1, 2) or isinstance(qos, bool):
+        raise ConfigurationError(f'qos must be 0, 1 or 2, got {qos!r}')
+    return qos
+
+
+def _check_topic(topic):
+    if not isinstance(topic, str) or not topic:
+        raise ConfigurationError(f'an MQTT topic must be a non-empty string, got {topic!r}')
+    return topic
+
+
+class _Endpoint:
+    """What the source and the sink share: the parsed URL and a factory of configured paho clients."""
+
+    def _setup(self, url, topic, keepalive, client_kwargs):
+        self.url = url
+        self.host, self.port, self._username, self._password = parse_url(url)
+        self.topic = _check_topic(topic)
+        self.keepalive = int(keepalive)
+        reserved = [key for key in _RESERVED if key in client_kwargs]
+        if reserved:
+            raise ConfigurationError(f'{type(self).__name__} sets {", ".join(reserved)} itself; '
+                                     'leave it out of the keyword arguments')
+        self.client_kwargs = dict(client_kwargs)
+        self.new_client()  # a bad keyword argument fails here, not in a thread later
+
+    @property
+    def address(self):
+        """``mqtt://host:port`` without the credentials (for logs and dead-letter origins)."""
+        return f'mqtt://{self.host}:{self.port}'
+
+    def new_client(self, **overrides):
+        """A paho client (callback API version 2) with the credentials set; not connected."""
+        mqtt = _paho()
+        kwargs = dict(self.client_kwargs, **overrides)
+        try:
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f'{type(self).__name__}: bad paho Client arguments {kwargs}: {exc}') from None
+        if self._username is not None:
+            client.username_pw_set(self._username, self._password)
+        self.configure_client(client)
+        return client
+
+    def configure_client(self, client):
+        """Hook for subclasses: called on each new paho client before it connects (e.g. ``tls_set()``)."""
+
+    def _await(self, client, done, timeout, what):
+        """Run the network loop of ``client`` until ``done()`` is true; TimeoutError after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f'no {what} from {self.address} within {timeout:.0f}s')
+            rc = client.loop(timeout=0.05)
+            if rc:
+                raise ConnectionError(f'connection to {self.address} lost while waiting for {what}: '
+                                      f'{_paho().error_string(rc)}')
+
+
+class MQTTSource(_Endpoint, Source):
+    """Append every message published on ``topic`` to the stream.
+
+    ``MQTTSource('mqtt://user:password@host:1883', 'sensors/#')`` subscribes
+    with QoS 1 and appends each payload, a JSON object, as one message.
+    Payloads that are not a JSON object go to the stream's dead letters with
+    the origin ``mqtt://host:port/<topic of the message>``.
+
+    Messages are acknowledged to the broker only after they were stored
+    (manual acks): messages that arrive together are appended as one write,
+    then acknowledged. Pass ``client_id='...'`` to get a durable session
+    (``clean_session=False`` is then the default): the broker keeps the
+    subscription and queues messages while the source is disconnected, and
+    sends unacknowledged ones again on reconnect. Without a client id the
+    session is clean and lasts as long as one connection.
+
+    A lost or refused connection logs one line on ``minibatch.contrib`` and
+    is retried with a growing pause (see :class:`~minibatch.contrib.base.Source`);
+    ``stream.stop()`` ends the source within about ``poll_interval`` seconds.
+
+    :param url: ``mqtt://[user[:password]@]host[:port]``, port 1883 by default
+    :param topic: topic filter to subscribe to (wildcards ``+``/``#`` allowed)
+    :param qos: subscription QoS; 0 means at most once (nothing to acknowledge)
+    :param keepalive: seconds between keep-alive pings
+    :param client_kwargs: passed to ``paho.mqtt.client.Client`` (``client_id``,
+        ``clean_session``, ``protocol``, ``transport``, ``userdata``)
+    :raises ConfigurationError: bad url, topic, qos or client arguments
+    :raises MissingDependencyError: paho-mqtt is not installed
+    """
+    #: seconds the network loop waits for data before it checks for stop()
+    poll_interval = 0.2
+    #: most messages appended in one write
+    max_batch = 1000
+    #: seconds to wait for the broker's CONNACK / SUBACK
+    handshake_timeout = 10.0
+
+    def __init__(self, url, topic, qos=1, keepalive=60, **client_kwargs):
+        Source.__init__(self)
+        self.qos = _check_qos(qos)
+        protocol = client_kwargs.get('protocol')
+        if client_kwargs.get('client_id') and 'clean_session' not in client_kwargs and \
+                protocol in (None, 3, 4):  # MQTT 3.1 / 3.1.1; v5 has session expiry instead
+            client_kwargs['clean_session'] = False
+        self._setup(url, topic, keepalive, client_kwargs)
+        self.listening = threading.Event()  # set while subscribed; for tests and health checks
+        self.finished = threading.Event()   # set when stream() has returned
+
+    def stream(self, stream):
+        try:
+            super().stream(stream)
+        finally:
+            self.listening.clear()
+            self.finished.set()
+
+    def run(self, stream):
+        received = []  # messages of the current network read, appended and acknowledged together
+        state = {}
+        client = self.new_client(manual_ack=True, reconnect_on_failure=False)
+        client.on_connect = lambda c, u, flags, reason, props: state.update(connack=reason)
+        client.on_subscribe = lambda c, u, mid, reasons, props: state.update(suback=reasons)
+        client.on_disconnect = lambda c, u, flags, reason, props: state.update(disconnect=reason)
+        client.on_message = lambda c, u, message: received.append(message)
+        try:
+            client.connect(self.host, self.port, self.keepalive)
+            self._await(client, lambda: 'connack' in state, self.handshake_timeout, 'CONNACK')
+            if state['connack'].is_failure:
+                raise ConnectionRefusedError(f'{self.address} refused the connection: {state["connack"]}')
+            client.subscribe(self.topic, qos=self.qos)
+            self._await(client, lambda: 'suback' in state, self.handshake_timeout, 'SUBACK')
+            failed = [code for code in state['suback'] if code.is_failure]
+            if failed:
+                raise ConnectionRefusedError(f'{self.address} refused the subscription to {self.topic!r}: '
+                                             f'{failed[0]}')
+            self.listening.set()
+            while not self.cancelled:
+                rc = client.loop(timeout=self.poll_interval)
+                # take what else is already waiting, so that a burst is one write
+                while not rc and received and len(received) < self.max_batch:
+                    before = len(received)
+                    rc = client.loop(timeout=0)
+                    if len(received) == before:
+                        break
+                if received:
+                    self._store(client, stream, received)
+                    received.clear()
+                if rc:
+                    reason = state.get('disconnect') or _paho().error_string(rc)
+                    raise ConnectionError(f'connection to {self.address} lost: {reason}')
+        finally:
+            self.listening.clear()
+            try:
+                client.disconnect()
+            except Exception:  # the socket may be gone already; nothing left to release
+                pass
+
+    def _store(self, client, stream, messages):
+        """Append the decodable payloads as one write, dead-letter the others, then ack all.
+
+        If the write fails nothing is acknowledged and the exception ends the
+        connection, so that a durable session gets the messages again.
+        """
+        docs = []
+        for message in messages:
+            doc = self.decode(message.payload, stream, f'{self.address}/{message.topic}')
+            if doc is not None:
+                docs.append(doc)
+        if docs:
+            stream.append(docs)
+            stream.flush()  # a stream with batchsize > 1 buffers appends: they must be written before the ack
+        for message in messages:
+            client.ack(message.mid, message.qos)
+        self.progress()
+
+    def __repr__(self):
+        return f'MQTTSource({self.address!r}, {self.topic!r})'
+
+
+def _json_default(value):
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return value.isoformat()
+    raise TypeError(f'{value!r} ({type(value).__name__}) is not JSON serialisable')
+
+
+class MQTTSink(_Endpoint):
+    """Publish each result as a JSON message to ``topic``.
+
+    ``put(data)`` publishes a dict as one message, a list as one message per
+    item (datetimes as ISO 8601 strings), with QoS 1 by default, and returns
+    once the broker acknowledged all of them. It raises
+    :class:`MQTTPublishError` when the broker cannot be reached, refuses the
+    connection, or does not acknowledge within ``timeout`` seconds; the
+    window then fails and is retried. A message may therefore be published
+    twice, never silently dropped (QoS 0 only waits until it was sent).
+
+    The connection is opened by the first ``put`` and reused; after a failure
+    it is dropped (with anything still queued in it) and opened anew by the
+    next ``put``. ``close()`` disconnects. Not thread-safe: one consumer calls it.
+
+    :param url: ``mqtt://[user[:password]@]host[:port]``
+    :param topic: topic to publish to (no wildcards)
+    :param qos: 0, 1 (default) or 2
+    :param timeout: seconds ``put`` waits for the connection and for the acknowledgements
+    :param retain: publish as retained messages
+    :param client_kwargs: passed to ``paho.mqtt.client.Client``
+    """
+
+    def __init__(self, url, topic, qos=1, timeout=10.0, retain=False, keepalive=60, **client_kwargs):
+        if isinstance(topic, str) and ('#' in topic or '+' in topic):
+            raise ConfigurationError(f'cannot publish to a topic filter with wildcards: {topic!r}')
+        self.qos = _check_qos(qos)
+        self.timeout = float(timeout)
+        self.retain = bool(retain)
+        self._client = None
+        self._setup(url, topic, keepalive, client_kwargs)
+
+    def put(self, data):
+        """Publish ``data`` (a dict, or a list of dicts) and wait for the broker's acknowledgements.
+
+        Blocking, at most about ``timeout`` seconds. Raises TypeError when an
+        item is not JSON serialisable (nothing is published then), and
+        :class:`MQTTPublishError` when publishing fails.
+        """
+        items = data if isinstance(data, list) else [data]
+        payloads = [json.dumps(item, default=_json_default) for item in items]
+        if not payloads:
+            return
+        deadline = time.monotonic() + self.timeout
+        try:
+            client = self._connected()
+            infos = []
+            for payload in payloads:
+                info = client.publish(self.topic, payload, qos=self.qos, retain=self.retain)
+                if info.rc:
+                    raise MQTTPublishError(f'publishing to {self.address}/{self.topic} failed: '
+                                           f'{_paho().error_string(info.rc)}')
+                infos.append(info)
+            for info in infos:
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+                if not info.is_published():
+                    raise MQTTPublishError(f'{self.address} did not acknowledge the messages to {self.topic!r} '
+                                           f'within {self.timeout:.1f}s ({len(infos)} published)')
+        except MQTTPublishError:
+            self.close()
+            raise
+        except (OSError, RuntimeError, ValueError) as exc:
+            # paho raises OSError when it cannot connect, RuntimeError/ValueError when a publish failed
+            self.close()
+            raise MQTTPublishError(f'publishing to {self.address}/{self.topic} failed: '
+                                   f'{type(exc).__name__}: {exc}') from exc
+
+    def _connected(self):
+        """The open client, connecting first if there is none (or it lost its connection)."""
+        if self._client is not None and self._client.is_connected():
+            return self._client
+        self.close()
+        state = {}
+        connected = threading.Event()
+
+        def on_connect(client, userdata, flags, reason, props):
+            state['connack'] = reason
+            connected.set()
+
+        # paho's own reconnect is off: a lost connection fails the put and the next put connects again,
+        # so no message sits in a queue for a connection that may come back much later
+        client = self.new_client(reconnect_on_failure=False)
+        client.on_connect = on_connect
+        client.on_disconnect = lambda c, u, flags, reason, props: connected.set()
+        client.connect(self.host, self.port, self.keepalive)
+        client.loop_start()
+        self._client = client
+        if not connected.wait(self.timeout):
+            raise MQTTPublishError(f'no answer (CONNACK) from {self.address} within {self.timeout:.1f}s')
+        reason = state.get('connack')
+        if reason is None or reason.is_failure:
+            raise MQTTPublishError(f'{self.address} refused the connection: {reason or "disconnected"}')
+        return client
+
+    def close(self):
+        """Disconnect and stop the network thread; the next ``put`` connects again. Idempotent."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            client.disconnect()
+        except Exception:  # already disconnected: nothing to release
+            pass
+        client.loop_stop()
+
+    def __repr__(self):
+        return f'MQTTSink({self.address!r}, {self.topic!r})'
+
+
+__all__ = ['MQTTSource', 'MQTTSink', 'MQTTPublishError', 'parse_url']
