@@ -300,8 +300,17 @@ class Stream(Document):
                        query=w.query) for w in self.store.windows(self.name, processed=processed)]
 
     def stats(self):
-        """Counts per message state plus ``windows``, e.g. ``{'available': 3, 'claimed': 0, ...}``."""
-        return self.store.counts(self.name)
+        """The stream's figures: messages per state, backlog, processed, failed, rate, consumers.
+
+        The same figures ``minibatch status`` and the app's ``/status`` show;
+        see :func:`minibatch.status.stream_stats` for every key. Read-only.
+        """
+        from minibatch.status import stream_stats
+        return stream_stats(self.store, self.name)
+
+    def forget_consumers(self, older_than=86400):
+        """Remove reports of consumers not seen for ``older_than`` seconds (their counts leave ``stats()``)."""
+        return self.store.forget_consumers(self.name, older_than)
 
     def reject(self, data, error):
         """Store ``data`` (a dict, or a list of dicts) straight into the dead letters with ``error``.

@@ -16,8 +16,10 @@ that expire, so its messages are delivered again by another consumer.
 import concurrent.futures
 import datetime
 import logging
+import os
 import queue as queue_module
 import signal
+import socket
 import threading
 import time
 import traceback
@@ -68,6 +70,8 @@ class WindowEmitter:
     MAX_PUSH_WAIT = 5.0
     #: stop waiting for in-flight windows this long after a stop was asked
     STOP_GRACE = 30.0
+    #: seconds between the reports a running consumer writes for stream.stats()
+    HEARTBEAT = 5.0
 
     def __init__(self, stream, interval=None, processfn=None, emitfn=None, executor=None, workers=None,
                  max_workers=None, keep=False, sink=None, queue=None, emit_empty=False, max_attempts=3,
@@ -103,8 +107,14 @@ class WindowEmitter:
         self._next_expiry = 0.0
         self._next_housekeeping = 0.0
         self._isolating = 0  # windows still to run alone after a worker crash (see _reap)
-        #: counts for this emitter's lifetime, e.g. for tests and status pages
-        self.stats = {'windows': 0, 'committed': 0, 'failed': 0, 'messages': 0}
+        #: counts for this emitter's lifetime, e.g. for tests and status pages: windows emitted,
+        #: windows committed and failed, messages emitted, committed (processed) and dead-lettered
+        self.stats = {'windows': 0, 'committed': 0, 'failed': 0, 'messages': 0, 'processed': 0, 'dead': 0}
+        #: this consumer's id in stream.stats()['consumers']
+        self.consumer_id = f'{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}'
+        self._started = None
+        self._next_heartbeat = None  # None: this run reports no heartbeats (run(blocking=False))
+        self._last_beat = (0.0, 0)  # (monotonic time, processed) at the last heartbeat, for the rate
 
     # -- resources --------------------------------------------------------
     @property
@@ -222,6 +232,7 @@ class WindowEmitter:
                            self.stream_name)
         window.processed = True
         self.stats['committed'] += 1
+        self.stats['processed'] += done
 
     def undo(self, qs, window, error=None):
         """The window failed: count an attempt per message, retry after a backoff or dead-letter."""
@@ -232,6 +243,10 @@ class WindowEmitter:
         backoff = min(self.retry_backoff * (2 ** attempts), 60.0) if self.retry_backoff else 0.0
         retried, dead = self.store.release(self.stream_name, qs[0].token, [m.id for m in qs], error=error,
                                            max_attempts=self.max_attempts, backoff=backoff)
+        self.stats['dead'] += dead
+        if retried:
+            # check for due retries when the backoff ends, not only at the next periodic expiry
+            self._next_expiry = min(self._next_expiry, time.monotonic() + backoff)
         if dead:
             logger.error('minibatch: %d messages of stream %r dead-lettered after %d attempts: %s',
                          dead, self.stream_name, self.max_attempts, _summary(error))
@@ -290,6 +305,8 @@ class WindowEmitter:
             return self
         self._setup()
         restore = self._install_sigterm()
+        self._started = utcnow()
+        self._next_heartbeat = 0.0  # report at once, then every HEARTBEAT seconds
         try:
             while not self._should_stop():
                 try:
@@ -306,6 +323,7 @@ class WindowEmitter:
         finally:
             try:
                 self._drain(timeout=self.STOP_GRACE)
+                self._heartbeat(state='stopped')
             finally:
                 if restore:
                     restore()
@@ -429,11 +447,33 @@ class WindowEmitter:
         now = time.monotonic()
         if now >= self._next_expiry:
             self.store.expire_leases(self.stream_name, max_attempts=self.max_attempts)
-            self._next_expiry = now + max(0.2, min(self.lease / 4, 5.0, self.retry_backoff or 5.0))
+            # expired leases (a consumer died) need not be found within a second; a due
+            # retry of our own is scheduled by undo(). An idle consumer stays cheap.
+            self._next_expiry = now + max(0.2, min(self.lease / 4, 5.0))
         if now >= self._next_housekeeping:
             if self.stream.max_age:
                 self.stream.housekeep()
             self._next_housekeeping = now + 60.0
+        if self._next_heartbeat is not None and now >= self._next_heartbeat:
+            self._heartbeat()
+            self._next_heartbeat = now + self.HEARTBEAT
+
+    def _heartbeat(self, state='running'):
+        """Report this consumer's figures to the store (see minibatch.status); best effort."""
+        if self._next_heartbeat is None:
+            return
+        now = time.monotonic()
+        then, processed_then = self._last_beat
+        elapsed = now - then if then else 0.0
+        rate = (self.stats['processed'] - processed_then) / elapsed if elapsed > 0 else 0.0
+        self._last_beat = (now, self.stats['processed'])
+        info = {'host': socket.gethostname(), 'pid': os.getpid(), 'started': self._started, 'state': state,
+                'heartbeat': self.HEARTBEAT, 'in_flight': len(self._inflight), 'rate': round(rate, 3),
+                **{key: self.stats[key] for key in ('windows', 'committed', 'failed', 'processed', 'dead')}}
+        try:
+            self.store.heartbeat(self.stream_name, self.consumer_id, info)
+        except self.store.transient_errors as exc:
+            logger.debug('minibatch: heartbeat of %r skipped: %s', self.stream_name, exc)
 
     def _drain(self, timeout):
         """Settle in-flight windows: wait for them up to ``timeout``, then give the rest back."""

@@ -575,3 +575,29 @@ def test_waiter_times_out_when_idle(store):
             assert elapsed >= 0.19
     finally:
         waiter.close()
+
+
+# -- consumer reports -------------------------------------------------------
+def test_heartbeat_upserts_one_record_per_consumer(store):
+    assert store.consumers(S) == []
+    store.heartbeat(S, 'b', {'processed': 1, 'state': 'running'})
+    store.heartbeat(S, 'a', {'processed': 5})
+    store.heartbeat(S, 'b', {'processed': 7, 'state': 'stopped'})
+    store.heartbeat('other', 'c', {'processed': 100})
+    records = store.consumers(S)
+    assert [(r['id'], r['processed'], r.get('state')) for r in records] == [('a', 5, None), ('b', 7, 'stopped')]
+    assert all(abs((utcnow() - r['seen']).total_seconds()) < 5 for r in records)
+
+
+def test_forget_consumers_removes_only_old_records(store):
+    store.heartbeat(S, 'old', {'processed': 1})
+    time.sleep(0.05)  # the records' seen stamps must differ
+    assert store.forget_consumers(S, older_than=3600) == 0
+    assert store.forget_consumers(S, older_than=0.01) == 1
+    assert store.consumers(S) == []
+
+
+def test_heartbeat_rejects_unstorable_info(store):
+    with pytest.raises(InvalidMessage):
+        store.heartbeat(S, 'a', {'bad': object()})
+    assert store.consumers(S) == []

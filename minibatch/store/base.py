@@ -322,6 +322,29 @@ class Store:
         """Return the :class:`WindowRecord` list of ``name``, oldest first, optionally by ``processed``."""
         raise NotImplementedError
 
+    # -- consumers --------------------------------------------------------
+    def heartbeat(self, name, consumer, info):
+        """Record that ``consumer`` (an id unique per consumer) of stream ``name`` is alive.
+
+        ``info`` is a dict of plain values (host, pid, counters, rate); the
+        record is replaced as a whole (last call wins) and stamped with ``seen``
+        (now, naive UTC). One write, atomic. Returns None.
+        """
+        raise NotImplementedError
+
+    def consumers(self, name):
+        """Return the consumer records of ``name``: dicts of their ``info`` plus ``id`` and ``seen``.
+
+        Read-only; ordered by id; [] when no consumer ever reported. Records
+        stay after a consumer stopped or died (``seen`` tells), until
+        ``forget_consumers`` removes them.
+        """
+        raise NotImplementedError
+
+    def forget_consumers(self, name, older_than):
+        """Remove consumer records of ``name`` not seen for ``older_than`` seconds. Removes data; returns the count."""
+        raise NotImplementedError
+
     # -- inspection and housekeeping --------------------------------------
     def messages(self, name, state=None, limit=None):
         """Return messages of ``name`` in any (or the given) state, oldest first. Read-only."""

@@ -239,6 +239,7 @@ class MongoStore(Store):
         streams, buffer, windows = self._collections()
         buffer.delete_many({'stream': name})
         windows.delete_many({'stream': name})
+        self._db()['consumer'].delete_many({'stream': name})
         streams.delete_many({'name': name})
 
     @_translate_errors
@@ -461,6 +462,30 @@ class MongoStore(Store):
         removed = buffer.delete_many({'stream': name, 'state': DONE, 'created': {'$lt': cutoff}}).deleted_count
         removed += windows.delete_many({'stream': name, 'processed': True, 'created': {'$lt': cutoff}}).deleted_count
         return removed
+
+    # -- consumers --------------------------------------------------------
+    @_translate_errors
+    def heartbeat(self, name, consumer, info):
+        record = {**dict(info), 'stream': name, 'consumer': str(consumer), 'seen': utcnow()}
+        try:
+            self._db()['consumer'].replace_one({'_id': f'{name}\x00{consumer}'}, record, upsert=True)
+        except bson.errors.InvalidDocument as exc:
+            raise InvalidMessage(f'consumer info of {consumer!r} cannot be stored: {exc}') from exc
+
+    @_translate_errors
+    def consumers(self, name):
+        cursor = self._db()['consumer'].find({'stream': name}).sort('consumer', 1)
+        records = []
+        for doc in cursor:
+            doc.pop('_id'), doc.pop('stream')
+            doc['id'] = doc.pop('consumer')
+            records.append(doc)
+        return records
+
+    @_translate_errors
+    def forget_consumers(self, name, older_than):
+        cutoff = utcnow() - datetime.timedelta(seconds=older_than)
+        return self._db()['consumer'].delete_many({'stream': name, 'seen': {'$lt': cutoff}}).deleted_count
 
     # -- wake-ups ---------------------------------------------------------
     def waiter(self, name):

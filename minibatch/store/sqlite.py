@@ -64,6 +64,13 @@ CREATE TABLE IF NOT EXISTS windows (
     query TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS windows_stream ON windows (stream, processed, id);
+CREATE TABLE IF NOT EXISTS consumers (
+    stream TEXT NOT NULL,
+    id TEXT NOT NULL,
+    seen REAL NOT NULL,
+    info TEXT NOT NULL,
+    PRIMARY KEY (stream, id)
+);
 """
 
 STREAM_FIELDS = ('created', 'last_read', 'interval', 'closed', 'max_age', 'status')
@@ -412,7 +419,8 @@ class SQLiteStore(Store):
 
     def delete_stream(self, name):
         def work(conn):
-            for table, column in (('buffer', 'stream'), ('windows', 'stream'), ('streams', 'name')):
+            for table, column in (('buffer', 'stream'), ('windows', 'stream'), ('consumers', 'stream'),
+                                  ('streams', 'name')):
                 conn.execute(f'DELETE FROM {table} WHERE {column} = ?', (name,))
         self._write(work)
 
@@ -639,6 +647,25 @@ class SQLiteStore(Store):
                                    (name, cutoff)).rowcount
             return messages + windows
         return self._write(work)
+
+    # -- consumers --------------------------------------------------------
+    def heartbeat(self, name, consumer, info):
+        try:
+            info_json = dumps(dict(info))
+        except (TypeError, ValueError) as exc:
+            raise InvalidMessage(f'consumer info of {consumer!r} cannot be stored: {exc}') from exc
+        self._write(lambda conn: conn.execute(
+            'INSERT OR REPLACE INTO consumers (stream, id, seen, info) VALUES (?, ?, ?, ?)',
+            (name, str(consumer), time.time(), info_json)))
+
+    def consumers(self, name):
+        rows = self._read('SELECT id, seen, info FROM consumers WHERE stream = ? ORDER BY id', (name,))
+        return [{**loads(info), 'id': cid, 'seen': _dt(seen)} for cid, seen, info in rows]
+
+    def forget_consumers(self, name, older_than):
+        cutoff = time.time() - older_than
+        return self._write(lambda conn: conn.execute(
+            'DELETE FROM consumers WHERE stream = ? AND seen < ?', (name, cutoff)).rowcount)
 
     # -- wake-ups ---------------------------------------------------------
     def waiter(self, name):

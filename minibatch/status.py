@@ -1,0 +1,61 @@
+"""The figures of a stream, computed in one place for ``stream.stats()``, the CLI and the app.
+
+Two sources feed them: the store's message counts per state (exact, read
+when asked), and the reports each running consumer writes every few seconds
+(``WindowEmitter.HEARTBEAT``) with its counters and rate. Nothing here writes.
+"""
+import datetime
+
+from minibatch.store.base import utcnow
+
+#: a consumer counts as alive while its last report is younger than this many heartbeats
+ALIVE_HEARTBEATS = 3
+
+
+def stream_stats(store, name, now=None):
+    """Return the figures of stream ``name`` as a dict of plain values.
+
+    Keys:
+
+    - ``available``, ``claimed``, ``retry``, ``done``, ``dead``, ``windows``:
+      messages per state and window records, counted in the store now;
+    - ``backlog``: messages waiting to be processed (available + retry);
+    - ``in_flight``: messages claimed by a consumer right now;
+    - ``processed``: messages committed, summed over the consumer reports
+      the store holds (so it survives ``keep=False`` deleting them);
+    - ``failed``: failed window attempts, summed the same way;
+    - ``dead_lettered``: messages in the dead letters (same as ``dead``);
+    - ``rate``: messages per second committed by the alive consumers, over
+      their last report period;
+    - ``consumers_alive``: consumers whose last report is recent and that did
+      not report a stop;
+    - ``consumers``: the reports, oldest consumer id first, each with ``alive``.
+
+    Read-only; an unknown or empty stream gives zeros and no consumers.
+    """
+    now = now or utcnow()
+    counts = store.counts(name)
+    consumers = store.consumers(name)
+    for record in consumers:
+        record['alive'] = is_alive(record, now)
+    alive = [record for record in consumers if record['alive']]
+    return {
+        **counts,
+        'backlog': counts['available'] + counts['retry'],
+        'in_flight': counts['claimed'],
+        'processed': sum(int(record.get('processed') or 0) for record in consumers),
+        'failed': sum(int(record.get('failed') or 0) for record in consumers),
+        'dead_lettered': counts['dead'],
+        'rate': round(sum(float(record.get('rate') or 0.0) for record in alive), 3),
+        'consumers_alive': len(alive),
+        'consumers': consumers,
+    }
+
+
+def is_alive(record, now=None):
+    """True if the consumer ``record`` (from ``store.consumers()``) reported recently and did not stop."""
+    if record.get('state') == 'stopped' or record.get('seen') is None:
+        return False
+    now = now or utcnow()
+    period = float(record.get('heartbeat') or 5.0)
+    return now - record['seen'] <= datetime.timedelta(seconds=ALIVE_HEARTBEATS * period)
