@@ -16,6 +16,7 @@ Delivery, in short (details in docs/integrations/mqtt.rst):
   retried: at least once, duplicates possible.
 """
 import datetime
+import inspect
 import json
 import threading
 import time
@@ -101,6 +102,8 @@ class _Endpoint:
         mqtt = _paho()
         kwargs = dict(self.client_kwargs, **overrides)
         try:
+            # bind first: a Client that fails half-way through __init__ complains again when collected
+            inspect.signature(mqtt.Client).bind(mqtt.CallbackAPIVersion.VERSION2, **kwargs)
             client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kwargs)
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f'{type(self).__name__}: bad paho Client arguments {kwargs}: {exc}') from None
