@@ -1,8 +1,10 @@
 """Where window functions run: inline, in threads, in processes, on Dask.
 
 ``executor=`` of ``@streaming`` accepts a name (``'process'``, ``'thread'``,
-``'inline'``), an Executor class (instantiated with ``max_workers``), or an
-Executor instance (used as is, never shut down by minibatch).
+``'inline'``), an Executor class (instantiated with ``max_workers``), an
+Executor instance (used as is, never shut down by minibatch), a Dask
+``distributed.Client`` (used as is) or a scheduler address ``'dask://host:port'``
+(minibatch connects a client and closes it when the consumer stops).
 """
 import concurrent.futures
 import multiprocessing
@@ -72,9 +74,14 @@ def check_executor(executor=None, workers=None):
         raise ConfigurationError(f'workers must be an integer >= 1, got {workers!r}')
     if executor is None:
         return
-    if (isinstance(executor, str) and executor.startswith(('dask://', 'tcp://'))) or _is_dask_client(executor):
-        raise ConfigurationError('the Dask executor is not available yet; use executor="process" (the default), '
-                                 '"thread" or "inline", or any concurrent.futures Executor')
+    if _is_dask_address(executor):
+        from minibatch.contrib.base import require
+        require('distributed', 'dask')
+        if not executor.split('://', 1)[1].strip('/'):
+            raise ConfigurationError(f'executor {executor!r} names no Dask scheduler; use "dask://host:port"')
+        return
+    if _is_dask_client(executor):
+        return
     if isinstance(executor, str):
         if executor not in EXECUTORS:
             raise ConfigurationError(f'unknown executor {executor!r}; use one of {sorted(EXECUTORS)}, '
@@ -95,6 +102,10 @@ def make_executor(executor=None, workers=None):
     must then be marshalled).
     """
     check_executor(executor, workers)
+    if _is_dask_address(executor) or _is_dask_client(executor):
+        from minibatch.dask import DaskExecutor
+        instance = DaskExecutor(executor)
+        return instance, workers or instance.capacity(), True, True
     n = workers or default_workers()
     if executor is None:
         executor = 'process'
@@ -115,6 +126,10 @@ def _capacity(executor, default):
 
 def _ships(executor):
     return not isinstance(executor, (LocalExecutor, concurrent.futures.ThreadPoolExecutor))
+
+
+def _is_dask_address(obj):
+    return isinstance(obj, str) and obj.startswith(('dask://', 'tcp://'))
 
 
 def _is_dask_client(obj):

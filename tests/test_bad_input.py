@@ -231,7 +231,17 @@ def test_unreachable_mongodb_error_hides_the_password():
     assert 's3cr3t-pw' not in mb.get_store(url, serverSelectionTimeoutMS=500).describe()
 
 
-def test_dask_executor_is_refused_with_what_to_use_instead():
+def test_dask_address_without_scheduler_is_refused():
     with pytest.raises(ValueError) as excinfo:
-        streaming('never-run', size=1, executor='dask://127.0.0.1:8786')
-    assert 'Dask' in str(excinfo.value) and 'process' in str(excinfo.value)
+        streaming('never-run', size=1, executor='dask://')
+    assert 'dask://host:port' in str(excinfo.value)
+
+
+def test_unreachable_dask_scheduler_fails_when_the_consumer_starts(tmp_path, monkeypatch):
+    pytest.importorskip('distributed')
+    from minibatch.dask import DaskExecutor
+    monkeypatch.setattr(DaskExecutor, 'CONNECT_TIMEOUT', 1.0)
+    emitter = streaming('never-run', size=1, executor='dask://127.0.0.1:1',
+                        url='sqlite:///' + str(tmp_path / 's.db')).make(lambda window: None)
+    with pytest.raises(ConnectionError, match='Dask scheduler at tcp://127.0.0.1:1'):
+        emitter._setup(waiter=False)
