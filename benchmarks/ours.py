@@ -1,0 +1,223 @@
+"""The scenarios for our minibatch (either store), run from the orchestrator's process.
+
+Each function takes a store URL and sizes, cleans up its stream, and returns a
+dict of figures (``rate`` in messages per second where it applies).
+"""
+import json
+import os
+import sys
+import time
+import uuid
+
+from common import (ROOT, proc_status_kib, rate, read_lines, run_latency, start, stop,
+                    wait_for)
+
+if ROOT not in sys.path:
+    sys.path.append(ROOT)  # a fresh clone without an install still finds our minibatch
+
+import minibatch as mb  # noqa: E402
+import workload  # noqa: E402
+
+CONSUMER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'consumer.py')
+
+
+def _name(scenario):
+    return f'bench-{scenario}-{uuid.uuid4().hex[:8]}'
+
+
+def _docs(n):
+    return [{'i': i, 'payload': 'x' * 64} for i in range(n)]
+
+
+def fill(stream, n, batch=1000):
+    docs = _docs(n)
+    for k in range(0, n, batch):
+        stream.append(docs[k:k + batch])
+
+
+def append_one(url, n):
+    stream = mb.stream(_name('append1'), url=url)
+    try:
+        docs = _docs(n)
+        started = time.perf_counter()
+        for doc in docs:
+            stream.append(doc)
+        seconds = time.perf_counter() - started
+        return {'rate': rate(n, seconds), 'n': n, 'seconds': seconds}
+    finally:
+        stream.delete()
+
+
+def append_batch(url, n, batch=1000):
+    """``stream.append(list)`` of ``batch`` messages at a time (one write each)."""
+    stream = mb.stream(_name('appendN'), url=url)
+    try:
+        docs = _docs(n)
+        started = time.perf_counter()
+        for k in range(0, n, batch):
+            stream.append(docs[k:k + batch])
+        seconds = time.perf_counter() - started
+        return {'rate': rate(n, seconds), 'n': n, 'batch': batch, 'seconds': seconds}
+    finally:
+        stream.delete()
+
+
+def append_buffered(url, n, batchsize=1000):
+    """``mb.stream(name, batchsize=...)``: appends of single dicts collected and written per batch."""
+    stream = mb.stream(_name('appendB'), url=url, batchsize=batchsize)
+    try:
+        docs = _docs(n)
+        started = time.perf_counter()
+        for doc in docs:
+            stream.append(doc)
+        stream.flush()
+        seconds = time.perf_counter() - started
+        return {'rate': rate(n, seconds), 'n': n, 'batchsize': batchsize, 'seconds': seconds}
+    finally:
+        stream.delete()
+
+
+class _Counter:
+    """Sink that stops the emitter once ``n`` messages went through (called before each commit)."""
+
+    def __init__(self, n):
+        self.n, self.done, self.emitter = n, 0, None
+
+    def put(self, data):
+        self.done += len(data)
+        if self.done >= self.n:
+            self.emitter.stop()
+
+
+def end_to_end(url, n, executor, size=100):
+    """``n`` messages already in the stream, consumed by ``@streaming(size=size)`` until all are committed."""
+    name = _name('e2e')
+    stream = mb.stream(name, url=url)
+    try:
+        fill(stream, n)
+        sink = _Counter(n)
+        em = mb.streaming(name, size=size, url=url, executor=executor, sink=sink).make(workload.noop)
+        sink.emitter = em
+        em.stream  # connected before the clock starts, like a consumer that was already running
+        started = time.perf_counter()
+        em.run()  # returns after the last window is committed
+        seconds = time.perf_counter() - started
+        left = stream.stats()
+        if sink.done < n or left.get('available', 0):
+            raise RuntimeError(f'consumed {sink.done} of {n}; left in the store: {left}')
+        return {'rate': rate(n, seconds), 'n': n, 'size': size, 'executor': executor, 'seconds': seconds,
+                'windows': em.stats['windows']}
+    finally:
+        stream.delete()
+
+
+def _consumer_cmd(opts):
+    return [sys.executable, CONSUMER, json.dumps(opts)]
+
+
+def latency(url, n, period, executor, outdir):
+    name = _name('latency')
+    stream = mb.stream(name, url=url)
+    try:
+        cmd = _consumer_cmd({'impl': 'ours', 'role': 'latency', 'url': url, 'stream': name, 'size': 1,
+                             'executor': executor, 'outdir': outdir})
+        return run_latency(stream.append, cmd, outdir, n, period)
+    finally:
+        stream.delete()
+
+
+def _progress(outdir):
+    rows = read_lines(outdir, 'done-')
+    return sum(int(count) for count, _ in rows), max((float(t) for _, t in rows), default=None)
+
+
+def run_consumers(url, name, n, consumers, role, outdir, work=0, timeout=600.0, sample=None):
+    """Start ``consumers`` processes on the filled stream ``name``, release them together, wait for ``n``.
+
+    Returns (seconds from release to the last window, [Popen]) with the
+    processes still running: the caller stops them. ``sample(procs, done)``
+    is called about every 50 ms while waiting (memory sampling).
+    """
+    procs = []
+    try:
+        for k in range(consumers):
+            cmd = _consumer_cmd({'impl': 'ours', 'role': role, 'url': url, 'stream': name, 'size': 100,
+                                 'executor': 'inline', 'outdir': outdir, 'work': work})
+            procs.append(start(cmd, os.path.join(outdir, f'consumer-{k}.log')))
+        wait_for(lambda: sum(f.startswith('ready-') for f in os.listdir(outdir)) >= consumers, 60,
+                 'consumers ready', procs)
+        released = time.time()
+        with open(os.path.join(outdir, 'go'), 'w'):
+            pass
+        deadline = time.monotonic() + timeout
+        while True:
+            done, last = _progress(outdir)
+            if sample is not None:
+                sample(procs, done)
+            if done >= n:
+                return last - released, procs
+            for proc in procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f'a consumer exited with {proc.returncode} after {done} of {n} messages')
+            if time.monotonic() > deadline:
+                raise TimeoutError(f'{done} of {n} messages consumed within {timeout:g} s')
+            time.sleep(0.05)
+    except BaseException:
+        for proc in procs:
+            stop(proc)
+        raise
+
+
+def scale_out(url_factory, n, consumer_counts, work, outdir_factory):
+    """Throughput with 1, 2, 4... competing consumer processes, inline executor, CPU-bound function."""
+    results = {}
+    for consumers in consumer_counts:
+        url = url_factory()
+        outdir = outdir_factory(f'scale{consumers}')
+        name = _name(f'scale{consumers}')
+        stream = mb.stream(name, url=url)
+        try:
+            fill(stream, n)
+            seconds, procs = run_consumers(url, name, n, consumers, 'scale', outdir, work=work)
+            for proc in procs:
+                stop(proc)
+            per = [sum(int(c) for c, _ in read_lines(outdir, f'done-{proc.pid}')) for proc in procs]
+            results[consumers] = {'rate': rate(n, seconds), 'n': n, 'seconds': seconds, 'per_consumer': per}
+        finally:
+            stream.delete()
+    return results
+
+
+def memory(url, n, outdir):
+    """Peak RSS of one consumer (inline executor, no-op function) working through ``n`` messages."""
+    name = _name('memory')
+    stream = mb.stream(name, url=url)
+    samples = []
+    procs = []
+    try:
+        fill(stream, n)
+
+        def sample(procs, done):
+            kib = proc_status_kib(procs[0].pid, 'VmRSS')
+            if kib is not None:
+                samples.append((time.time(), done, kib))
+        seconds, procs = run_consumers(url, name, n, 1, 'memory', outdir, sample=sample)
+        peak_hwm = proc_status_kib(procs[0].pid, 'VmHWM')
+    finally:
+        for proc in procs:
+            stop(proc)
+        stream.delete()
+
+    def rss_at(fraction):
+        # the first sample taken once that share of the stream was processed
+        for _, done, kib in samples:
+            if done >= fraction * n:
+                return kib / 1024
+        return None
+    peak = max(kib for _, _, kib in samples) / 1024 if samples else None
+    early, end = rss_at(0.1), rss_at(1.0)
+    return {'rate': rate(n, seconds), 'n': n, 'peak_rss_mib': peak,
+            'vm_hwm_mib': peak_hwm / 1024 if peak_hwm else None,
+            'rss_at_10pct_mib': early, 'rss_at_50pct_mib': rss_at(0.5), 'rss_at_end_mib': end,
+            'growth_mib': (end - early) if (end is not None and early is not None) else None,
+            'samples': len(samples)}
