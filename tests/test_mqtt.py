@@ -4,6 +4,7 @@ The shared broker comes from the ``mqtt_url`` fixture; the broker-restart test
 starts a mosquitto of its own on a free loopback port so that it can kill it.
 Every test uses topics of its own, so tests never see each other's messages.
 """
+import datetime
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import pytest
 
 import minibatch as mb
 from minibatch.contrib.mqtt import MQTTPublishError, MQTTSink, MQTTSource, parse_url
-from minibatch.errors import ConfigurationError
+from minibatch.errors import ConfigurationError, InvalidMessage
 from tests.helpers import wait_until
 
 mqtt = pytest.importorskip('paho.mqtt.client')
@@ -216,10 +217,13 @@ def test_sink_reuses_its_connection_and_reconnects_after_close(mqtt_url, client)
     sink.put([{'i': 1}, {'i': 2}])
     assert sink._client is first
     sink.close()
-    sink.put({'i': 3})
+    with pytest.raises(InvalidMessage):
+        sink.put([{'i': 'sent'}, {'i': object()}])  # nothing of the window is sent
+    sink.put({'i': 3, 'at': datetime.datetime(2024, 5, 1, 12, 0)})
     sink.close()
     wait_until(lambda: len(subscriber.received) == 4, message='4 messages')
     assert [json.loads(p)['i'] for p in subscriber.received] == [0, 1, 2, 3]
+    assert json.loads(subscriber.received[-1])['at'] == '2024-05-01T12:00:00'
 
 
 def test_source_on_a_dead_port_logs_one_line_and_stops(caplog):

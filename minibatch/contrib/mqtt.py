@@ -23,7 +23,7 @@ import time
 from urllib.parse import unquote, urlsplit
 
 from minibatch.contrib.base import Source, require
-from minibatch.errors import ConfigurationError, MinibatchError
+from minibatch.errors import ConfigurationError, InvalidMessage, MinibatchError
 
 DEFAULT_PORT = 1883
 
@@ -285,12 +285,15 @@ class MQTTSink(_Endpoint):
     def put(self, data):
         """Publish ``data`` (a dict, or a list of dicts) and wait for the broker's acknowledgements.
 
-        Blocking, at most about ``timeout`` seconds. Raises TypeError when an
-        item is not JSON serialisable (nothing is published then), and
+        Blocking, at most about ``timeout`` seconds. Raises InvalidMessage (a
+        TypeError) when an item is not JSON serialisable (nothing is published then), and
         :class:`MQTTPublishError` when publishing fails.
         """
         items = data if isinstance(data, list) else [data]
-        payloads = [json.dumps(item, default=_json_default) for item in items]
+        try:
+            payloads = [json.dumps(item, default=_json_default) for item in items]
+        except (TypeError, ValueError) as exc:
+            raise InvalidMessage(f'{self}: cannot send as JSON: {exc}') from exc
         if not payloads:
             return
         deadline = time.monotonic() + self.timeout
