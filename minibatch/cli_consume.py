@@ -1,0 +1,156 @@
+"""``minibatch consume``: find the user's function and run a consumer with progress on the console.
+
+:func:`load_function` imports ``module:function`` (the current directory is
+searched first, as ``python -m`` would) or ``path/to/file.py:function``.
+:func:`run_consumer` runs an emitter in the calling thread until it is
+stopped: Ctrl-C or SIGTERM (handled by the emitter itself: windows in flight
+finish), a timeout, or a condition; meanwhile a reporter thread prints the
+consumer's progress every few seconds.
+"""
+import importlib
+import importlib.util
+import os
+import sys
+import threading
+import time
+
+import click
+
+from minibatch.cli_common import CliError, one_line
+from minibatch.status import stream_stats
+
+#: seconds between progress lines of ``consume``
+PROGRESS_EVERY = 5.0
+
+
+def load_function(spec):
+    """Return the callable named by ``spec``: ``package.module:function`` or ``file.py:function``.
+
+    The current directory goes first on ``sys.path`` (worker processes are
+    forked and inherit it). A function from a file is shipped to worker
+    processes by value, since they could not import the file by name.
+
+    :raises CliError: the spec is malformed, the module cannot be imported
+        (any exception while importing it), or it has no such callable
+    """
+    module_name, sep, attr = spec.rpartition(':')
+    if not sep or not module_name or not attr:
+        raise CliError(f'expected module:function (e.g. handlers:process_orders), got {spec!r}')
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        if module_name.endswith('.py') or os.sep in module_name:
+            module = _load_file(module_name)
+        else:
+            module = importlib.import_module(module_name)
+    except CliError:
+        raise
+    except BaseException as exc:  # SyntaxError, ImportError, whatever the module raises on import
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise CliError(f'cannot import {module_name!r} for {spec!r}: {type(exc).__name__}: {one_line(exc)}')
+    fn = module
+    for part in attr.split('.'):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise CliError(f'{module_name!r} has no {attr!r} (looked for {spec!r})')
+    if not callable(fn):
+        raise CliError(f'{spec!r} is a {type(fn).__name__}, not a function')
+    return fn
+
+
+def _load_file(path):
+    if not os.path.isfile(path):
+        raise CliError(f'no such file: {path!r}')
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    import cloudpickle
+    cloudpickle.register_pickle_by_value(module)
+    return module
+
+
+class Reporter(threading.Thread):
+    """Prints a consumer's progress every ``every`` seconds and stops it when ``until()`` holds.
+
+    ``processed``, ``failed`` and ``dead`` are this consumer's own counts
+    (``emitter.stats``); ``backlog`` and ``in flight`` are the stream's, from
+    :func:`minibatch.status.stream_stats`.
+    """
+
+    def __init__(self, emitter, every=PROGRESS_EVERY, echo=None, until=None, check_every=0.05):
+        super().__init__(name='minibatch-cli-progress', daemon=True)
+        self.emitter = emitter
+        self.every = every
+        self.echo = echo
+        self.until = until
+        self.check_every = check_every
+        self.finished = threading.Event()
+        self._last = (time.monotonic(), 0)
+
+    def run(self):
+        next_report = time.monotonic() + self.every
+        while not self.finished.wait(self.check_every if self.until else self.every):
+            if self.until is not None and self.until():
+                self.emitter.stop()
+                return
+            if self.echo is not None and time.monotonic() >= next_report:
+                next_report = time.monotonic() + self.every
+                try:
+                    self.echo(self.line())
+                except Exception as exc:  # the store may be briefly away: skip a report, not the consumer
+                    self.echo(f'progress unavailable: {one_line(exc)}')
+
+    def line(self):
+        stats = self.emitter.stats
+        processed = stats.get('processed', 0)
+        now = time.monotonic()
+        then, before = self._last
+        self._last = (now, processed)
+        rate = (processed - before) / (now - then) if now > then else 0.0
+        figures = stream_stats(self.emitter.store, self.emitter.stream_name)
+        return (f'processed {processed} ({rate:.1f}/s), failed windows {stats.get("failed", 0)}, '
+                f'dead-lettered {stats.get("dead", 0)}, backlog {figures["backlog"]}, '
+                f'in flight {figures["in_flight"]}')
+
+    def stop(self):
+        self.finished.set()
+
+
+def run_consumer(emitter, timeout=None, echo=None, every=PROGRESS_EVERY, until=None):
+    """Run ``emitter`` in this thread until Ctrl-C, SIGTERM, ``timeout`` seconds or ``until()``.
+
+    Blocking. Stopping is graceful: windows in flight finish (or are given
+    back) before this returns. Returns ``emitter.stats``.
+    """
+    timer = None
+    if timeout:
+        timer = threading.Timer(timeout, emitter.stop)
+        timer.daemon = True
+        timer.start()
+    reporter = Reporter(emitter, every=every, echo=echo, until=until)
+    reporter.start()
+    try:
+        emitter.run(blocking=True)
+    finally:
+        reporter.stop()
+        if timer is not None:
+            timer.cancel()
+    return emitter.stats
+
+
+def summary(emitter, elapsed):
+    """The last line of ``consume``: what this consumer did."""
+    stats = emitter.stats
+    processed = stats.get('processed', 0)
+    rate = processed / elapsed if elapsed > 0 else 0.0
+    return (f'stopped: processed {processed} messages in {stats.get("committed", 0)} windows '
+            f'({rate:.1f}/s over {elapsed:.1f}s), failed windows {stats.get("failed", 0)}, '
+            f'dead-lettered {stats.get("dead", 0)}')
+
+
+def stderr(line):
+    click.echo(line, err=True)

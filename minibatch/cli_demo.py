@@ -1,0 +1,88 @@
+"""``minibatch demo``: a producer and a consumer end to end, on the store you configured.
+
+It runs on the same store as every other command (``--url``, the
+environment, else the embedded one), so that it doubles as a smoke test of
+that store and ``minibatch status`` shows its stream afterwards. It refuses
+to touch a stream that still has messages waiting, unless asked to clear it.
+"""
+import random
+import time
+
+import click
+
+from minibatch.cli_common import CliError
+from minibatch.cli_consume import run_consumer
+from minibatch.cli_status import collect, render_text
+from minibatch.consumer import make_emitter
+
+
+def average(window):
+    """The demo's streaming function: runs in a worker process, once per window."""
+    values = [message['value'] for message in window.data]
+    return {'count': len(values), 'mean': sum(values) / len(values)}
+
+
+class ShowWindows:
+    """The demo's sink: prints the function's result for the first ``limit`` windows."""
+
+    def __init__(self, echo, limit=5):
+        self.echo, self.limit, self.count = echo, limit, 0
+
+    def put(self, result):
+        self.count += 1
+        if self.count <= self.limit:
+            self.echo(f'  window {self.count}: {result["count"]} messages, mean value {result["mean"]:.1f}')
+        elif self.count == self.limit + 1:
+            self.echo('  ...')
+
+
+def run_demo(store, open_stream, name, messages, size, executor, workers, timeout, clear, echo=click.echo):
+    """Append ``messages`` messages to stream ``name``, consume them in windows of ``size``, show the status.
+
+    Blocking; returns the consumer's stats.
+
+    :raises CliError: bad numbers, the stream has waiting messages (and not
+        ``clear``), or the messages were not all processed within ``timeout``
+    """
+    if messages < 1 or size < 1:
+        raise CliError('--messages and --size must be at least 1')
+    if messages % size:
+        # count windows wait for exactly `size` messages: a remainder would wait forever
+        raise CliError(f'--messages ({messages}) must be a multiple of --size ({size}): '
+                       f'a count window holds exactly {size} messages')
+    echo(f'store: {store.describe()}')
+    stream = open_stream()
+    waiting = _waiting(store, name)
+    if waiting and not clear:
+        raise CliError(f'stream {name!r} already has {waiting} messages waiting; '
+                       f'use --clear to remove them first, or --stream NAME for another stream')
+    if clear:
+        removed = stream.clear()
+        echo(f'cleared {removed} messages from {name!r}')
+    started = time.monotonic()
+    for start in range(0, messages, 1000):
+        stream.append([{'i': i, 'value': round(random.uniform(0, 100), 2)}
+                       for i in range(start, min(start + 1000, messages))])
+    echo(f'appended {messages} messages to {name!r} in {time.monotonic() - started:.2f}s')
+    echo(f'consuming in windows of {size} ({executor} executor, {workers} workers) ...')
+    emitter = make_emitter(name, emitfn=average, size=size, url=store.url, executor=executor, workers=workers,
+                           sink=ShowWindows(echo))
+    started = time.monotonic()
+    stats = run_consumer(emitter, timeout=timeout, echo=lambda line: echo('  ' + line), every=0.5,
+                         until=lambda: emitter.stats.get('processed', 0) >= messages)
+    elapsed = time.monotonic() - started
+    processed = stats.get('processed', 0)
+    echo(f'processed {processed} messages in {stats.get("committed", 0)} windows in {elapsed:.2f}s')
+    echo('')
+    for line in render_text(store, collect(store, [name])):
+        echo(line)
+    if processed < messages:
+        raise CliError(f'only {processed} of {messages} messages were processed within {timeout}s')
+    echo('')
+    echo(f'next: minibatch status {name} --consumers')
+    return stats
+
+
+def _waiting(store, name):
+    counts = store.counts(name)
+    return counts['available'] + counts['claimed'] + counts['retry']

@@ -1,0 +1,62 @@
+"""``minibatch status``: the figures of :func:`minibatch.status.stream_stats` as a table or JSON.
+
+Read-only. Every number printed is a key of ``stream_stats``; nothing is
+computed here besides formatting.
+"""
+from minibatch.cli_common import age, require_stream, table, to_json
+from minibatch.status import stream_stats
+from minibatch.store.base import utcnow
+
+#: (header, key of stream_stats) of the per-stream table
+STREAM_COLUMNS = (('backlog', 'backlog'), ('in_flight', 'in_flight'), ('processed', 'processed'),
+                  ('failed', 'failed'), ('dead', 'dead'), ('rate/s', 'rate'), ('consumers', 'consumers_alive'),
+                  ('windows', 'windows'))
+
+CONSUMER_COLUMNS = ('consumer', 'host', 'pid', 'state', 'seen', 'alive', 'processed', 'failed', 'rate/s')
+
+
+def collect(store, names=()):
+    """``{name: stream_stats(...)}`` for ``names`` (all streams of the store when empty), in order.
+
+    :raises minibatch.errors.StreamNotFound: a stream named explicitly does not exist
+    """
+    if names:
+        for name in names:  # every name checked before any figure is read
+            require_stream(store, name)
+    else:
+        names = [info.name for info in store.list_streams()]
+    return {name: stream_stats(store, name) for name in names}
+
+
+def render_json(store, stats):
+    """The status as one line of JSON: ``{"store": ..., "streams": {name: stream_stats}}``."""
+    return to_json({'store': store.describe(), 'streams': stats})
+
+
+def render_text(store, stats, consumers=False, now=None):
+    """The status as lines of text: the store, a row per stream and, optionally, consumer reports."""
+    lines = [f'store: {store.describe()}']
+    if not stats:
+        return lines + ['no streams']
+    headers = ('stream',) + tuple(header for header, _ in STREAM_COLUMNS)
+    rows = [[name] + [_number(figures[key], key) for _, key in STREAM_COLUMNS] for name, figures in stats.items()]
+    lines += [''] + table(headers, rows, numeric=headers[1:])
+    if consumers:
+        now = now or utcnow()
+        for name, figures in stats.items():
+            lines += ['', f'consumers of {name}:']
+            if not figures['consumers']:
+                lines.append('  none reported')
+                continue
+            rows = [[record.get('id'), record.get('host', ''), record.get('pid', ''), record.get('state', ''),
+                     age(record.get('seen'), now), 'yes' if record.get('alive') else 'no',
+                     record.get('processed', 0), record.get('failed', 0), _number(record.get('rate') or 0, 'rate')]
+                    for record in figures['consumers']]
+            lines += ['  ' + line for line in table(CONSUMER_COLUMNS, rows,
+                                                    numeric=('pid', 'processed', 'failed', 'rate/s'))]
+    return lines
+
+
+def _number(value, key=None):
+    # rates are shown with one decimal even when they happen to be whole numbers
+    return f'{float(value):.1f}' if key == 'rate' or isinstance(value, float) else str(value)
