@@ -282,6 +282,30 @@ def test_message_is_acknowledged_only_after_it_was_stored(mqtt_url, client):
     assert [m.data for m in stream.buffer(processed=False)] == [{'k': 'v'}]
 
 
+def test_durable_session_gets_what_was_published_while_the_source_was_stopped(mqtt_url, client):
+    """With a client_id the broker queues QoS 1 messages for the stopped source and delivers them later."""
+    topic, client_id = unique('durable'), 'mbtest-' + uuid.uuid4().hex[:8]
+    stream = mb.stream('mqtt-durable')
+    publisher = client()
+    first = attach(stream, MQTTSource(mqtt_url, topic, client_id=client_id))
+    publisher.publish(topic, {'n': 1})
+    wait_until(lambda: stream.stats()['available'] == 1, message='the first message')
+    stop(stream, first)
+
+    publisher.publish(topic, {'n': 2})  # nobody is connected: the broker keeps it for the session
+    second = attach(stream, MQTTSource(mqtt_url, topic, client_id=client_id))
+    try:
+        wait_until(lambda: stream.stats()['available'] == 2, message='the message sent while stopped')
+    finally:
+        stop(stream, second)
+    assert [m.data['n'] for m in stream.buffer(processed=False)] == [1, 2]
+    # end the session, so that the shared broker does not keep it
+    host, port, _, _ = parse_url(mqtt_url)
+    cleaner = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    cleaner.connect(host, port)
+    cleaner.disconnect()
+
+
 # -- broker restart --------------------------------------------------------------
 class Mosquitto:
     """A mosquitto of the test's own on a loopback port, to be killed and restarted."""
