@@ -76,6 +76,14 @@ def client(mqtt_url):
         c.close()
 
 
+def end_session(url, client_id):
+    """Connect once with a clean session, so that the shared broker drops the durable session ``client_id``."""
+    host, port, _, _ = parse_url(url)
+    cleaner = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    cleaner.connect(host, port)
+    cleaner.disconnect()
+
+
 def settled(stream):
     """True when no message of ``stream`` is waiting, held or due for a retry."""
     stats = stream.stats()
@@ -265,9 +273,9 @@ def test_message_is_acknowledged_only_after_it_was_stored(mqtt_url, client):
 
     Had paho acknowledged it on receipt, the broker would not send it again.
     """
-    topic = unique('ack')
+    topic, client_id = unique('ack'), 'mbtest-' + uuid.uuid4().hex[:8]
     stream = mb.stream('mqtt-ack')
-    source = MQTTSource(mqtt_url, topic, client_id='mbtest-' + uuid.uuid4().hex[:8])
+    source = MQTTSource(mqtt_url, topic, client_id=client_id)
     source.retry_delay = 0.05
     thread = threading.Thread(target=source.stream, args=(FailingAppends(stream),), daemon=True)
     thread.start()
@@ -278,6 +286,7 @@ def test_message_is_acknowledged_only_after_it_was_stored(mqtt_url, client):
     finally:
         source.cancel()
         thread.join(5)
+        end_session(mqtt_url, client_id)
     assert 'store outage' in source.last_error
     assert [m.data for m in stream.buffer(processed=False)] == [{'k': 'v'}]
 
@@ -299,11 +308,7 @@ def test_durable_session_gets_what_was_published_while_the_source_was_stopped(mq
     finally:
         stop(stream, second)
     assert [m.data['n'] for m in stream.buffer(processed=False)] == [1, 2]
-    # end the session, so that the shared broker does not keep it
-    host, port, _, _ = parse_url(mqtt_url)
-    cleaner = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-    cleaner.connect(host, port)
-    cleaner.disconnect()
+    end_session(mqtt_url, client_id)
 
 
 # -- broker restart --------------------------------------------------------------
