@@ -59,7 +59,8 @@ class Source:
                     self._cancelled.wait(self.retry_delay)
             except Exception as exc:  # any failure: report once, back off, reconnect
                 self.failures += 1
-                self.last_error = f'{type(exc).__name__}: {exc}'
+                text = str(exc)  # some drivers' messages already start with the class name
+                self.last_error = text if text.startswith(type(exc).__name__) else f'{type(exc).__name__}: {text}'
                 if self._cancelled.is_set():
                     break
                 logger.warning('%s for stream %r failed (%s); retrying in %.1fs',

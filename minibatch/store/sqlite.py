@@ -52,7 +52,10 @@ CREATE TABLE IF NOT EXISTS buffer (
 -- find_available: the next available messages in id order, without a scan
 CREATE INDEX IF NOT EXISTS buffer_available ON buffer (stream, processed, id);
 -- expire_leases, counts, dead letters, housekeeping
-CREATE INDEX IF NOT EXISTS buffer_state ON buffer (stream, state, lease);
+-- (only over settled rows, processed = 1: appends of available messages do not maintain it;
+-- processed = 0 exactly when state = 'available', and every query below names processed)
+DROP INDEX IF EXISTS buffer_state;
+CREATE INDEX IF NOT EXISTS buffer_settled ON buffer (stream, state, lease) WHERE processed = 1;
 -- commit / release / renew by token (only claimed rows have one, so the index stays small)
 CREATE INDEX IF NOT EXISTS buffer_claim ON buffer (claim) WHERE claim IS NOT NULL;
 CREATE TABLE IF NOT EXISTS windows (
@@ -110,11 +113,20 @@ def _ts(value):
     return value.timestamp()
 
 
+_last_dt = (None, None)  # (epoch, datetime) of the last conversion: a batch shares one timestamp
+
+
 def _dt(value):
     """Float epoch seconds -> naive UTC datetime (microsecond precision, as written)."""
+    global _last_dt
     if value is None:
         return None
-    return datetime.datetime.fromtimestamp(value, datetime.timezone.utc).replace(tzinfo=None)
+    last = _last_dt  # one read of an immutable pair: safe across threads
+    if value == last[0]:
+        return last[1]
+    converted = datetime.datetime.fromtimestamp(value, datetime.timezone.utc).replace(tzinfo=None)
+    _last_dt = (value, converted)
+    return converted
 
 
 def _encode_default(value):
@@ -136,12 +148,47 @@ def _decode_hook(obj):
     return obj
 
 
+# made once: json.dumps() with options builds a new encoder on every call
+_encoder = json.JSONEncoder(default=_encode_default, separators=(',', ':'))
+_decoder = json.JSONDecoder(object_hook=_decode_hook)
+
+
 def dumps(value):
-    return json.dumps(value, default=_encode_default, separators=(',', ':'))
+    return _encoder.encode(value)
+
+
+_plain_decoder = json.JSONDecoder()
 
 
 def loads(text):
-    return json.loads(text, object_hook=_decode_hook)
+    # the object hook costs a Python call per dict: skip it when no date can be inside
+    return (_decoder if '"$date"' in text else _plain_decoder).decode(text)
+
+
+_PLAIN = frozenset((str, int, float, bool, type(None)))
+
+
+def _is_plain(value, depth=0):
+    """Fast path of the check below: True if ``value`` (a dict or list) surely round-trips through JSON.
+
+    Exact types only and a depth bound; anything unusual (subclasses, dates,
+    deep or circular data) returns False and gets the thorough check.
+    """
+    if depth > 32:
+        return False
+    if type(value) is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                return False
+            kind = type(item)
+            if kind not in _PLAIN and not ((kind is dict or kind is list) and _is_plain(item, depth + 1)):
+                return False
+        return True
+    for item in value:
+        kind = type(item)
+        if kind not in _PLAIN and not ((kind is dict or kind is list) and _is_plain(item, depth + 1)):
+            return False
+    return True
 
 
 def _find_unserialisable(value, path, parents=()):
@@ -167,6 +214,8 @@ def serialise(doc, index):
     """JSON text of message ``doc`` (number ``index`` of its batch), or InvalidMessage saying why not."""
     if not isinstance(doc, dict):
         raise InvalidMessage(f'message #{index} is not a dict: {doc!r} ({type(doc).__name__})')
+    if type(doc) is dict and _is_plain(doc):
+        return dumps(doc)
     found = _find_unserialisable(doc, 'message')
     if found:
         where, why = found
@@ -187,11 +236,16 @@ def _chunks(ids):
 
 
 def _on_token(conn, sql, params, name, token, ids):
-    """Run ``sql`` (ending in a WHERE clause) on ``ids`` still claimed under ``token``; return the rowcount."""
+    """Run ``sql`` (ending in a WHERE clause) on ``ids`` still claimed under ``token``; return the rowcount.
+
+    (``+stream`` here and wherever ids are listed: without statistics the
+    planner would otherwise walk the stream's whole index instead of looking
+    up the ids by primary key, which made a claim cost O(stream length).)
+    """
     count = 0
     for chunk in _chunks(ids):
         count += conn.execute(
-            f"{sql} claim = ? AND stream = ? AND state = '{CLAIMED}' AND id IN ({_marks(chunk)})",
+            f"{sql} claim = ? AND +stream = ? AND state = '{CLAIMED}' AND id IN ({_marks(chunk)})",
             (*params, token, name, *chunk)).rowcount
     return count
 
@@ -495,7 +549,7 @@ class SQLiteStore(Store):
             for chunk in _chunks(ids):
                 rows += conn.execute(
                     f"UPDATE buffer SET state = '{CLAIMED}', processed = 1, claim = ?, lease = ?"
-                    f" WHERE stream = ? AND state = '{AVAILABLE}' AND id IN ({_marks(chunk)})"
+                    f" WHERE +stream = ? AND state = '{AVAILABLE}' AND id IN ({_marks(chunk)})"
                     f' RETURNING {columns}', (token, until, name, *chunk)).fetchall()
             return rows
         rows = self._write(work)
@@ -540,7 +594,7 @@ class SQLiteStore(Store):
         sql = (f'UPDATE buffer SET attempts = attempts + 1, error = ?, claim = NULL, state = {new_state},'
                f' processed = CASE WHEN attempts + 1 < ? AND ? <= 0 THEN 0 ELSE 1 END,'
                f' lease = CASE WHEN attempts + 1 < ? AND ? > 0 THEN ? ELSE NULL END'
-               f" WHERE claim = ? AND stream = ? AND state = '{CLAIMED}' AND id IN ")
+               f" WHERE claim = ? AND +stream = ? AND state = '{CLAIMED}' AND id IN ")
         error = None if error is None else str(error)
 
         def work(conn):
@@ -567,11 +621,11 @@ class SQLiteStore(Store):
                 f"UPDATE buffer SET attempts = attempts + 1, error = 'lease expired', claim = NULL, lease = NULL,"
                 f" state = CASE WHEN attempts + 1 >= ? THEN '{DEAD}' ELSE '{AVAILABLE}' END,"
                 f' processed = CASE WHEN attempts + 1 >= ? THEN 1 ELSE 0 END'
-                f" WHERE stream = ? AND state = '{CLAIMED}' AND lease < ?",
+                f" WHERE stream = ? AND processed = 1 AND state = '{CLAIMED}' AND lease < ?",
                 (max_attempts, max_attempts, name, now)).rowcount
             backed_off = conn.execute(
                 f"UPDATE buffer SET state = '{AVAILABLE}', processed = 0, lease = NULL"
-                f" WHERE stream = ? AND state = '{RETRY}' AND lease <= ?", (name, now)).rowcount
+                f" WHERE stream = ? AND processed = 1 AND state = '{RETRY}' AND lease <= ?", (name, now)).rowcount
             return expired + backed_off
         return self._write(work)
 
@@ -580,12 +634,14 @@ class SQLiteStore(Store):
         return self.messages(name, state=DEAD, limit=limit)
 
     def _dead(self, sql, name, ids):
-        base = f"{sql} WHERE stream = ? AND state = '{DEAD}'"
+        base = f"{sql} WHERE stream = ? AND processed = 1 AND state = '{DEAD}'"
         if ids is None:
             return self._write(lambda conn: conn.execute(base, (name,)).rowcount)
 
+        by_id = base.replace('WHERE stream = ?', 'WHERE +stream = ?', 1)  # see _on_token
+
         def work(conn):
-            return sum(conn.execute(f'{base} AND id IN ({_marks(chunk)})', (name, *chunk)).rowcount
+            return sum(conn.execute(f'{by_id} AND id IN ({_marks(chunk)})', (name, *chunk)).rowcount
                        for chunk in _chunks(ids))
         return self._write(work)
 
@@ -622,8 +678,12 @@ class SQLiteStore(Store):
     # -- inspection and housekeeping --------------------------------------
     def messages(self, name, state=None, limit=None):
         sql, params = f'SELECT {MESSAGE_COLUMNS} FROM buffer WHERE stream = ?', [name]
-        if state is not None:
-            sql += ' AND state = ?'
+        if state == AVAILABLE:
+            sql += ' AND processed = 0'
+        elif state is not None:
+            # by state, not by scanning every processed row (keep=True streams hold many done ones)
+            sql = f'SELECT {MESSAGE_COLUMNS} FROM buffer INDEXED BY buffer_settled WHERE stream = ?'
+            sql += ' AND processed = 1 AND state = ?'
             params.append(state)
         sql += ' ORDER BY id'
         if limit is not None:
@@ -633,7 +693,10 @@ class SQLiteStore(Store):
 
     def counts(self, name):
         counts = dict.fromkeys(STATES, 0)
-        counts.update(self._read('SELECT state, count(*) FROM buffer WHERE stream = ? GROUP BY state', (name,)))
+        # two covering index scans: available rows by buffer_available, the others by buffer_settled
+        counts[AVAILABLE] = self._read('SELECT count(*) FROM buffer WHERE stream = ? AND processed = 0', (name,))[0][0]
+        counts.update(self._read('SELECT state, count(*) FROM buffer WHERE stream = ? AND processed = 1'
+                                 ' GROUP BY state', (name,)))
         counts['windows'] = self._read('SELECT count(*) FROM windows WHERE stream = ?', (name,))[0][0]
         return counts
 
@@ -641,7 +704,8 @@ class SQLiteStore(Store):
         cutoff = time.time() - max_age
 
         def work(conn):
-            messages = conn.execute(f"DELETE FROM buffer WHERE stream = ? AND state = '{DONE}' AND created < ?",
+            messages = conn.execute(f"DELETE FROM buffer WHERE stream = ? AND processed = 1 AND state = '{DONE}'"
+                                    " AND created < ?",
                                     (name, cutoff)).rowcount
             windows = conn.execute('DELETE FROM windows WHERE stream = ? AND processed = 1 AND created < ?',
                                    (name, cutoff)).rowcount
