@@ -252,6 +252,22 @@ def test_source_on_a_dead_port_logs_one_line_and_stops(caplog):
         assert 'ConnectionRefusedError' in text and f'127.0.0.1:{source.port}' in text
 
 
+def test_source_waiting_for_a_silent_broker_stops_promptly():
+    """A listener that never answers the CONNECT: stop() does not wait for the 10 s handshake timeout."""
+    with socket.socket() as server:
+        server.bind(('127.0.0.1', 0))
+        server.listen()
+        stream = mb.stream('mqtt-source-silent')
+        source = MQTTSource(f'mqtt://127.0.0.1:{server.getsockname()[1]}', 'x')
+        stream.attach(source)
+        server.settimeout(5)
+        peer, _ = server.accept()
+        with peer:
+            assert peer.recv(1) == b'\x10'  # the CONNECT packet: the source now waits for a CONNACK
+            assert not source.listening.is_set() and source.failures == 0
+            stop(stream, source, within=1.0)
+
+
 class FailingAppends:
     """The stream, except that the first ``failures`` appends raise (a store outage)."""
 

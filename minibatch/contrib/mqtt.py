@@ -145,7 +145,8 @@ class MQTTSource(_Endpoint, Source):
 
     A lost or refused connection logs one line on ``minibatch.contrib`` and
     is retried with a growing pause (see :class:`~minibatch.contrib.base.Source`);
-    ``stream.stop()`` ends the source within about ``poll_interval`` seconds.
+    ``stream.stop()`` ends the source within about ``poll_interval`` seconds
+    (up to paho's ``connect_timeout``, 5 s, while a TCP connection is being opened).
 
     :param url: ``mqtt://[user[:password]@]host[:port]``, port 1883 by default
     :param topic: topic filter to subscribe to (wildcards ``+``/``#`` allowed)
@@ -191,11 +192,15 @@ class MQTTSource(_Endpoint, Source):
         client.on_message = lambda c, u, message: received.append(message)
         try:
             client.connect(self.host, self.port, self.keepalive)
-            self._await(client, lambda: 'connack' in state, self.handshake_timeout, 'CONNACK')
+            self._await(client, lambda: 'connack' in state or self.cancelled, self.handshake_timeout, 'CONNACK')
+            if self.cancelled:
+                return
             if state['connack'].is_failure:
                 raise ConnectionRefusedError(f'{self.address} refused the connection: {state["connack"]}')
             client.subscribe(self.topic, qos=self.qos)
-            self._await(client, lambda: 'suback' in state, self.handshake_timeout, 'SUBACK')
+            self._await(client, lambda: 'suback' in state or self.cancelled, self.handshake_timeout, 'SUBACK')
+            if self.cancelled:
+                return
             failed = [code for code in state['suback'] if code.is_failure]
             if failed:
                 raise ConnectionRefusedError(f'{self.address} refused the subscription to {self.topic!r}: '
