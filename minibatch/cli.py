@@ -120,7 +120,7 @@ def append(ctx, stream, messages, chunk, validate_first, quiet):
     if messages:
         chunks = cli_append.from_args(messages)
     else:
-        stdin = click.get_text_stream('stdin')
+        stdin = sys.stdin
         if stdin.isatty() and not quiet:
             click.echo('reading JSON lines from stdin (Ctrl-D to end)', err=True)
         chunks = cli_append.from_lines(stdin, chunk)
@@ -189,10 +189,12 @@ def _print_message(message, meta):
               metavar='SECONDS', help='pause before the first retry of a failed window; doubles each time')
 @click.option('--timeout', type=click.FloatRange(min=0, min_open=True), metavar='SECONDS',
               help='stop (gracefully) after SECONDS')
+@click.option('--progress', type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              metavar='SECONDS', help='seconds between progress lines')
 @click.option('-q', '--quiet', is_flag=True, help='no progress lines')
 @click.pass_context
 def consume(ctx, stream, function, size, interval, fixed, executor, workers, keep, max_attempts, retry_backoff,
-            timeout, quiet):
+            timeout, progress, quiet):
     """Run MODULE:FUNCTION on the windows of STREAM until Ctrl-C, SIGTERM or --timeout.
 
     MODULE is imported from the current directory too (or give a file,
@@ -200,7 +202,7 @@ def consume(ctx, stream, function, size, interval, fixed, executor, workers, kee
     list of messages); it must be a plain function, not one decorated with
     @streaming. The stream is created if needed. Progress goes to stderr.
     """
-    from minibatch.cli_consume import load_function, run_consumer, stderr, summary, PROGRESS_EVERY
+    from minibatch.cli_consume import load_function, run_consumer, stderr, summary
     from minibatch.consumer import make_emitter
     fn = load_function(function)
     emitter = make_emitter(stream, emitfn=fn, size=size, interval=interval, relaxed=not fixed, url=ctx.obj['url'],
@@ -211,7 +213,7 @@ def consume(ctx, stream, function, size, interval, fixed, executor, workers, kee
         stderr(f'consuming {stream!r} on {emitter.store.describe()} with {function} ({window}, {executor} '
                f'executor{f", {workers} workers" if workers else ""}); Ctrl-C to stop')
     started = time.monotonic()
-    run_consumer(emitter, timeout=timeout, echo=None if quiet else stderr, every=PROGRESS_EVERY)
+    run_consumer(emitter, timeout=timeout, echo=None if quiet else stderr, every=progress)
     if not quiet:
         stderr(summary(emitter, time.monotonic() - started))
 

@@ -32,8 +32,8 @@ def parse(text, where):
 
 
 def from_args(texts):
-    """One chunk of (where, dict) pairs for the command-line arguments."""
-    return [[(f'argument {i}', parse(text, f'argument {i}')) for i, text in enumerate(texts, 1)]]
+    """One chunk of (where, dict) pairs for the command-line arguments, all parsed before it is handed out."""
+    yield [(f'argument {i}', parse(text, f'argument {i}')) for i, text in enumerate(texts, 1)]
 
 
 def from_lines(lines, chunk):
@@ -105,12 +105,12 @@ def append(store, open_stream, name, chunks, chunk_size, progress, validate_firs
     passed its checks, so bad input does not even create it. Returns the
     number of messages appended.
     """
-    if validate_first:
-        chunks = list(chunks)
-        for batch in chunks:
-            check(store, batch)
     stream = None
     try:
+        if validate_first:
+            chunks = list(chunks)
+            for batch in chunks:
+                check(store, batch)
         for batch in chunks:
             if not validate_first:
                 check(store, batch)

@@ -1,31 +1,173 @@
-"""The ``minibatch`` command: status of a store, driven in-process and as a subprocess."""
+"""The ``minibatch`` command, in-process (click's CliRunner) and as a subprocess (``python -m minibatch``).
+
+Store-facing tests run over both stores (``store_url``). Subprocess tests
+get the store through MINIBATCH_URL, as a user's shell would.
+"""
+import json
 import os
+import queue
+import signal
 import subprocess
 import sys
+import textwrap
+import threading
+import time
+import uuid
 
+import pytest
 from click.testing import CliRunner
 
 import minibatch as mb
 from minibatch.cli import cli
+from minibatch.cli_common import to_json
+
+from tests.helpers import wait_until
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_status_lists_streams_with_counts(store_url):
+# -- helpers ----------------------------------------------------------------
+def invoke(args, input=None):
+    """Run the command in-process; ``result.stdout`` and ``result.stderr`` are kept apart."""
+    try:
+        runner = CliRunner(mix_stderr=False)  # click < 8.2 mixes them unless told not to
+    except TypeError:
+        runner = CliRunner()
+    return runner.invoke(cli, args, input=input, catch_exceptions=False)
+
+
+def cli_env(url=None):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')])))
+    for var in ('MINIBATCH_URL', 'MINIBATCH_MONGO_URL', 'MONGO_URL'):
+        env.pop(var, None)
+    if url:
+        env['MINIBATCH_URL'] = url
+    return env
+
+
+def run(args, url=None, input=None, cwd=None, timeout=60):
+    """``python -m minibatch ARGS`` to completion."""
+    return subprocess.run([sys.executable, '-m', 'minibatch', *args], env=cli_env(url), input=input, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start(args, url=None, cwd=None):
+    """``python -m minibatch ARGS`` in the background, stdout lines readable through ``proc.lines``."""
+    proc = subprocess.Popen([sys.executable, '-m', 'minibatch', *args], env=cli_env(url), cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.lines = queue.Queue()
+
+    def pump():
+        for line in proc.stdout:
+            proc.lines.put(line.rstrip('\n'))
+    threading.Thread(target=pump, daemon=True).start()
+    return proc
+
+
+def next_line(proc, timeout=20):
+    try:
+        return proc.lines.get(timeout=timeout)
+    except queue.Empty:
+        raise AssertionError(f'no output line within {timeout}s (exit code {proc.poll()})')
+
+
+def assert_error_line(stderr, *fragments):
+    """stderr is exactly one line, minibatch's error line, with every fragment in it."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('minibatch: error: '), stderr
+    assert 'Traceback' not in stderr
+    for fragment in fragments:
+        assert fragment in lines[0], stderr
+
+
+def table_rows(stdout):
+    """{first cell: {header: cell}} of the first table in ``stdout``."""
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    start = next(i for i, line in enumerate(lines) if line.startswith('stream '))
+    headers = lines[start].split()
+    rows = {}
+    for line in lines[start + 1:]:
+        cells = line.split()
+        if len(cells) != len(headers):
+            break
+        rows[cells[0]] = dict(zip(headers, cells))
+    return rows
+
+
+def datas(url, name):
+    return [m.data for m in mb.stream(name, url=url).store.messages(name)]
+
+
+def unique(prefix):
+    return f'{prefix}_{uuid.uuid4().hex[:8]}'
+
+
+# -- status -----------------------------------------------------------------
+def report(stream, consumer='c1', **info):
+    """A consumer report as a running consumer writes it (see WindowEmitter._heartbeat)."""
+    stream.store.heartbeat(stream.name, consumer, {'host': 'h', 'pid': 7, 'state': 'running', 'heartbeat': 5.0,
+                                                   'processed': 12, 'failed': 1, 'rate': 2.5, **info})
+
+
+def test_status_table_shows_the_figures_of_stream_stats(store_url):
     stream = mb.stream('cli-status', url=store_url)
     stream.append([{'i': i} for i in range(3)])
-    result = CliRunner().invoke(cli, ['--url', store_url, 'status'])
-    assert result.exit_code == 0, result.output
-    assert 'store: ' in result.output
-    row = [line for line in result.output.splitlines() if line.startswith('cli-status')]
-    assert row and row[0].split()[1:3] == ['3', '0'], result.output
+    stream.reject({'bad': 1}, 'not JSON')
+    report(stream)
+    result = invoke(['--url', store_url, 'status'])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith(f'store: {stream.store.describe()}\n')
+    row = table_rows(result.stdout)['cli-status']
+    stats = stream.stats()
+    assert stats['backlog'] == 3 and stats['processed'] == 12  # the figures below are not all zero
+    for header, key in (('backlog', 'backlog'), ('in_flight', 'in_flight'), ('processed', 'processed'),
+                        ('failed', 'failed'), ('dead', 'dead'), ('consumers', 'consumers_alive'),
+                        ('windows', 'windows')):
+        assert int(row[header]) == stats[key], (header, result.stdout)
+    assert float(row['rate/s']) == stats['rate'] == 2.5
+
+
+def test_status_json_is_stream_stats(store_url):
+    stream = mb.stream('cli-json', url=store_url)
+    other = mb.stream('cli-other', url=store_url)
+    stream.append([{'i': i} for i in range(2)])
+    report(stream)
+    result = invoke(['--url', store_url, 'status', '--json', 'cli-json'])
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out['store'] == stream.store.describe()
+    assert list(out['streams']) == ['cli-json']  # only the stream asked for
+    assert out['streams']['cli-json'] == json.loads(to_json(stream.stats()))
+    seen = out['streams']['cli-json']['consumers'][0]['seen']
+    assert seen.endswith('+00:00')  # ISO 8601, in UTC
+    everything = json.loads(invoke(['--url', store_url, 'status', '--json']).stdout)
+    assert set(everything['streams']) == {'cli-json', other.name}
+
+
+def test_status_lists_consumer_reports(store_url):
+    stream = mb.stream('cli-consumers', url=store_url)
+    report(stream, consumer='host-a:11:abc')
+    report(stream, consumer='host-b:12:def', state='stopped')
+    result = invoke(['--url', store_url, 'status', '--consumers'])
+    assert result.exit_code == 0, result.stderr
+    text = result.stdout.split('consumers of cli-consumers:')[1]
+    alive = [line.split() for line in text.splitlines() if line.strip().startswith('host-')]
+    assert [(cells[0], cells[3], cells[6]) for cells in alive] == [('host-a:11:abc', 'running', 'yes'),
+                                                                   ('host-b:12:def', 'stopped', 'no')]
+    assert table_rows(result.stdout)['cli-consumers']['consumers'] == '1'
+
+
+def test_status_of_unknown_stream_is_one_error_line(store_url):
+    mb.stream('known', url=store_url)
+    result = invoke(['--url', store_url, 'status', 'known', 'unknown'])
+    assert result.exit_code == 1
+    assert_error_line(result.stderr, "no stream named 'unknown'")
+    assert result.stdout == ''  # checked before anything is printed
 
 
 def test_status_shows_the_embedded_store_path_as_a_subprocess(tmp_path):
     home = tmp_path / 'home'
-    env = dict(os.environ, MINIBATCH_HOME=str(home),
-               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
-                                           os.environ.get('PYTHONPATH', '')]))
-    for var in ('MINIBATCH_URL', 'MINIBATCH_MONGO_URL', 'MONGO_URL'):
-        env.pop(var, None)
+    env = dict(cli_env(), MINIBATCH_HOME=str(home))
     out = subprocess.run([sys.executable, '-m', 'minibatch', 'status'], env=env, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
@@ -33,11 +175,269 @@ def test_status_shows_the_embedded_store_path_as_a_subprocess(tmp_path):
     assert 'no streams' in out.stdout
 
 
-def test_status_with_unknown_scheme_is_one_clear_line():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
-                                                       os.environ.get('PYTHONPATH', '')]))
-    out = subprocess.run([sys.executable, '-m', 'minibatch', '--url', 'redis://localhost', 'status'], env=env,
-                         capture_output=True, text=True, timeout=60)
+def test_status_watch_refreshes_until_ctrl_c(tmp_path):
+    url = 'sqlite:///' + str(tmp_path / 'watch.db')
+    mb.stream('watched', url=url).append({'i': 1})
+    proc = start(['status', '--watch', '0.2'], url=url)
+    try:
+        stores = 0
+        while stores < 2:  # two refreshes
+            stores += next_line(proc).startswith('store: ')
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0, proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_unknown_url_scheme_is_one_clear_line():
+    out = run(['--url', 'redis://localhost', 'status'])
     assert out.returncode == 1
-    assert out.stderr.startswith('minibatch: error: ') and 'sqlite://' in out.stderr
-    assert 'Traceback' not in out.stderr
+    assert_error_line(out.stderr, 'sqlite://', 'mongodb://')
+
+
+def test_unknown_stream_is_one_error_line_as_a_subprocess(store_url):
+    mb.stream('exists', url=store_url)
+    out = run(['tail', 'missing'], url=store_url)
+    assert out.returncode == 1
+    assert_error_line(out.stderr, "no stream named 'missing'")
+
+
+# -- append -----------------------------------------------------------------
+def test_append_arguments_and_stdin(store_url):
+    result = invoke(['--url', store_url, 'append', 'in', '{"a": 1}', '{"b": [1, 2]}'])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ''  # the count goes to stderr
+    assert "appended 2 messages to 'in'" in result.stderr
+    result = invoke(['--url', store_url, 'append', 'in'], input='{"c": 3}\n\n   \n{"d": "x"}\n{"e": null}')
+    assert result.exit_code == 0, result.stderr
+    assert "appended 3 messages to 'in'" in result.stderr
+    assert datas(store_url, 'in') == [{'a': 1}, {'b': [1, 2]}, {'c': 3}, {'d': 'x'}, {'e': None}]
+
+
+@pytest.mark.parametrize('args, input, where', [
+    (['{"ok": 1}', '{"oops": }'], None, 'argument 2: invalid JSON'),
+    (['{"ok": 1}', '[1, 2]'], None, 'argument 2: expected a JSON object'),
+    ([], '{"ok": 1}\n\n{"bad"\n{"ok": 2}\n', 'line 3: invalid JSON'),
+    ([], '{"ok": 1}\n"text"\n', 'line 2: expected a JSON object {...}, got a string'),
+])
+def test_bad_json_writes_nothing(store_url, args, input, where):
+    mb.stream('target', url=store_url).append({'before': True})
+    result = invoke(['--url', store_url, 'append', 'target', *args], input=input)
+    assert result.exit_code == 1
+    assert_error_line(result.stderr, where, 'nothing was appended')
+    assert datas(store_url, 'target') == [{'before': True}]
+
+
+def test_bad_input_does_not_even_create_the_stream(store_url):
+    result = invoke(['--url', store_url, 'append', 'never', '42'])
+    assert result.exit_code == 1
+    assert mb.get_store(store_url).get_stream('never') is None
+
+
+def test_chunks_before_a_bad_line_stay_written_unless_validate_first(store_url):
+    lines = '\n'.join(json.dumps({'i': i}) for i in range(5)) + '\n{broken\n'
+    result = invoke(['--url', store_url, 'append', 'chunked', '--chunk', '2'], input=lines)
+    assert result.exit_code == 1
+    assert_error_line(result.stderr, 'line 6', '4 messages (the earlier chunks of the input) were appended')
+    assert datas(store_url, 'chunked') == [{'i': i} for i in range(4)]
+    result = invoke(['--url', store_url, 'append', 'strict', '--chunk', '2', '--validate-first'], input=lines)
+    assert result.exit_code == 1
+    assert_error_line(result.stderr, 'line 6', 'nothing was appended')
+    assert mb.get_store(store_url).get_stream('strict') is None
+
+
+def test_a_value_mongodb_cannot_store_names_its_line(mongo_url):
+    result = invoke(['--url', mongo_url, 'append', 'big'], input='{"ok": 1}\n{"n": %d}\n' % 2 ** 70)
+    assert result.exit_code == 1
+    assert_error_line(result.stderr, 'line 2: ', 'nothing was appended')
+    assert mb.get_store(mongo_url).get_stream('big') is None
+
+
+def test_append_as_a_subprocess(store_url):
+    out = run(['append', 'piped'], url=store_url, input='{"x": 1}\n{"x": 2}\n')
+    assert out.returncode == 0, out.stderr
+    assert "appended 2 messages to 'piped'" in out.stderr and out.stdout == ''
+    out = run(['append', 'piped'], url=store_url, input='{"x": 3}\nnot json\n')
+    assert out.returncode == 1
+    assert_error_line(out.stderr, 'line 2: invalid JSON', 'nothing was appended')
+    assert datas(store_url, 'piped') == [{'x': 1}, {'x': 2}]
+
+
+# -- tail -------------------------------------------------------------------
+def test_tail_prints_the_last_messages_without_consuming_them(store_url):
+    stream = mb.stream('tailed', url=store_url)
+    stream.append([{'i': i} for i in range(5)])
+    stream.reject({'dead': True}, 'boom')
+    result = invoke(['--url', store_url, 'tail', 'tailed', '-n', '2'])
+    assert result.exit_code == 0, result.stderr
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [{'i': 3}, {'i': 4}]
+    result = invoke(['--url', store_url, 'tail', 'tailed', '-n', '1', '--meta'])
+    (line,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert line['data'] == {'i': 4} and line['state'] == 'available' and line['attempts'] == 0
+    assert str(line['id']) == str(stream.store.messages('tailed', state='available')[-1].id)
+    assert invoke(['--url', store_url, 'tail', 'tailed', '-n', '0']).stdout == ''
+    stats = stream.stats()
+    assert (stats['available'], stats['claimed'], stats['dead']) == (5, 0, 1)  # nothing taken
+
+
+def test_tail_follow_prints_a_message_appended_while_it_runs(store_url):
+    stream = mb.stream('followed', url=store_url)
+    stream.append([{'old': 1}, {'old': 2}])
+    started = time.monotonic()
+    proc = start(['tail', 'followed', '-n', '1', '-f', '--timeout', '5'], url=store_url)
+    try:
+        assert json.loads(next_line(proc)) == {'old': 2}  # the tail is reading: what comes now is new
+        stream.append({'new': 3})
+        assert json.loads(next_line(proc)) == {'new': 3}
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert time.monotonic() - started >= 5  # it ended because of --timeout
+    assert proc.lines.empty()  # each message once
+    assert stream.stats()['available'] == 3  # nothing consumed
+
+
+# -- consume ----------------------------------------------------------------
+HANDLERS = '''
+import json, os
+
+def handle(window):
+    # one line per message; O_APPEND keeps the lines of concurrent workers whole
+    with open(os.path.join(os.path.dirname(__file__), 'seen.jsonl'), 'a') as out:
+        out.write(''.join(json.dumps(m) + '\\n' for m in window.data))
+'''
+
+
+def test_consume_runs_a_module_function_until_timeout(store_url, tmp_path):
+    module = unique('handlers')
+    (tmp_path / f'{module}.py').write_text(HANDLERS)
+    stream = mb.stream('work', url=store_url)
+    stream.append([{'i': i} for i in range(6)])
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, '-m', 'minibatch', 'consume', 'work', f'{module}:handle', '--size', '2',
+                             '--workers', '2', '--timeout', '5', '--progress', '0.5'],
+                            env=cli_env(store_url), cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        seen = tmp_path / 'seen.jsonl'
+        wait_until(lambda: seen.exists() and len(seen.read_text().splitlines()) >= 6, timeout=30,
+                   message='the first 6 messages processed', alive=[proc])
+        stream.append([{'i': 6}, {'i': 7}])  # arrives while it runs
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, stderr
+    assert time.monotonic() - started >= 5  # it ended because of --timeout
+    assert sorted(json.loads(line)['i'] for line in seen.read_text().splitlines()) == list(range(8))
+    assert 'backlog' in stderr and 'processed' in stderr  # progress lines
+    assert 'stopped: processed 8 messages in 4 windows' in stderr, stderr
+    stats = stream.stats()
+    assert (stats['backlog'], stats['in_flight'], stats['processed'], stats['consumers_alive']) == (0, 0, 8, 0)
+
+
+def test_consume_a_function_from_a_file_in_process(store_url, tmp_path):
+    path = tmp_path / 'fromfile.py'
+    path.write_text(HANDLERS)
+    mb.stream('files', url=store_url).append([{'i': 1}, {'i': 2}])
+    result = invoke(['--url', store_url, 'consume', 'files', f'{path}:handle', '--size', '1', '--executor',
+                     'thread', '--timeout', '1', '--keep'])
+    assert result.exit_code == 0, result.stderr
+    assert sorted(json.loads(line)['i'] for line in (tmp_path / 'seen.jsonl').read_text().splitlines()) == [1, 2]
+    assert mb.stream('files', url=store_url).stats()['done'] == 2  # --keep
+
+
+@pytest.mark.parametrize('spec, fragment', [
+    ('no_such_module_xyz:fn', "cannot import 'no_such_module_xyz'"),
+    ('{module}:missing', "has no 'missing'"),
+    ('{module}', 'expected module:function'),
+    ('{module}:VALUE', 'not a function'),
+    ('{broken}:fn', "cannot import '{broken}'"),
+])
+def test_a_function_that_cannot_be_loaded_is_one_error_line(tmp_path, monkeypatch, spec, fragment):
+    module, broken = unique('handlers'), unique('broken')
+    (tmp_path / f'{module}.py').write_text('VALUE = 42\n')
+    (tmp_path / f'{broken}.py').write_text('def fn(:\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, 'path', list(sys.path))  # consume puts the cwd on it
+    url = 'sqlite:///' + str(tmp_path / 'store.db')
+    result = invoke(['--url', url, 'consume', 's', spec.format(module=module, broken=broken), '--size', '1'])
+    assert result.exit_code == 1
+    assert_error_line(result.stderr, fragment.format(broken=broken))
+
+
+# -- dead letters -------------------------------------------------------------
+def test_dead_letters_list_requeue_purge(store_url):
+    stream = mb.stream('dl', url=store_url)
+    stream.append({'fine': True})
+    stream.reject([{'n': 1}, {'n': 2}, {'n': 3}, {'n': 4}], 'ValueError: cannot digest')
+    base = ['--url', store_url, 'dead-letters']
+    result = invoke(base + ['list', 'dl'])
+    assert result.exit_code == 0, result.stderr
+    ids = [str(m.id) for m in stream.dead_letters()]
+    rows = [line.split() for line in result.stdout.splitlines()[1:]]
+    assert [row[0] for row in rows] == ids and all('ValueError: cannot digest' in line
+                                                  for line in result.stdout.splitlines()[1:])
+    listed = [json.loads(line) for line in invoke(base + ['list', 'dl', '--json']).stdout.splitlines()]
+    assert [letter['data'] for letter in listed] == [{'n': 1}, {'n': 2}, {'n': 3}, {'n': 4}]
+    assert [str(letter['id']) for letter in listed] == ids
+
+    result = invoke(base + ['requeue', 'dl', str(listed[0]['id'])])
+    assert result.exit_code == 0 and "requeued 1 dead letters of 'dl'" in result.stdout
+    assert stream.stats()['available'] == 2 and stream.stats()['dead'] == 3
+
+    result = invoke(base + ['requeue', 'dl', ids[1], 'nonsense'])
+    assert result.exit_code == 1
+    assert_error_line(result.stderr, 'no dead letter with id nonsense')
+    assert stream.stats()['dead'] == 3  # an unknown id requeues nothing
+
+    result = invoke(base + ['purge', 'dl', ids[1]], input='n\n')
+    assert result.exit_code == 1 and 'nothing purged' in result.stderr
+    assert stream.stats()['dead'] == 3
+    result = invoke(base + ['purge', 'dl', ids[1]], input='y\n')
+    assert result.exit_code == 0 and "purged 1 dead letters of 'dl'" in result.stdout
+    assert [m.data for m in stream.dead_letters()] == [{'n': 3}, {'n': 4}]
+
+    result = invoke(base + ['purge', 'dl', '--yes'])
+    assert result.exit_code == 0 and 'purged 2' in result.stdout
+    assert stream.stats()['dead'] == 0 and stream.stats()['available'] == 2
+    assert 'no dead letters' in invoke(base + ['list', 'dl']).stdout
+
+
+def test_dead_letters_of_unknown_stream(store_url):
+    result = invoke(['--url', store_url, 'dead-letters', 'list', 'nothing-here'])
+    assert result.exit_code == 1
+    assert_error_line(result.stderr, "no stream named 'nothing-here'")
+
+
+# -- demo -------------------------------------------------------------------
+def test_demo_processes_its_messages_and_shows_the_status(store_url):
+    result = invoke(['--url', store_url, 'demo', '--messages', '20', '--size', '5', '--executor', 'thread'])
+    assert result.exit_code == 0, result.stderr
+    assert 'processed 20 messages in 4 windows' in result.stdout
+    assert 'window 1: 5 messages, mean value' in result.stdout
+    row = table_rows(result.stdout)['demo']
+    assert (row['backlog'], row['in_flight'], row['processed'], row['dead']) == ('0', '0', '20', '0')
+    assert mb.stream('demo', url=store_url).stats()['processed'] == 20
+
+
+def test_demo_refuses_a_stream_with_waiting_messages_and_bad_sizes(store_url):
+    mb.stream('busy', url=store_url).append({'mine': 1})
+    result = invoke(['--url', store_url, 'demo', '--stream', 'busy'])
+    assert result.exit_code == 1
+    assert_error_line(result.stderr, "'busy' already has 1 messages waiting", '--clear')
+    assert datas(store_url, 'busy') == [{'mine': 1}]
+    result = invoke(['--url', store_url, 'demo', '--messages', '15', '--size', '10'])
+    assert result.exit_code == 1
+    assert_error_line(result.stderr, 'must be a multiple of --size')
+
+
+def test_demo_as_a_subprocess_on_the_embedded_store(tmp_path):
+    env = dict(cli_env(), MINIBATCH_HOME=str(tmp_path / 'home'))
+    out = subprocess.run([sys.executable, '-m', 'minibatch', 'demo'], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert str(tmp_path / 'home' / 'minibatch.db') in out.stdout
+    assert table_rows(out.stdout)['demo']['processed'] == '100'
