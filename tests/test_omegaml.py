@@ -5,7 +5,6 @@ points an instance at the fixture's fresh database.
 """
 import datetime
 import os
-import threading
 import uuid
 
 import pytest
@@ -66,10 +65,11 @@ def rows(om, dataset):
 
 
 def stop(stream):
-    """Stop the stream's sources and wait until their threads (started by attach) have ended."""
+    """Stop the stream's sources and wait until they have ended."""
     stream.stop()
-    wait_until(lambda: not any(t.name == f'minibatch-source-{stream.name}' for t in threading.enumerate()),
-               timeout=10, message='the source thread to end')
+    for source in stream._sources:
+        assert source.stopped.wait(10), f'{source} did not stop'
+
 
 
 # -- round trip ----------------------------------------------------------------

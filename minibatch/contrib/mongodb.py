@@ -139,10 +139,12 @@ class StreamCheckpoint:
 
 
 class _CheckpointedSource(Source):
-    """What both collection sources share: a checkpoint and appending with it."""
+    """What both collection sources share: a checkpoint, appending with it, and :attr:`stopped`."""
 
     def __init__(self, collection, size, checkpoint):
         super().__init__()
+        #: set when ``stream()`` has returned after ``cancel()``: nothing more will be appended
+        self.stopped = threading.Event()
         if not all(hasattr(collection, attr) for attr in ('find', 'database', 'name')):
             raise ConfigurationError(f'{type(self).__name__} needs a pymongo Collection, got {collection!r:.100}')
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -154,6 +156,13 @@ class _CheckpointedSource(Source):
 
     def default_checkpoint(self):
         raise NotImplementedError
+
+    def stream(self, stream):
+        self.stopped.clear()
+        try:
+            super().stream(stream)
+        finally:
+            self.stopped.set()
 
     def reset(self, stream):
         """Forget the saved position for ``stream``: the next start begins afresh.
