@@ -78,7 +78,7 @@ def main():
     stream = mb.stream('celery-events')
     stream.clear()
     source = stream.attach(CeleryEventSource(app))
-    if not source.listening.wait(10):
+    if not source.ready.wait(10):
         sys.exit(f'cannot listen to Celery events on {BROKER} (set MINIBATCH_REDIS): {source.last_error}')
     log = tempfile.NamedTemporaryFile('w+', prefix='celery-worker-', suffix='.log', delete=False)
     worker = start_worker(log)  # its banner and the failing task's traceback go to the log

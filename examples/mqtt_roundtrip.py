@@ -72,7 +72,7 @@ def main():
     stream.purge_dead_letters()
     source = stream.attach(MQTTSource(BROKER, TOPIC_IN))
     # MQTT does not keep messages for a subscriber that is not there yet: publish only once subscribed
-    if not source.listening.wait(10):
+    if not source.ready.wait(10):
         sys.exit(f'the source could not subscribe at {BROKER}: {source.last_error}')
 
     reader = plain_client(subscribe=TOPIC_OUT)

@@ -35,13 +35,13 @@ def free_port():
 
 def attach(stream, source):
     stream.attach(source)
-    assert source.listening.wait(10), f'{source} did not start listening: {source.last_error}'
+    assert source.ready.wait(10), f'{source} did not start listening: {source.last_error}'
     return source
 
 
 def stop(stream, source, within=3.0):
     stream.stop()
-    assert source.finished.wait(within), f'{source} still running {within}s after stream.stop()'
+    assert source.stopped.wait(within), f'{source} still running {within}s after stream.stop()'
 
 
 def start_worker(broker, queue, log):
@@ -201,9 +201,9 @@ def test_source_resumes_after_the_broker_restarts(tmp_path, caplog):
 
             redis.kill()
             redis.wait(10)
-            wait_until(lambda: not source.listening.is_set(), message='the source noticing the broker gone')
+            wait_until(lambda: not source.ready.is_set(), message='the source noticing the broker gone')
             redis = start()
-            assert source.listening.wait(10), 'the source did not listen again'
+            assert source.ready.wait(10), 'the source did not listen again'
             announce('after')
             wait_until(lambda: stream.stats()['available'] == 2, message='the event sent after the restart')
     finally:

@@ -92,13 +92,13 @@ def settled(stream):
 
 def attach(stream, source):
     stream.attach(source)
-    assert source.listening.wait(10), f'{source} did not subscribe: {source.last_error}'
+    assert source.ready.wait(10), f'{source} did not subscribe: {source.last_error}'
     return source
 
 
 def stop(stream, source, within=3.0):
     stream.stop()
-    assert source.finished.wait(within), f'{source} still running {within}s after stream.stop()'
+    assert source.stopped.wait(within), f'{source} still running {within}s after stream.stop()'
 
 
 # -- configuration (no broker needed) -----------------------------------------
@@ -264,7 +264,7 @@ def test_source_waiting_for_a_silent_broker_stops_promptly():
         peer, _ = server.accept()
         with peer:
             assert peer.recv(1) == b'\x10'  # the CONNECT packet: the source now waits for a CONNACK
-            assert not source.listening.is_set() and source.failures == 0
+            assert not source.ready.is_set() and source.failures == 0
             stop(stream, source, within=1.0)
 
 
@@ -296,7 +296,7 @@ def test_message_is_acknowledged_only_after_it_was_stored(mqtt_url, client):
     thread = threading.Thread(target=source.stream, args=(FailingAppends(stream),), daemon=True)
     thread.start()
     try:
-        assert source.listening.wait(10)
+        assert source.ready.wait(10)
         client().publish(topic, {'k': 'v'})
         wait_until(lambda: stream.stats()['available'] >= 1, timeout=10, message='the message stored')
     finally:
@@ -381,9 +381,9 @@ def test_source_resumes_after_the_broker_restarts(tmp_path, caplog):
             publisher.close()
 
             broker.kill()
-            wait_until(lambda: not source.listening.is_set(), message='the source noticing the broker gone')
+            wait_until(lambda: not source.ready.is_set(), message='the source noticing the broker gone')
             broker.start()
-            assert source.listening.wait(10), 'the source did not subscribe again'
+            assert source.ready.wait(10), 'the source did not subscribe again'
 
             publisher = Client(broker.url)
             publisher.publish('restart/t', {'phase': 'after'})

@@ -69,8 +69,8 @@ class CeleryEventSource(Source):
         self.events = self._check_events(events)
         self.state = celeryapp.events.State()
         self._receiver = None
-        self.listening = threading.Event()  # set while the receiver is subscribed; for tests and health checks
-        self.finished = threading.Event()   # set when stream() has returned
+        self.ready = threading.Event()    # set while the receiver is subscribed; for tests and health checks
+        self.stopped = threading.Event()  # set when stream() has returned: nothing more is appended
 
     @staticmethod
     def _check_events(events):
@@ -86,11 +86,12 @@ class CeleryEventSource(Source):
         return frozenset(names)
 
     def stream(self, stream):
+        self.stopped.clear()
         try:
             super().stream(stream)
         finally:
-            self.listening.clear()
-            self.finished.set()
+            self.ready.clear()
+            self.stopped.set()
 
     def cancel(self):
         super().cancel()
@@ -115,7 +116,7 @@ class CeleryEventSource(Source):
                 nonlocal iterations
                 iterations += 1
                 if iterations == 2:
-                    self.listening.set()
+                    self.ready.set()
                     self.progress()
 
             receiver.on_iteration = on_iteration
@@ -128,7 +129,7 @@ class CeleryEventSource(Source):
                     pass
             finally:
                 self._receiver = None
-                self.listening.clear()
+                self.ready.clear()
 
     def _record(self, stream, event):
         """Feed the state with a task event and append it if it is one of ``self.events``."""

@@ -172,15 +172,16 @@ class MQTTSource(_Endpoint, Source):
                 protocol in (None, 3, 4):  # MQTT 3.1 / 3.1.1; v5 has session expiry instead
             client_kwargs['clean_session'] = False
         self._setup(url, topic, keepalive, client_kwargs)
-        self.listening = threading.Event()  # set while subscribed; for tests and health checks
-        self.finished = threading.Event()   # set when stream() has returned
+        self.ready = threading.Event()    # set while subscribed; for tests and health checks
+        self.stopped = threading.Event()  # set when stream() has returned: nothing more is appended
 
     def stream(self, stream):
+        self.stopped.clear()
         try:
             super().stream(stream)
         finally:
-            self.listening.clear()
-            self.finished.set()
+            self.ready.clear()
+            self.stopped.set()
 
     def run(self, stream):
         received = []  # messages of the current network read, appended and acknowledged together
@@ -205,7 +206,7 @@ class MQTTSource(_Endpoint, Source):
             if failed:
                 raise ConnectionRefusedError(f'{self.address} refused the subscription to {self.topic!r}: '
                                              f'{failed[0]}')
-            self.listening.set()
+            self.ready.set()
             while not self.cancelled:
                 rc = client.loop(timeout=self.poll_interval)
                 # take what else is already waiting, so that a burst is one write
@@ -221,7 +222,7 @@ class MQTTSource(_Endpoint, Source):
                     reason = state.get('disconnect') or _paho().error_string(rc)
                     raise ConnectionError(f'connection to {self.address} lost: {reason}')
         finally:
-            self.listening.clear()
+            self.ready.clear()
             try:
                 client.disconnect()
             except Exception:  # the socket may be gone already; nothing left to release
