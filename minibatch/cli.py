@@ -16,8 +16,9 @@ import time
 
 import click
 
-from minibatch.cli_common import CliError, json_id, one_line, plain, require_stream, setup_logging, table, \
-    shorten, to_json
+from minibatch.cli_common import CliError, json_id, one_line, plain, plural, require_stream, setup_logging, \
+    shorten, table, to_json
+from minibatch import __version__
 from minibatch.errors import MinibatchError
 
 
@@ -32,7 +33,7 @@ class Group(click.Group):
 
 
 @click.group(cls=Group)
-@click.version_option(package_name='minibatch', prog_name='minibatch')
+@click.version_option(__version__, prog_name='minibatch')
 @click.option('--url', envvar='MINIBATCH_URL', default=None, metavar='URL',
               help='store URL, e.g. sqlite:///data/mb.db or mongodb://host/db '
                    '(default: MINIBATCH_URL, MINIBATCH_MONGO_URL, MONGO_URL, else the embedded store)')
@@ -56,7 +57,7 @@ def _open_stream(ctx, name):
 
 
 # -- status ---------------------------------------------------------------
-@cli.command()
+@cli.command(short_help='the figures of every stream: backlog, processed, rate, consumers')
 @click.argument('streams', nargs=-1)
 @click.option('--json', 'as_json', is_flag=True, help='print the figures as JSON (one line per refresh)')
 @click.option('--consumers', is_flag=True, help="list each stream's consumer reports too")
@@ -97,10 +98,10 @@ def status(ctx, streams, as_json, consumers, watch):
 
 
 # -- append ---------------------------------------------------------------
-@cli.command()
+@cli.command(short_help='append JSON objects (arguments or stdin lines) to a stream')
 @click.argument('stream')
 @click.argument('messages', nargs=-1, metavar='[JSON]...')
-@click.option('--chunk', type=click.IntRange(min=1), default=1000, show_default=True,
+@click.option('--chunk', type=click.IntRange(min=1), default=1000, show_default=True, metavar='N',
               help='messages per write (each write is all or nothing)')
 @click.option('--validate-first', is_flag=True,
               help='read and check all of stdin before writing anything (keeps it in memory)')
@@ -131,9 +132,9 @@ def append(ctx, stream, messages, chunk, validate_first, quiet):
 
 
 # -- tail -----------------------------------------------------------------
-@cli.command()
+@cli.command(short_help='print the last messages of a stream; -f follows new ones')
 @click.argument('stream')
-@click.option('-n', '--lines', 'count', type=click.IntRange(min=0), default=10, show_default=True,
+@click.option('-n', '--lines', 'count', type=click.IntRange(min=0), default=10, metavar='N', show_default=True,
               help='how many of the last messages to print')
 @click.option('-f', '--follow', is_flag=True, help='keep printing messages as they are appended')
 @click.option('--timeout', type=click.FloatRange(min=0), metavar='SECONDS', help='with -f: stop after SECONDS')
@@ -172,18 +173,18 @@ def _print_message(message, meta):
 
 
 # -- consume --------------------------------------------------------------
-@cli.command()
+@cli.command(short_help='run module:function on the windows of a stream')
 @click.argument('stream')
 @click.argument('function', metavar='MODULE:FUNCTION')
-@click.option('--size', type=click.IntRange(min=1), help='windows of exactly N messages')
+@click.option('--size', type=click.IntRange(min=1), metavar='N', help='windows of exactly N messages')
 @click.option('--interval', type=click.FloatRange(min=0, min_open=True), metavar='SECONDS',
               help='a window every SECONDS (default: the stream\'s interval)')
 @click.option('--fixed', is_flag=True, help='with --interval: fixed time slots instead of relaxed ones')
 @click.option('--executor', type=click.Choice(['process', 'thread', 'inline']), default='process',
               show_default=True, help='where the function runs')
-@click.option('--workers', type=click.IntRange(min=1), help='windows in parallel (default: one per CPU)')
+@click.option('--workers', type=click.IntRange(min=1), metavar='N', help='windows in parallel (default: one per CPU)')
 @click.option('--keep', is_flag=True, help='keep processed messages (state done) instead of deleting them')
-@click.option('--max-attempts', type=click.IntRange(min=1), default=3, show_default=True,
+@click.option('--max-attempts', type=click.IntRange(min=1), default=3, show_default=True, metavar='N',
               help='deliveries of a message before it becomes a dead letter')
 @click.option('--retry-backoff', type=click.FloatRange(min=0), default=1.0, show_default=True,
               metavar='SECONDS', help='pause before the first retry of a failed window; doubles each time')
@@ -219,15 +220,15 @@ def consume(ctx, stream, function, size, interval, fixed, executor, workers, kee
 
 
 # -- dead letters ---------------------------------------------------------
-@cli.group('dead-letters', cls=Group)
+@cli.group('dead-letters', cls=Group, short_help='list, requeue or purge dead letters')
 def dead_letters():
     """Inspect, requeue or purge the messages that failed too often."""
 
 
-@dead_letters.command('list')
+@dead_letters.command('list', short_help='show dead letters with attempts and last error')
 @click.argument('stream')
 @click.option('--json', 'as_json', is_flag=True, help='one JSON object per dead letter')
-@click.option('-n', '--limit', type=click.IntRange(min=1), help='at most N, oldest first')
+@click.option('-n', '--limit', type=click.IntRange(min=1), metavar='N', help='at most N, oldest first')
 @click.pass_context
 def dead_letters_list(ctx, stream, as_json, limit):
     """List the dead letters of STREAM, oldest first, with their attempts and last error."""
@@ -245,11 +246,11 @@ def dead_letters_list(ctx, stream, as_json, limit):
     rows = [[m.id, m.attempts, plain(m.created)[:19].replace('T', ' '), shorten(_last_line(m.error), 60),
              shorten(to_json(m.data), 60)] for m in letters]
     click.echo('\n'.join(table(('id', 'attempts', 'created', 'error', 'data'), rows, numeric=('attempts',))))
-    click.echo(f'{len(letters)} dead letters; put them back with: minibatch dead-letters requeue {stream} [ID]...',
+    click.echo(f'{plural(len(letters), "dead letter")}; put them back with: minibatch dead-letters requeue {stream} [ID]...',
                err=True)
 
 
-@dead_letters.command('requeue')
+@dead_letters.command('requeue', short_help='put dead letters back into the stream')
 @click.argument('stream')
 @click.argument('ids', nargs=-1, metavar='[ID]...')
 @click.pass_context
@@ -258,10 +259,10 @@ def dead_letters_requeue(ctx, stream, ids):
     store = _store(ctx)
     require_stream(store, stream)
     count = store.requeue(stream, ids=_dead_ids(store, stream, ids))
-    click.echo(f'requeued {count} dead letters of {stream!r}')
+    click.echo(f'requeued {plural(count, "dead letter")} of {stream!r}')
 
 
-@dead_letters.command('purge')
+@dead_letters.command('purge', short_help='delete dead letters for good')
 @click.argument('stream')
 @click.argument('ids', nargs=-1, metavar='[ID]...')
 @click.option('--yes', is_flag=True, help='do not ask for confirmation')
@@ -277,7 +278,7 @@ def dead_letters_purge(ctx, stream, ids, yes):
         return
     if not yes:
         try:
-            confirmed = click.confirm(f'delete {count} dead letters of {stream!r} for good?', err=True)
+            confirmed = click.confirm(f'delete {plural(count, "dead letter")} of {stream!r} for good?', err=True)
         except click.exceptions.Abort:  # no answer (stdin closed) is no
             confirmed = False
         if not sys.stdin.isatty():
@@ -285,7 +286,7 @@ def dead_letters_purge(ctx, stream, ids, yes):
         if not confirmed:
             raise CliError('nothing purged (confirm, or pass --yes)')
     purged = store.purge_dead(stream, ids=selected)
-    click.echo(f'purged {purged} dead letters of {stream!r}')
+    click.echo(f'purged {plural(purged, "dead letter")} of {stream!r}')
 
 
 def _dead_ids(store, stream, texts):
@@ -310,14 +311,15 @@ def _last_line(text):
 
 
 # -- demo -----------------------------------------------------------------
-@cli.command()
-@click.option('--messages', type=click.IntRange(min=1), default=100, show_default=True,
+@cli.command(short_help='append messages to a stream and consume them: a smoke test')
+@click.option('--messages', type=click.IntRange(min=1), default=100, show_default=True, metavar='N',
               help='messages to append')
-@click.option('--size', type=click.IntRange(min=1), default=10, show_default=True, help='window size')
-@click.option('--stream', 'name', default='demo', show_default=True, help='the stream to use')
+@click.option('--size', type=click.IntRange(min=1), default=10, show_default=True, metavar='N',
+              help='messages per window')
+@click.option('--stream', 'name', default='demo', show_default=True, metavar='NAME', help='the stream to use')
 @click.option('--executor', type=click.Choice(['process', 'thread', 'inline']), default='process',
               show_default=True)
-@click.option('--workers', type=click.IntRange(min=1), default=2, show_default=True)
+@click.option('--workers', type=click.IntRange(min=1), default=2, show_default=True, metavar='N')
 @click.option('--timeout', type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
               metavar='SECONDS', help='give up if not all messages are processed by then')
 @click.option('--clear', is_flag=True, help='remove messages waiting in the stream first')

@@ -13,7 +13,7 @@ import time
 
 import click
 
-from minibatch.cli_common import CliError, one_line
+from minibatch.cli_common import CliError, one_line, plural
 from minibatch.errors import InvalidMessage, MinibatchError
 
 JSON_TYPES = {list: 'an array', str: 'a string', int: 'a number', float: 'a number', bool: 'true/false',
@@ -94,8 +94,7 @@ class Progress:
         elapsed = time.monotonic() - self.started
         # a rate only means something for a run long enough to measure
         rate = f' in {elapsed:.1f}s ({self.rate():.0f}/s)' if elapsed >= 1.0 else ''
-        noun = 'message' if self.count == 1 else 'messages'
-        click.echo(f'appended {self.count} {noun} to {self.name!r}{rate}', err=True)
+        click.echo(f'appended {plural(self.count, "message")} to {self.name!r}{rate}', err=True)
 
 
 def append(store, open_stream, name, chunks, chunk_size, progress, validate_first=False):
@@ -123,7 +122,7 @@ def append(store, open_stream, name, chunks, chunk_size, progress, validate_firs
     except (CliError, MinibatchError) as exc:
         text = exc.message if isinstance(exc, CliError) else one_line(exc)
         if progress.count:
-            text += (f'; {progress.count} messages (the earlier chunks of the input) were appended to '
+            text += (f'; {plural(progress.count, "message")} (the earlier chunks of the input) were appended to '
                      f'{name!r}, nothing after them')
         else:
             text += f'; nothing was appended to {name!r}'

@@ -81,6 +81,11 @@ def age(moment, now):
     return f'{seconds}s ago'
 
 
+def plural(count, noun):
+    """'1 message', '3 messages'."""
+    return f'{count} {noun}' if count == 1 else f'{count} {noun}s'
+
+
 def shorten(text, width):
     """``text`` cut to ``width`` characters, with '...' when it was longer."""
     text = str(text)

@@ -16,7 +16,7 @@ import time
 
 import click
 
-from minibatch.cli_common import CliError, one_line
+from minibatch.cli_common import CliError, one_line, plural
 from minibatch.status import stream_stats
 
 #: seconds between progress lines of ``consume``
@@ -147,7 +147,7 @@ def summary(emitter, elapsed):
     stats = emitter.stats
     processed = stats.get('processed', 0)
     rate = processed / elapsed if elapsed > 0 else 0.0
-    return (f'stopped: processed {processed} messages in {stats.get("committed", 0)} windows '
+    return (f'stopped: processed {plural(processed, "message")} in {plural(stats.get("committed", 0), "window")} '
             f'({rate:.1f}/s over {elapsed:.1f}s), failed windows {stats.get("failed", 0)}, '
             f'dead-lettered {stats.get("dead", 0)}')
 

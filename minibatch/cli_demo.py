@@ -10,7 +10,7 @@ import time
 
 import click
 
-from minibatch.cli_common import CliError
+from minibatch.cli_common import CliError, plural
 from minibatch.cli_consume import run_consumer
 from minibatch.cli_status import collect, render_text
 from minibatch.consumer import make_emitter
@@ -31,7 +31,7 @@ class ShowWindows:
     def put(self, result):
         self.count += 1
         if self.count <= self.limit:
-            self.echo(f'  window {self.count}: {result["count"]} messages, mean value {result["mean"]:.1f}')
+            self.echo(f'  window {self.count}: {plural(result["count"], "message")}, mean value {result["mean"]:.1f}')
         elif self.count == self.limit + 1:
             self.echo('  ...')
 
@@ -54,11 +54,11 @@ def run_demo(store, open_stream, name, messages, size, executor, workers, timeou
     stream = open_stream()
     waiting = _waiting(store, name)
     if waiting and not clear:
-        raise CliError(f'stream {name!r} already has {waiting} messages waiting; '
+        raise CliError(f'stream {name!r} already has {plural(waiting, "message")} waiting; '
                        f'use --clear to remove them first, or --stream NAME for another stream')
     if clear:
         removed = stream.clear()
-        echo(f'cleared {removed} messages from {name!r}')
+        echo(f'cleared {plural(removed, "message")} from {name!r}')
     started = time.monotonic()
     for start in range(0, messages, 1000):
         stream.append([{'i': i, 'value': round(random.uniform(0, 100), 2)}

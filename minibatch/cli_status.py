@@ -50,7 +50,9 @@ def render_text(store, stats, consumers=False, now=None):
                 continue
             rows = [[record.get('id'), record.get('host', ''), record.get('pid', ''), record.get('state', ''),
                      age(record.get('seen'), now), 'yes' if record.get('alive') else 'no',
-                     record.get('processed', 0), record.get('failed', 0), _number(record.get('rate') or 0, 'rate')]
+                     record.get('processed', 0), record.get('failed', 0),
+                     # a stopped or silent consumer has no current rate
+                     _number(record.get('rate') or 0, 'rate') if record.get('alive') else '-']
                     for record in figures['consumers']]
             lines += ['  ' + line for line in table(CONSUMER_COLUMNS, rows,
                                                     numeric=('pid', 'processed', 'failed', 'rate/s'))]

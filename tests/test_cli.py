@@ -385,7 +385,7 @@ def test_dead_letters_list_requeue_purge(store_url):
     assert [str(letter['id']) for letter in listed] == ids
 
     result = invoke(base + ['requeue', 'dl', str(listed[0]['id'])])
-    assert result.exit_code == 0 and "requeued 1 dead letters of 'dl'" in result.stdout
+    assert result.exit_code == 0 and "requeued 1 dead letter of 'dl'" in result.stdout
     assert stream.stats()['available'] == 2 and stream.stats()['dead'] == 3
 
     result = invoke(base + ['requeue', 'dl', ids[1], 'nonsense'])
@@ -397,7 +397,7 @@ def test_dead_letters_list_requeue_purge(store_url):
     assert result.exit_code == 1 and 'nothing purged' in result.stderr
     assert stream.stats()['dead'] == 3
     result = invoke(base + ['purge', 'dl', ids[1]], input='y\n')
-    assert result.exit_code == 0 and "purged 1 dead letters of 'dl'" in result.stdout
+    assert result.exit_code == 0 and "purged 1 dead letter of 'dl'" in result.stdout
     assert [m.data for m in stream.dead_letters()] == [{'n': 3}, {'n': 4}]
 
     result = invoke(base + ['purge', 'dl', '--yes'])
@@ -427,7 +427,7 @@ def test_demo_refuses_a_stream_with_waiting_messages_and_bad_sizes(store_url):
     mb.stream('busy', url=store_url).append({'mine': 1})
     result = invoke(['--url', store_url, 'demo', '--stream', 'busy'])
     assert result.exit_code == 1
-    assert_error_line(result.stderr, "'busy' already has 1 messages waiting", '--clear')
+    assert_error_line(result.stderr, "'busy' already has 1 message waiting", '--clear')
     assert datas(store_url, 'busy') == [{'mine': 1}]
     result = invoke(['--url', store_url, 'demo', '--messages', '15', '--size', '10'])
     assert result.exit_code == 1
