@@ -58,6 +58,8 @@ class Source:
                     # run() returned without being cancelled: the upstream ended a session
                     self._cancelled.wait(self.retry_delay)
             except Exception as exc:  # any failure: report once, back off, reconnect
+                if self.failures == 0:  # progress() since the last failure: start with a short wait again
+                    delay = self.retry_delay
                 self.failures += 1
                 text = str(exc)  # some drivers' messages already start with the class name
                 self.last_error = text if text.startswith(type(exc).__name__) else f'{type(exc).__name__}: {text}'
