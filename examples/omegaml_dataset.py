@@ -24,6 +24,7 @@ import time
 import uuid
 import warnings
 
+import pymongo.errors
 import pymongo.uri_parser
 
 import minibatch as mb

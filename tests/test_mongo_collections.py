@@ -94,7 +94,8 @@ def test_json_safe_turns_bson_values_into_plain_values():
            'ref': DBRef('other', oid, 'db'), 'lo': MinKey(), 'hi': MaxKey(),
            'nested': [{'id': oid, 'n': None, 'b': True, 'f': 1.5}]}
     safe = json_safe(doc)
-    assert safe == {'_id': str(oid), 'dec': '1.10', 'big': 2 ** 40, 'when': when, 'aware': when - datetime.timedelta(hours=2),
+    assert safe == {'_id': str(oid), 'dec': '1.10', 'big': 2 ** 40, 'when': when,
+                    'aware': when - datetime.timedelta(hours=2),
                     'ts': datetime.datetime(2023, 11, 14, 22, 13, 20), 'bin': 'AP8=', 'uid': str(uid),
                     're': '^a', 'pattern': 'b+', 'code': 'x = 1',
                     'ref': {'collection': 'other', 'id': str(oid), 'database': 'db'}, 'lo': 'MinKey', 'hi': 'MaxKey',
@@ -226,12 +227,13 @@ def test_reset_forgets_the_position(db):
     coll = db[unique()]
     coll.insert_many([{'i': i} for i in range(3)])
     stream = mb.stream(unique('s'))
-    source = MongoSource(coll, delay=0.02)
-    running = Running(source, stream)
+    source = stream.attach(MongoSource(coll, delay=0.02))  # the ordinary way, in attach's thread
     try:
+        assert source.ready.wait(10), 'ready is set once the collection can be read'
         wait_until(lambda: len(messages(stream)) == 3, timeout=10, message='3 messages')
     finally:
-        running.stop()
+        stream.stop()
+    assert source.stopped.wait(10) and not source.ready.is_set()
     assert list(stream.store.get_stream(stream.name).status['checkpoints'])
     source.reset(stream)
     assert stream.store.get_stream(stream.name).status['checkpoints'] == {}

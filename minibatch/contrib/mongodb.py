@@ -139,12 +139,12 @@ class StreamCheckpoint:
 
 
 class _CheckpointedSource(Source):
-    """What both collection sources share: a checkpoint, appending with it, and :attr:`stopped`."""
+    """What both collection sources share: a checkpoint, appending with it, :attr:`ready` and :attr:`stopped`."""
 
     def __init__(self, collection, size, checkpoint):
         super().__init__()
-        #: set when ``stream()`` has returned after ``cancel()``: nothing more will be appended
-        self.stopped = threading.Event()
+        self.ready = threading.Event()    # set while reading the collection works; for tests and health checks
+        self.stopped = threading.Event()  # set when stream() has returned: nothing more is appended
         if not all(hasattr(collection, attr) for attr in ('find', 'database', 'name')):
             raise ConfigurationError(f'{type(self).__name__} needs a pymongo Collection, got {collection!r:.100}')
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -162,6 +162,7 @@ class _CheckpointedSource(Source):
         try:
             super().stream(stream)
         finally:
+            self.ready.clear()
             self.stopped.set()
 
     def reset(self, stream):
@@ -216,7 +217,8 @@ class MongoSource(_CheckpointedSource):
     The first start reads the collection from the beginning; later starts,
     even by a new source object, continue after the last appended document.
     Each message is the document converted by :func:`json_safe` (so ``_id``
-    becomes a string).
+    becomes a string). :attr:`ready` is set while queries succeed,
+    :attr:`stopped` once ``stream()`` has returned.
 
     Polling by id finds every document only if ids grow in the order
     documents are committed. That holds for a single writer, or for integer
@@ -245,18 +247,22 @@ class MongoSource(_CheckpointedSource):
 
     def run(self, stream):
         self._resume(stream)
-        while not self.cancelled:
-            after = {'$exists': True} if self.position is None else {'$gt': self.position}
-            selector = {self.idcol: after}
-            if self.query:
-                selector = {'$and': [self.query, selector]}
-            docs = list(self.collection.find(selector).sort(self.idcol, 1).limit(self.size))
-            if not docs:
-                self.progress()  # the query worked: a later failure starts with a short backoff
-                self._cancelled.wait(self.delay)
-                continue
-            messages = [message for doc in docs for message in self.messages(doc)]
-            self._append(stream, messages, docs[-1][self.idcol], docs)
+        try:
+            while not self.cancelled:
+                after = {'$exists': True} if self.position is None else {'$gt': self.position}
+                selector = {self.idcol: after}
+                if self.query:
+                    selector = {'$and': [self.query, selector]}
+                docs = list(self.collection.find(selector).sort(self.idcol, 1).limit(self.size))
+                self.ready.set()
+                if not docs:
+                    self.progress()  # the query worked: a later failure starts with a short backoff
+                    self._cancelled.wait(self.delay)
+                    continue
+                messages = [message for doc in docs for message in self.messages(doc)]
+                self._append(stream, messages, docs[-1][self.idcol], docs)
+        finally:
+            self.ready.clear()
 
 
 # -- change stream source --------------------------------------------------
@@ -292,7 +298,7 @@ class MongoReplicasetSource(_CheckpointedSource):
     its resume token is saved at once, so changes made while the source is
     down are not lost. Later starts, even by a new source object, resume
     after the last appended change (``resume_after``). :attr:`ready` is set
-    while the change stream is open.
+    while the change stream is open, :attr:`stopped` once ``stream()`` has returned.
 
     If the server can no longer resume (the oplog moved past the saved token,
     or the collection was dropped), the source logs the error and retries with
@@ -319,7 +325,6 @@ class MongoReplicasetSource(_CheckpointedSource):
         if 'update' in operations and not change_events:
             watch_kwargs.setdefault('full_document', 'updateLookup')
         self.watch_kwargs = watch_kwargs
-        self.ready = threading.Event()
         super().__init__(collection, size, checkpoint)
 
     def default_checkpoint(self):
