@@ -5,6 +5,7 @@ a thread, starts real consumer processes with ``start_streaming`` and reads
 ``/status`` with urllib, on the embedded store and on the MongoDB-wire server.
 """
 import datetime
+import importlib
 import json
 import os
 import signal
@@ -31,8 +32,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # -- the consumers the tests run (module level: the children import them) ---
 class QuickReports(CountWindow):
-    """Reports its figures every 0.2 s instead of 5 s, so that /status catches up quickly."""
+    """Reports its figures every 0.2 s instead of 5 s, so that /status catches up quickly.
+
+    An idle consumer reports when it wakes up, so it also sleeps at most that long
+    (and stops within that time on SIGTERM).
+    """
     HEARTBEAT = 0.2
+    MAX_POLL = MAX_PUSH_WAIT = 0.2
 
 
 def count_consumer(url, stream, slow=0.0):
@@ -104,6 +110,21 @@ def gone(pid):
             return stat.read().rpartition(')')[2].split()[0] in ('Z', 'X')
     except FileNotFoundError:
         return True
+
+
+def children_of(pid):
+    """The pids of the live processes whose parent is ``pid``."""
+    found = []
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                with open(f'/proc/{entry}/stat') as stat:
+                    fields = stat.read().rpartition(')')[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] not in ('Z', 'X'):
+                found.append(int(entry))
+    return found
 
 
 def is_utc_iso(text):
@@ -204,6 +225,25 @@ def test_consumers_stop_when_the_app_process_dies(tmp_path):
         app.wait()
     wait_until(lambda: gone(child), timeout=15, message='the orphaned consumer exits')
     assert [c['state'] for c in stream.stats()['consumers']] == ['stopped']  # it stopped gracefully
+
+
+def test_a_module_that_starts_its_consumer_at_import_starts_it_once(tmp_path, monkeypatch):
+    # the gunicorn style: the child imports the module again to find the function, and must not
+    # start a consumer of its own from there (a chain of children without end)
+    url = 'sqlite:///' + str(tmp_path / 'module.db')
+    monkeypatch.setenv('APP_MODULE_URL', url)
+    monkeypatch.delitem(sys.modules, 'tests.app_module', raising=False)
+    module = importlib.import_module('tests.app_module')
+    try:
+        stream = mb.stream('app-module', url=url)
+        stream.append([{'i': i} for i in range(3)])
+        wait_until(lambda: (lambda s: s['backlog'] == 0 and s['in_flight'] == 0)(stream.stats()), timeout=20,
+                   message='the module consumer processed the messages')
+        assert children_of(module.child.pid) == []
+        assert [c['pid'] for c in stream.stats()['consumers']] == [module.child.pid]
+    finally:
+        module.app.stop(timeout=10)
+        sys.modules.pop('tests.app_module', None)
 
 
 def test_a_child_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path, serve):

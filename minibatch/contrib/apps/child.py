@@ -15,6 +15,12 @@ the parent has gone (killed, crashed, or closed it in ``stop()``), and the
 child sends itself SIGTERM, which stops a consumer gracefully. Consumers
 therefore never outlive the app that supervises them.
 
+While the child unpickles the function, :func:`loading` is True. A function
+of an importable module is unpickled by importing its module; if that module
+builds an app and calls ``start_streaming`` at import time (the gunicorn
+style), ``start_streaming`` sees :func:`loading` and does nothing, so that
+the child does not start a child of its own, and so on without end.
+
 Exit status: 0 when the function returned, 1 when it raised (the traceback
 goes to stderr), 2 when the frame could not be read or unpickled.
 """
@@ -26,6 +32,13 @@ import threading
 import traceback
 
 HEADER = 8
+
+_loading = False
+
+
+def loading():
+    """True while this process is a consumer child loading its function (importing its module)."""
+    return _loading
 
 
 def read_exactly(fd, size):
@@ -51,6 +64,7 @@ def watch_parent(fd):
 
 
 def main():
+    global _loading
     fd = sys.stdin.fileno()
     try:
         header = read_exactly(fd, HEADER)
@@ -58,7 +72,11 @@ def main():
         # the parent's import path, so that a consumer defined in the parent's modules imports here
         sys.path[:] = frame['sys_path']
         import cloudpickle
-        function, args, kwargs = cloudpickle.loads(frame['payload'])
+        _loading = True
+        try:
+            function, args, kwargs = cloudpickle.loads(frame['payload'])
+        finally:
+            _loading = False
     except Exception:
         traceback.print_exc()
         sys.stderr.write('minibatch: the consumer child could not load its function\n')

@@ -20,13 +20,17 @@ streams (from :func:`minibatch.status.stream_stats`, the same figures as
 consumer processes. See docs/app.rst for the JSON and deployment notes.
 """
 import datetime
+import logging
 import socket
 import time
 
+from minibatch.contrib.apps import child as consumer_child
 from minibatch.contrib.base import require
 from minibatch.contrib.apps.supervisor import DEAD, ConsumerProcess, Supervisor
 from minibatch.status import stream_stats
 from minibatch.store import get_store, resolve_url
+
+logger = logging.getLogger('minibatch.contrib.apps')
 
 
 def plain(value):
@@ -55,6 +59,8 @@ class StreamingApp:
         app's consumers report to
     :param url_prefix: where the blueprint is mounted (``/status`` below it)
     :param stop_grace: seconds a consumer gets to stop after SIGTERM before SIGKILL
+    :param executable: the Python interpreter for the consumer processes (default
+        ``sys.executable``; set it where that is not Python, e.g. under uWSGI)
 
     The object is a WSGI application itself (``gunicorn module:app``), and
     ``wsgi`` / ``server`` is the Flask app. Use ``app.route`` to add pages.
@@ -64,12 +70,14 @@ class StreamingApp:
     #: seconds between two searches for the streams the app's consumers report to
     DISCOVERY_INTERVAL = 2.0
 
-    def __init__(self, server=None, uri=None, name='minibatch', streams=None, url_prefix=None, stop_grace=35.0):
+    def __init__(self, server=None, uri=None, name='minibatch', streams=None, url_prefix=None, stop_grace=35.0,
+                 executable=None):
         flask = require('flask', 'apps')
         self.name = name
         self.url = self.resolve_uri(uri)
         self.server = server if server is not None else flask.Flask(name)
         self.supervisor = Supervisor(stop_grace=stop_grace)
+        self.executable = executable
         self._declared = list(streams or [])
         self._discovered = []  # streams the app's consumer processes reported to, in discovery order
         self._next_discovery = 0.0
@@ -120,10 +128,16 @@ class StreamingApp:
         the streams the child reports to are found by themselves.
 
         Returns the :class:`~minibatch.contrib.apps.supervisor.ConsumerProcess`.
+        In a consumer child that is importing the module of its function
+        (a module that starts its consumers at import time), it does nothing
+        and returns None: that import is for the function, not for the app.
 
         :raises minibatch.errors.ConfigurationError: not picklable, or a bad restart setting
         :raises OSError: the child interpreter could not be started
         """
+        if consumer_child.loading():
+            logger.debug('minibatch: start_streaming(%r) skipped in a consumer child loading its function', consumer)
+            return None
         base = name or getattr(consumer, '__name__', None) or 'consumer'
         taken = {process.name for process in self.supervisor.consumers}
         name, n = base, 1
@@ -131,7 +145,8 @@ class StreamingApp:
             n += 1
             name = f'{base}-{n}'
         process = ConsumerProcess(name, consumer, args=(self.url, *args), kwargs=kwargs, restart=restart,
-                                  max_restarts=max_restarts, restart_backoff=restart_backoff)
+                                  max_restarts=max_restarts, restart_backoff=restart_backoff,
+                                  executable=self.executable)
         for stream in streams or ():
             if stream not in self._declared:
                 self._declared.append(stream)
