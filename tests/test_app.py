@@ -9,10 +9,12 @@ import importlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import flask
@@ -292,6 +294,18 @@ def test_status_picks_streams_by_query(store_url, serve):
     served = get_status(base, '?all=1')['streams']
     assert sorted(served) == ['a', 'b']
     assert served['b'] == plain(mb.stream('b', url=store_url).stats())
+
+
+def test_status_answers_503_while_the_store_is_unreachable(serve):
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(('127.0.0.1', 0))
+        port = probe.getsockname()[1]
+    base = serve(StreamingApp(uri=f'mongodb://127.0.0.1:{port}/nowhere', streams=['a']))
+    with pytest.raises(urllib.error.HTTPError) as failed:
+        urllib.request.urlopen(base + '/status', timeout=30)
+    assert failed.value.code == 503
+    body = json.load(failed.value)
+    assert body['ok'] is False and body['consumers'] == [] and 'store unavailable' in body['error']
 
 
 def test_attaches_to_an_existing_flask_app(serve):

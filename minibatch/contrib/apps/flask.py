@@ -22,6 +22,7 @@ consumer processes. See docs/app.rst for the JSON and deployment notes.
 import datetime
 import logging
 import socket
+import threading
 import time
 
 from minibatch.contrib.apps import child as consumer_child
@@ -81,6 +82,7 @@ class StreamingApp:
         self._declared = list(streams or [])
         self._discovered = []  # streams the app's consumer processes reported to, in discovery order
         self._next_discovery = 0.0
+        self._discovery_lock = threading.Lock()  # /status requests arrive on several threads
         blueprint = flask.Blueprint(name, __name__)
         blueprint.add_url_rule('/status', 'status', self._status_view, methods=['GET'])
         self.server.register_blueprint(blueprint, url_prefix=url_prefix)
@@ -195,17 +197,18 @@ class StreamingApp:
         return names
 
     def _discover(self):
-        now = time.monotonic()
-        if now < self._next_discovery or not self.supervisor.consumers:
-            return
-        self._next_discovery = now + self.DISCOVERY_INTERVAL
-        pids, host = self.supervisor.pids(), socket.gethostname()
-        for info in self.store.list_streams():
-            if info.name in self._discovered:
-                continue
-            if any(record.get('pid') in pids and record.get('host') == host
-                   for record in self.store.consumers(info.name)):
-                self._discovered.append(info.name)
+        with self._discovery_lock:
+            now = time.monotonic()
+            if now < self._next_discovery or not self.supervisor.consumers:
+                return
+            self._next_discovery = now + self.DISCOVERY_INTERVAL
+            pids, host = self.supervisor.pids(), socket.gethostname()
+            for info in self.store.list_streams():
+                if info.name in self._discovered:
+                    continue
+                if any(record.get('pid') in pids and record.get('host') == host
+                       for record in self.store.consumers(info.name)):
+                    self._discovered.append(info.name)
 
     def status(self, streams=None, all_streams=False):
         """The ``/status`` document as a dict (datetimes as ISO strings).

@@ -76,6 +76,8 @@ class ConsumerProcess:
     :raises minibatch.errors.ConfigurationError: ``function`` is not callable, it or its
         arguments cannot be pickled, or a restart setting is out of range
     """
+    #: how many of the latest pids ``pids`` keeps
+    KEEP_PIDS = 20
 
     def __init__(self, name, function, args=(), kwargs=None, restart=True, max_restarts=5, restart_backoff=1.0,
                  max_backoff=30.0, stable_after=60.0, executable=None):
@@ -107,7 +109,7 @@ class ConsumerProcess:
         self.state = NEW
         #: restarts done so far (all of them, not only the current row)
         self.restarts = 0
-        #: the pid of every child started, oldest first
+        #: the pids of the children started (the latest KEEP_PIDS), oldest first
         self.pids = []
         self.popen = None
         self.started = None  # when the current child started (naive UTC)
@@ -132,7 +134,8 @@ class ConsumerProcess:
         except BrokenPipeError:
             pass  # it died before reading: poll() reports the exit like any other
         self.popen = popen
-        self.pids.append(popen.pid)
+        # the recent ones are enough to find this consumer's reports; a crash loop must not grow it forever
+        self.pids = self.pids[-(self.KEEP_PIDS - 1):] + [popen.pid]
         self.state = RUNNING
         self.started = utcnow()
         self.error = None
