@@ -72,6 +72,8 @@ class WindowEmitter:
     STOP_GRACE = 30.0
     #: seconds between the reports a running consumer writes for stream.stats()
     HEARTBEAT = 5.0
+    #: an idle consumer notices stop() (or SIGTERM) within this many seconds
+    STOP_CHECK = 0.25
 
     def __init__(self, stream, interval=None, processfn=None, emitfn=None, executor=None, workers=None,
                  max_workers=None, keep=False, sink=None, queue=None, emit_empty=False, max_attempts=3,
@@ -272,10 +274,10 @@ class WindowEmitter:
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
-            if self._waiter.wait(min(remaining, 0.02) if futures else remaining):
+            if self._waiter.wait(min(remaining, 0.02 if futures else self.STOP_CHECK)):
                 self._idle = 0.01
                 return
-            if any(future.done() for future in futures):
+            if any(future.done() for future in futures) or self._stop_event.is_set():
                 return
             if time.monotonic() >= deadline:
                 break
@@ -284,7 +286,8 @@ class WindowEmitter:
 
     def _next_timeout(self):
         now = time.monotonic()
-        return max(0.001, min(self._idle, self._next_expiry - now, self._due_in()))
+        heartbeat = float('inf') if self._next_heartbeat is None else self._next_heartbeat - now
+        return max(0.001, min(self._idle, self._next_expiry - now, self._due_in(), heartbeat))
 
     def _due_in(self):
         """Seconds until this strategy has something to do regardless of new messages (time windows)."""

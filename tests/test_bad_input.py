@@ -245,3 +245,11 @@ def test_unreachable_dask_scheduler_fails_when_the_consumer_starts(tmp_path, mon
                         url='sqlite:///' + str(tmp_path / 's.db')).make(lambda window: None)
     with pytest.raises(ConnectionError, match='Dask scheduler at tcp://127.0.0.1:1'):
         emitter._setup(waiter=False)
+
+
+def test_server_selection_timeout_in_the_url_is_honoured():
+    url = 'mongodb://127.0.0.1:1/db?serverSelectionTimeoutMS=300'
+    started = time.monotonic()
+    with pytest.raises(mb.errors.StoreUnavailable):
+        mb.get_store(url).counts('s')
+    assert time.monotonic() - started < 3, 'the default 5 s timeout overrode the one in the URL'

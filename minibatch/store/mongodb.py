@@ -16,7 +16,7 @@ import itertools
 import logging
 import os
 import threading
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import bson
 import mongoengine.connection as me_connection
@@ -103,9 +103,14 @@ class MongoStore(Store):
         if '/' in self.database:
             raise ConfigurationError(f'bad MongoDB database name in {redact(url)!r}')
         self.client_options = dict(options)
-        self.client_options.setdefault('serverSelectionTimeoutMS', DEFAULT_SERVER_SELECTION_TIMEOUT_MS)
-        self.client_options.setdefault('uuidRepresentation', 'standard')
-        self.timeout_ms = int(self.client_options['serverSelectionTimeoutMS'])
+        # the URL's own options win over our defaults (a keyword argument would override the URL)
+        in_url = {key.lower(): value for key, value in parse_qsl(parts.query)}
+        if 'serverselectiontimeoutms' not in in_url:
+            self.client_options.setdefault('serverSelectionTimeoutMS', DEFAULT_SERVER_SELECTION_TIMEOUT_MS)
+        if 'uuidrepresentation' not in in_url:
+            self.client_options.setdefault('uuidRepresentation', 'standard')
+        self.timeout_ms = int(self.client_options.get('serverSelectionTimeoutMS')
+                              or in_url.get('serverselectiontimeoutms') or DEFAULT_SERVER_SELECTION_TIMEOUT_MS)
         # one client per URL and options: options given here must reach the driver
         self._alias_key = (url, tuple(sorted((k, repr(v)) for k, v in self.client_options.items())))
         self.alias = None  # chosen when connecting (see _alias_for)
