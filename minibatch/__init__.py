@@ -11,7 +11,8 @@ with ``@streaming`` receive them in windows::
         print(window.data)
 """
 from minibatch.errors import (ConfigurationError, InvalidMessage, InvalidWindowSpec, MinibatchError,
-                              MissingDependencyError, NotSupportedByStore, StoreUnavailable, UnknownStoreError)
+                              MissingDependencyError, NotSupportedByStore, SinkError, StoreUnavailable,
+                              UnknownStoreError)
 from minibatch.models import Buffer, Stream, Window
 from minibatch.consumer import make_emitter, streaming
 from minibatch.window import CountWindow, FixedTimeWindow, RelaxedTimeWindow, WindowEmitter
@@ -30,7 +31,7 @@ __all__ = [
     'get_store', 'resolve_url',
     # errors
     'MinibatchError', 'InvalidMessage', 'InvalidWindowSpec', 'ConfigurationError', 'UnknownStoreError',
-    'MissingDependencyError', 'StoreUnavailable', 'NotSupportedByStore',
+    'MissingDependencyError', 'StoreUnavailable', 'NotSupportedByStore', 'SinkError',
 ]
 
 

@@ -42,3 +42,7 @@ class StreamNotFound(MinibatchError, LookupError):
 
 class NotSupportedByStore(MinibatchError, NotImplementedError):
     """The operation exists only on another store (e.g. mongoengine querysets need MongoDB)."""
+
+
+class SinkError(MinibatchError, ConnectionError):
+    """A sink could not deliver a window's result; the window fails, is retried, then dead-lettered."""

@@ -19,7 +19,7 @@ import threading
 import time
 
 from minibatch.contrib.base import Source, require
-from minibatch.errors import ConfigurationError, InvalidMessage, MinibatchError
+from minibatch.errors import ConfigurationError, InvalidMessage, SinkError
 
 logger = logging.getLogger('minibatch.contrib')
 
@@ -27,7 +27,7 @@ logger = logging.getLogger('minibatch.contrib')
 DEFAULT_URLS = ('localhost:9092',)
 
 
-class KafkaSinkError(MinibatchError, ConnectionError):
+class KafkaSinkError(SinkError):
     """Kafka did not acknowledge a message of a window within the sink's timeout."""
 
 

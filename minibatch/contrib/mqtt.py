@@ -23,7 +23,7 @@ import time
 from urllib.parse import unquote, urlsplit
 
 from minibatch.contrib.base import Source, require
-from minibatch.errors import ConfigurationError, InvalidMessage, MinibatchError
+from minibatch.errors import ConfigurationError, InvalidMessage, SinkError
 
 DEFAULT_PORT = 1883
 
@@ -31,7 +31,7 @@ DEFAULT_PORT = 1883
 _RESERVED = ('callback_api_version', 'manual_ack')
 
 
-class MQTTPublishError(MinibatchError, ConnectionError):
+class MQTTPublishError(SinkError):
     """A message could not be published to the MQTT broker (connection failed, refused or timed out)."""
 
 
