@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from minibatch.errors import InvalidMessage
+from minibatch.errors import ConfigurationError, InvalidMessage
 from minibatch.store.base import AVAILABLE, CLAIMED, DEAD, DONE, RETRY, STATES, utcnow
 
 S = 'contract'
@@ -109,6 +109,44 @@ def test_update_and_list_streams(store):
     assert a.status == {'state': 'stopped'}
     assert store.get_stream('b').closed is False
     assert [s.name for s in store.list_streams()] == ['a', 'b']
+
+
+def test_set_status_changes_one_entry_only(store):
+    store.ensure_stream(S)
+    store.update_stream(S, status={'keep': 1})
+    store.set_status(S, ('checkpoints', 'src-a'), {'position': 'p1'})
+    store.set_status(S, ('checkpoints', 'src-b'), {'position': 'q1'})
+    store.set_status(S, ('checkpoints', 'src-a'), {'position': 'p2'})
+    assert store.get_stream(S).status == {'keep': 1, 'checkpoints': {'src-a': {'position': 'p2'},
+                                                                       'src-b': {'position': 'q1'}}}
+    store.set_status(S, ('checkpoints', 'src-a'), None)
+    store.set_status(S, 'keep', None)
+    assert store.get_stream(S).status == {'checkpoints': {'src-b': {'position': 'q1'}}}
+    store.set_status('no-such-stream', 'x', 1)
+    assert store.get_stream('no-such-stream') is None
+
+
+def test_set_status_concurrent_writers_keep_both(store_url):
+    from minibatch.store import get_store
+    get_store(store_url).ensure_stream(S)
+
+    def writer(key):
+        own = get_store(store_url)
+        for i in range(30):
+            own.set_status(S, ('checkpoints', key), i)
+    threads = [threading.Thread(target=writer, args=(k,)) for k in ('a', 'b', 'c')]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert get_store(store_url).get_stream(S).status == {'checkpoints': {'a': 29, 'b': 29, 'c': 29}}
+
+
+@pytest.mark.parametrize('path', [('a.b',), ('$x',), ('',), (), ('a', 'say "hi"')])
+def test_set_status_refuses_bad_keys(store, path):
+    store.ensure_stream(S)
+    with pytest.raises(ConfigurationError):
+        store.set_status(S, path, 1)
 
 
 def test_compare_and_set_last_read(store):

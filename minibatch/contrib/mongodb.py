@@ -95,15 +95,11 @@ class StreamCheckpoint:
     ``position`` is MongoDB extended JSON, so an ObjectId, a datetime or a
     resume token comes back exactly as it was saved, and any store can keep it.
 
-    Saving reads the status again and changes only this source's key, under a
-    lock per process. The status is written as a whole (the store offers no
-    per-key update), so two processes saving positions of *different* sources
-    of the same stream at the same instant can set one of them back to its
-    previous value: that source then repeats one append after a restart. It
-    never skips one.
+    Saving changes only this source's entry, atomically in the store
+    (``store.set_status``), so sources of the same stream in different
+    processes never set each other back.
     """
     FIELD = 'checkpoints'
-    _lock = threading.Lock()
 
     def __init__(self, key):
         # '.' and '$' are not welcome in MongoDB field names
@@ -118,24 +114,14 @@ class StreamCheckpoint:
         return json_util.loads(record['position'])['v']
 
     def save(self, stream, position):
-        """Store ``position``; one read and one acknowledged write. Raises when the store fails."""
+        """Store ``position``; one acknowledged write. Raises when the store fails."""
         record = {'position': json_util.dumps({'v': position}, json_options=json_util.CANONICAL_JSON_OPTIONS),
                   'saved': datetime.datetime.now(datetime.timezone.utc).isoformat()}
-        self._change(stream, lambda checkpoints: checkpoints.__setitem__(self.key, record))
+        stream.store.set_status(stream.name, (self.FIELD, self.key), record)
 
     def clear(self, stream):
         """Forget the saved position (no-op when there is none)."""
-        self._change(stream, lambda checkpoints: checkpoints.pop(self.key, None))
-
-    def _change(self, stream, change):
-        with self._lock:
-            info = stream.store.get_stream(stream.name)
-            status = dict(info.status or {}) if info else {}
-            checkpoints = dict(status.get(self.FIELD) or {})
-            change(checkpoints)
-            status[self.FIELD] = checkpoints
-            stream.store.update_stream(stream.name, status=status)
-            stream.status = status
+        stream.store.set_status(stream.name, (self.FIELD, self.key), None)
 
 
 class _CheckpointedSource(Source):

@@ -162,6 +162,33 @@ class Store:
         """Set StreamInfo ``fields`` of stream ``name``. Not a compare-and-set; returns None."""
         raise NotImplementedError
 
+    def set_status(self, name, path, value):
+        """Set one entry of stream ``name``'s ``status`` dict, leaving every other entry untouched.
+
+        ``path`` is a tuple of keys into nested dicts (missing ones are
+        created), e.g. ``('checkpoints', 'orders')``; ``value`` None removes the
+        entry. Atomic: two processes setting different entries never undo each
+        other. Keys must be non-empty strings without ``.``, ``"`` or a leading
+        ``$`` (ConfigurationError otherwise). A missing stream is left alone.
+        Returns None.
+        """
+        raise NotImplementedError
+
+    @staticmethod
+    def _check_status_path(path):
+        if isinstance(path, str):
+            path = (path,)
+        path = tuple(path)
+        for key in path:
+            if not isinstance(key, str) or not key or '.' in key or '"' in key or key.startswith('$'):
+                from minibatch.errors import ConfigurationError
+                raise ConfigurationError(f'status keys must be non-empty strings without ".", \'"\' or a '
+                                         f'leading "$", got {key!r}')
+        if not path:
+            from minibatch.errors import ConfigurationError
+            raise ConfigurationError('set_status needs at least one key')
+        return path
+
     def compare_and_set_last_read(self, name, expected, new):
         """Set ``last_read`` to ``new`` only if it is still ``expected``.
 

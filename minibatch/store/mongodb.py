@@ -234,6 +234,15 @@ class MongoStore(Store):
         self._collections()[0].update_one({'name': name}, {'$set': fields})
 
     @_translate_errors
+    def set_status(self, name, path, value):
+        field = 'status.' + '.'.join(self._check_status_path(path))
+        update = {'$unset': {field: ''}} if value is None else {'$set': {field: value}}
+        try:
+            self._collections()[0].update_one({'name': name}, update)
+        except bson.errors.InvalidDocument as exc:
+            raise InvalidMessage(f'status value cannot be stored: {exc}') from exc
+
+    @_translate_errors
     def compare_and_set_last_read(self, name, expected, new):
         result = self._collections()[0].update_one({'name': name, 'last_read': expected},
                                                    {'$set': {'last_read': new}})

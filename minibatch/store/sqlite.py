@@ -461,6 +461,19 @@ class SQLiteStore(Store):
         self._write(lambda conn: conn.execute(f'UPDATE streams SET {assignments} WHERE name = ?',
                                               (*values.values(), name)))
 
+    def set_status(self, name, path, value):
+        path = self._check_status_path(path)
+        where = '$' + ''.join(f'."{key}"' for key in path)
+        if value is None:
+            sql, params = 'UPDATE streams SET status = json_remove(status, ?) WHERE name = ?', (where, name)
+        else:
+            try:
+                encoded = dumps(value)
+            except (TypeError, ValueError) as exc:
+                raise InvalidMessage(f'status value cannot be stored: {exc}') from exc
+            sql, params = 'UPDATE streams SET status = json_set(status, ?, json(?)) WHERE name = ?', (where, encoded, name)
+        self._write(lambda conn: conn.execute(sql, params))
+
     def compare_and_set_last_read(self, name, expected, new):
         # one conditional UPDATE: SQLite serialises writers, so one racer matches, the others see the new value.
         # Half a microsecond of tolerance absorbs float rounding of a datetime read back and passed in again.
