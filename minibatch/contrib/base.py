@@ -45,10 +45,22 @@ class Source:
         self._cancelled = threading.Event()
         self.failures = 0  # failures in a row; 0 once run() has made progress again
         self.last_error = None
+        #: set by subclasses while connected and receiving; for health checks and tests
+        self.ready = threading.Event()
+        #: set when ``stream()`` has returned: nothing more is appended
+        self.stopped = threading.Event()
 
     # -- the protocol Stream.attach() uses -----------------------------------
     def stream(self, stream):
         """Feed ``stream`` until :meth:`cancel`; survives failures of the outside system."""
+        self.stopped.clear()
+        try:
+            self._feed(stream)
+        finally:
+            self.ready.clear()
+            self.stopped.set()
+
+    def _feed(self, stream):
         delay = self.retry_delay
         while not self._cancelled.is_set():
             try:

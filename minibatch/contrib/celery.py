@@ -11,7 +11,6 @@ connected is never seen by it. The source therefore records what happens
 while it listens; it is a monitor, not a replacement for the result backend.
 """
 import json
-import threading
 
 from minibatch.contrib.base import Source, require
 from minibatch.errors import ConfigurationError
@@ -69,8 +68,6 @@ class CeleryEventSource(Source):
         self.events = self._check_events(events)
         self.state = celeryapp.events.State()
         self._receiver = None
-        self.ready = threading.Event()    # set while the receiver is subscribed; for tests and health checks
-        self.stopped = threading.Event()  # set when stream() has returned: nothing more is appended
 
     @staticmethod
     def _check_events(events):
@@ -84,14 +81,6 @@ class CeleryEventSource(Source):
             raise ConfigurationError(f'unknown Celery task event(s) {unknown or names!r}; '
                                      f'choose from {", ".join(TASK_EVENTS)}')
         return frozenset(names)
-
-    def stream(self, stream):
-        self.stopped.clear()
-        try:
-            super().stream(stream)
-        finally:
-            self.ready.clear()
-            self.stopped.set()
 
     def cancel(self):
         super().cancel()

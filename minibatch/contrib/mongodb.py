@@ -24,7 +24,6 @@ import base64
 import datetime
 import logging
 import re
-import threading
 import uuid
 
 import bson
@@ -129,8 +128,6 @@ class _CheckpointedSource(Source):
 
     def __init__(self, collection, size, checkpoint):
         super().__init__()
-        self.ready = threading.Event()    # set while reading the collection works; for tests and health checks
-        self.stopped = threading.Event()  # set when stream() has returned: nothing more is appended
         if not all(hasattr(collection, attr) for attr in ('find', 'database', 'name')):
             raise ConfigurationError(f'{type(self).__name__} needs a pymongo Collection, got {collection!r:.100}')
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -142,14 +139,6 @@ class _CheckpointedSource(Source):
 
     def default_checkpoint(self):
         raise NotImplementedError
-
-    def stream(self, stream):
-        self.stopped.clear()
-        try:
-            super().stream(stream)
-        finally:
-            self.ready.clear()
-            self.stopped.set()
 
     def reset(self, stream):
         """Forget the saved position for ``stream``: the next start begins afresh.

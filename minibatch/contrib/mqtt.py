@@ -172,16 +172,6 @@ class MQTTSource(_Endpoint, Source):
                 protocol in (None, 3, 4):  # MQTT 3.1 / 3.1.1; v5 has session expiry instead
             client_kwargs['clean_session'] = False
         self._setup(url, topic, keepalive, client_kwargs)
-        self.ready = threading.Event()    # set while subscribed; for tests and health checks
-        self.stopped = threading.Event()  # set when stream() has returned: nothing more is appended
-
-    def stream(self, stream):
-        self.stopped.clear()
-        try:
-            super().stream(stream)
-        finally:
-            self.ready.clear()
-            self.stopped.set()
 
     def run(self, stream):
         received = []  # messages of the current network read, appended and acknowledged together
