@@ -10,7 +10,6 @@ progress and errors go to stderr. A failure is one line,
 ``minibatch: error: ...``, and exit code 1; an interrupted command exits 130.
 The helpers live in ``minibatch/cli_*.py``; this module only wires them up.
 """
-import os
 import sys
 import time
 
@@ -246,8 +245,8 @@ def dead_letters_list(ctx, stream, as_json, limit):
     rows = [[m.id, m.attempts, plain(m.created)[:19].replace('T', ' '), shorten(_last_line(m.error), 60),
              shorten(to_json(m.data), 60)] for m in letters]
     click.echo('\n'.join(table(('id', 'attempts', 'created', 'error', 'data'), rows, numeric=('attempts',))))
-    click.echo(f'{plural(len(letters), "dead letter")}; put them back with: minibatch dead-letters requeue {stream} [ID]...',
-               err=True)
+    click.echo(f'{plural(len(letters), "dead letter")}; put them back with: '
+               f'minibatch dead-letters requeue {stream} [ID]...', err=True)
 
 
 @dead_letters.command('requeue', short_help='put dead letters back into the stream')
@@ -350,11 +349,6 @@ def main(argv=None):
     except MinibatchError as exc:  # raised outside a command, e.g. while parsing
         CliError(one_line(exc)).show()
         sys.exit(1)
-    except BrokenPipeError:
-        # the reader went away (minibatch tail | head): stop quietly, as cat does
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        sys.exit(141)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -29,6 +29,12 @@ class ShowWindows:
         self.echo, self.limit, self.count = echo, limit, 0
 
     def put(self, result):
+        try:
+            self._show(result)
+        except OSError:  # stdout went away (demo | head): printing is a courtesy, not the window's work
+            pass
+
+    def _show(self, result):
         self.count += 1
         if self.count <= self.limit:
             self.echo(f'  window {self.count}: {plural(result["count"], "message")}, mean value {result["mean"]:.1f}')

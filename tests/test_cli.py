@@ -9,7 +9,6 @@ import queue
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import uuid
