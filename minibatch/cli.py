@@ -7,7 +7,8 @@ usual precedence, see :func:`minibatch.store.resolve_url`).
 
 Output meant for programs (JSON, tables, messages) goes to stdout; counts,
 progress and errors go to stderr. A failure is one line,
-``minibatch: error: ...``, and exit code 1; an interrupted command exits 130.
+``minibatch: error: ...``, and exit code 1; Ctrl-C exits with 130, except for the
+commands it normally ends (``consume``, ``tail -f``, ``status --watch``: 0).
 The helpers live in ``minibatch/cli_*.py``; this module only wires them up.
 """
 import sys
