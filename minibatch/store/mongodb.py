@@ -88,6 +88,12 @@ def _translate_errors(method):
     return wrapper
 
 
+# Operations on listed messages look them up by _id: a planner may otherwise walk
+# a (stream, ...) index over the whole stream (the MongoDB-wire test server does
+# a collection scan for an $in combined with other fields unless told).
+BY_ID = [('_id', 1)]
+
+
 class MongoStore(Store):
     """Store on MongoDB (or any server speaking its wire protocol with the same semantics)."""
     schemes = ('mongodb', 'mongodb+srv')
@@ -334,12 +340,12 @@ class MongoStore(Store):
         buffer = self._buffer()
         result = buffer.update_many(
             {'_id': {'$in': ids}, 'stream': name, 'state': AVAILABLE},
-            {'$set': {'processed': True, 'state': CLAIMED, 'claim': token, 'lease': _after(lease)}})
+            {'$set': {'processed': True, 'state': CLAIMED, 'claim': token, 'lease': _after(lease)}}, hint=BY_ID)
         if result.modified_count == len(ids) and len(known) == len(ids):
             claimed = [known[i] for i in ids]
         else:
             # lost some to another consumer, or we lack the data: read back what is ours
-            claimed = [self._message(doc) for doc in buffer.find({'_id': {'$in': ids}, 'claim': token})]
+            claimed = [self._message(doc) for doc in buffer.find({'_id': {'$in': ids}, 'claim': token}, hint=BY_ID)]
         for message in claimed:
             message.state = CLAIMED
         claimed.sort(key=lambda m: m.id)
@@ -359,9 +365,9 @@ class MongoStore(Store):
             count = 0
         elif keep:
             count = buffer.update_many(query, {'$set': {'state': DONE, 'done': utcnow()},
-                                               '$unset': {'claim': '', 'lease': ''}}).modified_count
+                                               '$unset': {'claim': '', 'lease': ''}}, hint=BY_ID).modified_count
         else:
-            count = buffer.delete_many(query).deleted_count
+            count = buffer.delete_many(query, hint=BY_ID).deleted_count
         if window_id is not None:
             # a second round trip: a transaction would need a replica set, and a window
             # record left unmarked after a crash here is harmless (its messages are committed)
@@ -376,20 +382,21 @@ class MongoStore(Store):
         dead = buffer.update_many(
             {**query, 'attempts': {'$gte': max_attempts - 1}},
             {'$set': {'state': DEAD, 'error': error, 'failed': utcnow()}, '$inc': {'attempts': 1},
-             '$unset': {'claim': '', 'lease': ''}}).modified_count
+             '$unset': {'claim': '', 'lease': ''}}, hint=BY_ID).modified_count
         if backoff > 0:
             retry = {'$set': {'state': RETRY, 'error': error, 'lease': _after(backoff)}, '$inc': {'attempts': 1}}
         else:
             retry = {'$set': {'state': AVAILABLE, 'processed': False, 'error': error}, '$inc': {'attempts': 1},
                      '$unset': {'claim': '', 'lease': ''}}
-        retried = buffer.update_many(query, retry).modified_count
+        retried = buffer.update_many(query, retry, hint=BY_ID).modified_count
         return retried, dead
 
     @_translate_errors
     def unclaim(self, name, token, ids):
         return self._buffer().update_many(
             {'_id': {'$in': list(ids)}, 'claim': token, 'state': CLAIMED},
-            {'$set': {'state': AVAILABLE, 'processed': False}, '$unset': {'claim': '', 'lease': ''}}).modified_count
+            {'$set': {'state': AVAILABLE, 'processed': False}, '$unset': {'claim': '', 'lease': ''}},
+            hint=BY_ID).modified_count
 
     @_translate_errors
     def expire_leases(self, name, max_attempts=3):
@@ -417,18 +424,18 @@ class MongoStore(Store):
 
     @_translate_errors
     def requeue(self, name, ids=None):
-        query = {'stream': name, 'state': DEAD}
+        query, hint = {'stream': name, 'state': DEAD}, None
         if ids is not None:
-            query['_id'] = {'$in': list(ids)}
+            query['_id'], hint = {'$in': list(ids)}, BY_ID
         return self._buffer().update_many(query, {'$set': {'state': AVAILABLE, 'processed': False, 'attempts': 0},
-                                                  '$unset': {'error': '', 'failed': ''}}).modified_count
+                                                  '$unset': {'error': '', 'failed': ''}}, hint=hint).modified_count
 
     @_translate_errors
     def purge_dead(self, name, ids=None):
-        query = {'stream': name, 'state': DEAD}
+        query, hint = {'stream': name, 'state': DEAD}, None
         if ids is not None:
-            query['_id'] = {'$in': list(ids)}
-        return self._buffer().delete_many(query).deleted_count
+            query['_id'], hint = {'$in': list(ids)}, BY_ID
+        return self._buffer().delete_many(query, hint=hint).deleted_count
 
     # -- windows ----------------------------------------------------------
     @_translate_errors
