@@ -1,4 +1,5 @@
 """Small helpers shared by the test modules."""
+import socket
 import time
 
 
@@ -19,3 +20,29 @@ def wait_until(condition, timeout=5.0, interval=0.02, message='condition', alive
         if time.monotonic() > deadline:
             raise AssertionError(f'{message} not met within {timeout}s (last value: {value!r})')
         time.sleep(interval)
+
+
+def free_port():
+    """A loopback port nothing listens on (bound for a moment, then released)."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def settled(stream):
+    """True when no message of ``stream`` is waiting, held or due for a retry."""
+    stats = stream.stats()
+    return stats['available'] == stats['claimed'] == stats['retry'] == 0
+
+
+def attach(stream, source, within=10.0):
+    """Attach ``source`` to ``stream`` and wait until it is ready (connected, subscribed)."""
+    stream.attach(source)
+    assert source.ready.wait(within), f'{source} did not get ready: {source.last_error}'
+    return source
+
+
+def stop(stream, source, within=3.0):
+    """Stop ``stream``'s sources and check that ``source`` has returned within ``within`` seconds."""
+    stream.stop()
+    assert source.stopped.wait(within), f'{source} still running {within}s after stream.stop()'

@@ -19,29 +19,12 @@ import pytest
 import minibatch as mb
 from minibatch.contrib.celery import TASK_EVENTS, CeleryEventSource
 from minibatch.errors import ConfigurationError
-from tests.helpers import wait_until
+from tests.helpers import attach, free_port, stop, wait_until
 
 pytest.importorskip('celery')
 from tests.celery_tasks import make_app  # noqa: E402  (needs celery)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
-def attach(stream, source):
-    stream.attach(source)
-    assert source.ready.wait(10), f'{source} did not start listening: {source.last_error}'
-    return source
-
-
-def stop(stream, source, within=3.0):
-    stream.stop()
-    assert source.stopped.wait(within), f'{source} still running {within}s after stream.stop()'
 
 
 def start_worker(broker, queue, log):

@@ -14,13 +14,7 @@ import pytest
 
 import minibatch as mb
 from tests.conftest import require_mongo
-from tests.helpers import wait_until
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
+from tests.helpers import free_port, wait_until
 
 
 class WireServer:

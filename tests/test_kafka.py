@@ -7,7 +7,6 @@ A broker that is down is a free loopback port where nothing listens.
 """
 import json
 import logging
-import socket
 import threading
 import time
 import uuid
@@ -17,7 +16,7 @@ import pytest
 import minibatch as mb
 from minibatch import streaming
 from minibatch.errors import ConfigurationError, InvalidMessage, MinibatchError, StoreUnavailable
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 
 kafka = pytest.importorskip('kafka')
 from minibatch.contrib.kafka import KafkaSink, KafkaSinkError, KafkaSource  # noqa: E402
@@ -28,13 +27,6 @@ JOIN = 30  # seconds allowed for a source to join its group and deliver
 
 def unique(prefix):
     return f'{prefix}-{uuid.uuid4().hex[:10]}'
-
-
-def free_port():
-    """A loopback port nothing listens on (bound for a moment, then released)."""
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def produce(bootstrap, topic, values, partition=None):

@@ -20,19 +20,13 @@ import pytest
 import minibatch as mb
 from minibatch.contrib.mqtt import MQTTPublishError, MQTTSink, MQTTSource, parse_url
 from minibatch.errors import ConfigurationError, InvalidMessage
-from tests.helpers import wait_until
+from tests.helpers import attach, free_port, settled, stop, wait_until
 
 mqtt = pytest.importorskip('paho.mqtt.client')
 
 
 def unique(prefix):
     return f'mbtest/{prefix}/{uuid.uuid4().hex[:8]}'
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 class Client:
@@ -82,23 +76,6 @@ def end_session(url, client_id):
     cleaner = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
     cleaner.connect(host, port)
     cleaner.disconnect()
-
-
-def settled(stream):
-    """True when no message of ``stream`` is waiting, held or due for a retry."""
-    stats = stream.stats()
-    return stats['available'] == stats['claimed'] == stats['retry'] == 0
-
-
-def attach(stream, source):
-    stream.attach(source)
-    assert source.ready.wait(10), f'{source} did not subscribe: {source.last_error}'
-    return source
-
-
-def stop(stream, source, within=3.0):
-    stream.stop()
-    assert source.stopped.wait(within), f'{source} still running {within}s after stream.stop()'
 
 
 # -- configuration (no broker needed) -----------------------------------------

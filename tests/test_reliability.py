@@ -12,7 +12,7 @@ import time
 
 
 import minibatch as mb
-from tests.helpers import wait_until
+from tests.helpers import settled, wait_until
 
 HERE = os.path.dirname(__file__)
 CONSUMER = os.path.join(HERE, 'consumer_process.py')
@@ -50,12 +50,6 @@ def stop_all(procs):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def settled(stream):
-    """True when no message is waiting, held or retrying."""
-    stats = stream.stats()
-    return stats['available'] == stats['claimed'] == stats['retry'] == 0
 
 
 def test_competing_consumers_process_each_message_exactly_once(store_url, tmp_path):
