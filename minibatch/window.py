@@ -518,14 +518,24 @@ class CountWindow(WindowEmitter):
     consumer that could claim only part of a window gives it back and retries.
     """
 
+    #: windows' worth of messages read per query: one read serves several windows
+    #: (messages never change once appended, and claims settle who gets them)
+    LOOKAHEAD = 5
+    #: ... but never more messages than this per read
+    MAX_LOOKAHEAD = 2000
+
     def __init__(self, stream, interval=None, **kwargs):
         super().__init__(stream, interval=interval, **kwargs)
         if not isinstance(interval, int) or isinstance(interval, bool) or interval < 1:
             raise InvalidWindowSpec(f'CountWindow needs size >= 1 (an integer), got {interval!r}')
         self.size = interval
+        self._ahead = []  # available messages read ahead, oldest first
 
     def window_ready(self):
-        candidates = self.buffer(limit=self.size)
+        if len(self._ahead) < self.size:
+            limit = max(self.size, min(self.size * self.LOOKAHEAD, self.MAX_LOOKAHEAD))
+            self._ahead = self.buffer(limit=limit)
+        candidates = self._ahead[:self.size]
         return len(candidates) >= self.size, (candidates,)
 
     def query(self, candidates=()):
@@ -533,6 +543,11 @@ class CountWindow(WindowEmitter):
 
     def process(self, qs):
         claimed = super().process(qs)
+        if len(claimed) < len(qs):
+            self._ahead = []  # another consumer took some: what we read ahead is stale
+        else:
+            taken = {m.id for m in qs if isinstance(m, Message)}
+            self._ahead = [m for m in self._ahead if m.id not in taken]
         for _ in range(3):  # others took some: top up from the next available messages
             if len(claimed) >= self.size or not claimed:
                 break

@@ -581,3 +581,26 @@ def test_fixed_time_window_merges_slots_it_is_far_behind(store_url):
     assert em.stats['windows'] <= 2
     behind = datetime.datetime.utcnow() - stream.store.get_stream(stream.name).last_read
     assert datetime.timedelta(0) <= behind < datetime.timedelta(seconds=2)
+
+
+def test_count_window_reads_ahead_and_drops_what_others_took(store_url):
+    stream = mb.stream('ahead', url=store_url)
+    stream.append([{'i': i} for i in range(20)])
+    seen = []
+    emitter = mb.make_emitter('ahead', lambda w: seen.append([m['i'] for m in w.data]), size=2, url=store_url,
+                              executor='inline')
+    reads = []
+    original = emitter.buffer
+    emitter.buffer = lambda **kw: reads.append(kw) or original(**kw)
+    for _ in range(3):
+        emitter.run(blocking=False)
+    assert seen == [[0, 1], [2, 3], [4, 5]] and len(reads) == 1  # one read, three windows
+    # another consumer takes messages this one had read ahead
+    other = stream.store
+    other.claim('ahead', [m.id for m in other.find_available('ahead', limit=2)], 'other', 60)
+    for _ in range(3):  # the round that finds its read-ahead stale cuts no window
+        emitter.run(blocking=False)
+    emitter.close()
+    assert seen[3:] == [[8, 9], [10, 11]], 'a window was cut from messages another consumer held'
+    assert len(reads) == 2
+    assert stream.stats()['claimed'] == 2
