@@ -136,7 +136,7 @@ def run_consumers(url, name, n, consumers, role, outdir, work=0, timeout=600.0, 
 
     Returns (seconds from release to the last window, [Popen]) with the
     processes still running: the caller stops them. ``sample(procs, done)``
-    is called about every 50 ms while waiting (memory sampling).
+    is called about every 20 ms while waiting (memory sampling, feeding).
     """
     procs = []
     try:
@@ -161,7 +161,7 @@ def run_consumers(url, name, n, consumers, role, outdir, work=0, timeout=600.0, 
                     raise RuntimeError(f'a consumer exited with {proc.returncode} after {done} of {n} messages')
             if time.monotonic() > deadline:
                 raise TimeoutError(f'{done} of {n} messages consumed within {timeout:g} s')
-            time.sleep(0.05)
+            time.sleep(0.02)
     except BaseException:
         for proc in procs:
             stop(proc)
@@ -188,19 +188,33 @@ def scale_out(url_factory, n, consumer_counts, work, outdir_factory):
     return results
 
 
-def memory(url, n, outdir):
-    """Peak RSS of one consumer (inline executor, no-op function) working through ``n`` messages."""
+def memory(url, n, backlog, outdir):
+    """Peak RSS of one consumer (inline executor, no-op function) working through ``n`` messages.
+
+    The stream is fed while the consumer runs, ``backlog`` (+1,000) messages
+    at most ahead of it: the consumer sees a long stream, the store a short
+    backlog (the MongoDB-wire test server slows down with a long one).
+    """
     name = _name('memory')
     stream = mb.stream(name, url=url)
+    chunk = _docs(1000)
+    appended = [0]
     samples = []
     procs = []
-    try:
-        fill(stream, n)
 
-        def sample(procs, done):
-            kib = proc_status_kib(procs[0].pid, 'VmRSS')
-            if kib is not None:
-                samples.append((time.time(), done, kib))
+    def feed(done):
+        while appended[0] < n and appended[0] - done < backlog:
+            k = min(len(chunk), n - appended[0])
+            stream.append(chunk[:k])
+            appended[0] += k
+
+    def sample(procs, done):
+        kib = proc_status_kib(procs[0].pid, 'VmRSS')
+        if kib is not None:
+            samples.append((time.time(), done, kib))
+        feed(done)
+    try:
+        feed(0)
         seconds, procs = run_consumers(url, name, n, 1, 'memory', outdir, sample=sample)
         peak_hwm = proc_status_kib(procs[0].pid, 'VmHWM')
     finally:
@@ -216,7 +230,7 @@ def memory(url, n, outdir):
         return None
     peak = max(kib for _, _, kib in samples) / 1024 if samples else None
     early, end = rss_at(0.1), rss_at(1.0)
-    return {'rate': rate(n, seconds), 'n': n, 'peak_rss_mib': peak,
+    return {'rate': rate(n, seconds), 'n': n, 'backlog': backlog, 'peak_rss_mib': peak,
             'vm_hwm_mib': peak_hwm / 1024 if peak_hwm else None,
             'rss_at_10pct_mib': early, 'rss_at_50pct_mib': rss_at(0.5), 'rss_at_end_mib': end,
             'growth_mib': (end - early) if (end is not None and early is not None) else None,
