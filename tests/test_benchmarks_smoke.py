@@ -27,9 +27,9 @@ LEGACY = ('append_one', 'append_batch', 'e2e_inline_060n', 'e2e_process_060n', '
 def legacy_available():
     if not os.access(LEGACY_PYTHON, os.X_OK):
         return False
-    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-    probe = subprocess.run([LEGACY_PYTHON, '-c', 'import minibatch, mongoengine, dill'], env=env,
-                           capture_output=True, timeout=60)
+    # -I: this repository's minibatch (current directory, PYTHONPATH) must not answer for 0.6.0
+    probe = subprocess.run([LEGACY_PYTHON, '-I', '-c', 'import minibatch, mongoengine, dill, sys; '
+                            'sys.exit(minibatch._version.version != "0.6.0")'], capture_output=True, timeout=60)
     return probe.returncode == 0
 
 
