@@ -543,11 +543,11 @@ class CountWindow(WindowEmitter):
 
     def process(self, qs):
         claimed = super().process(qs)
-        if len(claimed) < len(qs):
-            self._ahead = []  # another consumer took some: what we read ahead is stale
-        else:
-            taken = {m.id for m in qs if isinstance(m, Message)}
-            self._ahead = [m for m in self._ahead if m.id not in taken]
+        # whether we got them or another consumer did, these are gone; competing
+        # consumers then move on to the next window read ahead instead of all
+        # racing again for the oldest one (only a short read-ahead is read anew)
+        tried = {getattr(m, 'id', m) for m in qs}
+        self._ahead = [m for m in self._ahead if m.id not in tried]
         for _ in range(3):  # others took some: top up from the next available messages
             if len(claimed) >= self.size or not claimed:
                 break
