@@ -275,7 +275,8 @@ class WindowEmitter:
         while True:
             remaining = deadline - time.monotonic()
             if self._waiter.wait(min(remaining, 0.02 if futures else self.STOP_CHECK)):
-                self._idle = 0.01
+                # a waiter that sees every change will wake us again: no follow-up polls needed
+                self._idle = self.MAX_PUSH_WAIT if getattr(self._waiter, 'sees_all_changes', False) else 0.01
                 return
             if any(future.done() for future in futures) or self._stop_event.is_set():
                 return

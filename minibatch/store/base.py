@@ -93,7 +93,14 @@ class Waiter:
     wake-ups gives. ``wait()`` returning True means "something changed, look
     now"; False means the timeout passed. A spurious True is allowed, a missed
     change is not (callers poll on timeout anyway).
+
+    ``supported``: the waiter does push wake-ups (consumers may then wait
+    longer between polls). ``sees_all_changes``: it wakes on every change
+    that can make messages available (inserts, and updates such as retries
+    and requeues), not only on appends, so no follow-up polls are needed.
     """
+    supported = False
+    sees_all_changes = False
 
     def __init__(self, store, stream):
         self.store = store

@@ -758,6 +758,9 @@ class FileWaiter(Waiter):
     wake-ups are allowed, missed ones are not.
     """
     poll = 0.005
+    #: every commit is seen, so a consumer may wait long between checks of the store
+    supported = True
+    sees_all_changes = True
 
     def __init__(self, store, stream):
         super().__init__(store, stream)
