@@ -46,9 +46,9 @@ FULL = dict(append_one_n=2000, append_one_n_mongodb=1000, append_batch_n=20000, 
             scale_work_ms_mongodb=300.0, memory_n=100000, memory_n_mongodb=10000, memory_backlog=2000)
 # On the wire server a window costs the server (one Python process) ~0.2 s: a function must do more
 # than that to be the bottleneck, hence more work per window for the MongoDB scale-out.
-QUICK = dict(append_one_n=100, append_batch_n=2000, batch=1000, append_repeats=1, e2e_n=1000, e2e_n_mongodb=500,
-             size=100, legacy_e2e_n=100, legacy_append_one_n=50, latency_n=25, period=0.02, idle_warmup=1.0,
-             idle_duration=2.0, scale_n=400, scale_n_mongodb=300, scale_counts=[1, 2, 4], scale_work_ms=5.0,
+QUICK = dict(append_one_n=100, append_batch_n=2000, batch=1000, append_repeats=1, e2e_n=500, e2e_n_mongodb=300,
+             size=100, legacy_e2e_n=100, legacy_append_one_n=50, latency_n=20, period=0.02, idle_warmup=0.5,
+             idle_duration=1.5, scale_n=300, scale_n_mongodb=200, scale_counts=[1, 2, 4], scale_work_ms=5.0,
              scale_work_ms_mongodb=20.0, memory_n=1000, memory_n_mongodb=500, memory_backlog=500)
 
 
