@@ -341,6 +341,8 @@ class MongoStore(Store):
         result = buffer.update_many(
             {'_id': {'$in': ids}, 'stream': name, 'state': AVAILABLE},
             {'$set': {'processed': True, 'state': CLAIMED, 'claim': token, 'lease': _after(lease)}}, hint=BY_ID)
+        if result.modified_count == 0:
+            return []  # another consumer was first: nothing to read back
         if result.modified_count == len(ids) and len(known) == len(ids):
             claimed = [known[i] for i in ids]
         else:
@@ -519,8 +521,9 @@ class ChangeStreamWaiter(Waiter):
     Servers without change streams (a standalone mongod) make the thread exit
     after one try; ``wait()`` then just sleeps, and the consumer polls.
     """
-    #: how long the server holds each getMore of the change stream: bounds idle queries to one per second
-    MAX_AWAIT_MS = 1000
+    #: how long the server holds each getMore of the change stream (an event ends it at once):
+    #: bounds the queries of an idle consumer to one per this period
+    MAX_AWAIT_MS = 3000
 
     def __init__(self, store, stream):
         super().__init__(store, stream)
