@@ -27,7 +27,10 @@ consumers can never both claim, commit or release the same message, and no
 store implements an atomic method by check-then-set.
 """
 import datetime
+import time
 from dataclasses import dataclass, field
+
+from minibatch.errors import ConfigurationError
 
 #: message states; ``processed`` is ``state != AVAILABLE``
 AVAILABLE = 'available'
@@ -107,7 +110,6 @@ class Waiter:
         self.stream = stream
 
     def wait(self, timeout):
-        import time
         time.sleep(timeout)
         return False
 
@@ -172,7 +174,7 @@ class Store:
     def set_status(self, name, path, value):
         """Set one entry of stream ``name``'s ``status`` dict, leaving every other entry untouched.
 
-        ``path`` is a tuple of keys into nested dicts (missing ones are
+        ``path`` is a key, or a tuple of keys into nested dicts (missing ones are
         created), e.g. ``('checkpoints', 'orders')``; ``value`` None removes the
         entry. Atomic: two processes setting different entries never undo each
         other. Keys must be non-empty strings without ``.``, ``"`` or a leading
@@ -188,11 +190,9 @@ class Store:
         path = tuple(path)
         for key in path:
             if not isinstance(key, str) or not key or '.' in key or '"' in key or key.startswith('$'):
-                from minibatch.errors import ConfigurationError
                 raise ConfigurationError(f'status keys must be non-empty strings without ".", \'"\' or a '
                                          f'leading "$", got {key!r}')
         if not path:
-            from minibatch.errors import ConfigurationError
             raise ConfigurationError('set_status needs at least one key')
         return path
 

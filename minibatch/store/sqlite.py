@@ -656,11 +656,10 @@ class SQLiteStore(Store):
         return self.messages(name, state=DEAD, limit=limit)
 
     def _dead(self, sql, name, ids):
-        base = f"{sql} WHERE stream = ? AND state = '{DEAD}'"
         if ids is None:
-            return self._write(lambda conn: conn.execute(base, (name,)).rowcount)
-
-        by_id = base.replace('WHERE stream = ?', 'WHERE +stream = ?', 1)  # see _on_token
+            return self._write(lambda conn: conn.execute(f"{sql} WHERE stream = ? AND state = '{DEAD}'",
+                                                         (name,)).rowcount)
+        by_id = f"{sql} WHERE +stream = ? AND state = '{DEAD}'"  # by primary key: see _on_token
 
         def work(conn):
             return sum(conn.execute(f'{by_id} AND id IN ({_marks(chunk)})', (name, *chunk)).rowcount
