@@ -1,0 +1,204 @@
+"""What the docs promise about retries, counting, partial claims and consumer reports, held by tests.
+
+Each test here was checked to fail when the library line it guards is changed
+(see scripts/mutate, which automates such checks).
+"""
+import datetime
+import sqlite3
+import threading
+import time
+
+import pytest
+
+import minibatch as mb
+from minibatch.store.base import AVAILABLE, CLAIMED, RETRY
+from minibatch.window import CountWindow
+
+from tests.helpers import wait_until
+
+#: clock differences between this process, the store's rounding and the server
+EPSILON = 0.05
+
+
+def recorded_due(store, message_id):
+    """The retry-at time the store recorded for a message in ``retry``, as seconds since the epoch.
+
+    Read from the store's own record (the ``lease`` field/column holds it while a
+    message waits for its retry), because the contract API shows only the state.
+    """
+    if hasattr(store, 'path'):  # the SQLite store keeps epoch seconds
+        with sqlite3.connect(store.path) as conn:
+            (due,) = conn.execute('SELECT lease FROM buffer WHERE id = ?', (message_id,)).fetchone()
+        return due
+    doc = store._buffer().find_one({'_id': message_id})
+    return doc['lease'].replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def state_of(store, name, message_id):
+    return {m.id: m for m in store.messages(name)}[message_id]
+
+
+def wait_available(store, name, timeout):
+    """Run the stores' expiry like any consumer would until a message is available; return the time it was."""
+    def available():
+        store.expire_leases(name, max_attempts=100)
+        return store.find_available(name)
+    wait_until(available, timeout=timeout, interval=0.01, message='the retried message to be available')
+    return time.time()
+
+
+# -- retry backoff: retry_backoff * 2 ** attempts, at most 60 s ----------------
+def test_retry_backoff_starts_at_retry_backoff_and_doubles(store_url):
+    stream = mb.stream('backoff', url=store_url)
+    (mid,) = stream.store.append(stream.name, [{'x': 1}])
+    store = stream.store
+    failures = []
+
+    def fail(window):
+        failures.append(time.time())
+        raise ValueError('always fails')
+
+    em = mb.make_emitter('backoff', fail, size=1, url=store_url, executor='inline', max_attempts=10,
+                         retry_backoff=0.2)
+    try:
+        for k in range(1, 5):  # the k-th failure waits 0.2, 0.4, 0.8, 1.6 s
+            expected = 0.2 * 2 ** (k - 1)
+            before = time.time()
+            em.run(blocking=False)
+            after = time.time()
+            assert len(failures) == k, 'the window ran and failed once per round'
+            message = state_of(store, 'backoff', mid)
+            assert (message.state, message.attempts) == (RETRY, k)
+            due = recorded_due(store, mid)
+            assert before + expected - EPSILON <= due <= after + expected + EPSILON, \
+                f'failure {k}: retry recorded {due - before:.3f}s after the failure, expected {expected}s'
+            # and the store keeps to it: not available before that time, available after it
+            seen = wait_available(store, 'backoff', timeout=expected + 5)
+            assert seen >= before + expected - EPSILON, f'failure {k}: available again too early'
+    finally:
+        em.close()
+
+
+def test_retry_backoff_is_capped_at_60_seconds(store_url):
+    stream = mb.stream('capped', url=store_url)
+    stream.append([{'x': 1}, {'x': 2}])
+    store = stream.store
+    em = mb.make_emitter('capped', lambda w: None, size=2, url=store_url, executor='inline', max_attempts=20,
+                         retry_backoff=0.2)
+    try:
+        held = em.process(store.find_available('capped'))
+        assert len(held) == 2
+        for message in held:
+            message.attempts = 10  # 0.2 * 2 ** 10 = 204.8 s uncapped
+        before = time.time()
+        em.undo(held, None, 'failed again')
+        after = time.time()
+        for message in held:
+            assert state_of(store, 'capped', message.id).state == RETRY
+            due = recorded_due(store, message.id)
+            assert before + 60 - EPSILON <= due <= after + 60 + EPSILON, \
+                f'retry recorded {due - before:.1f}s ahead, expected the 60 s cap'
+    finally:
+        em.close()
+
+
+def test_retry_backoff_zero_retries_at_once(store_url):
+    stream = mb.stream('nobackoff', url=store_url)
+    (mid,) = stream.store.append(stream.name, [{'x': 1}])
+    em = mb.make_emitter('nobackoff', lambda w: 1 / 0, size=1, url=store_url, executor='inline', retry_backoff=0)
+    try:
+        em.run(blocking=False)
+    finally:
+        em.close()
+    assert [(m.id, m.attempts) for m in stream.store.find_available('nobackoff')] == [(mid, 1)]
+
+
+# -- processed counts what was committed, not what was claimed ----------------
+def test_a_window_that_lost_its_lease_is_not_counted_as_processed(store_url, monkeypatch):
+    monkeypatch.setattr(CountWindow, 'HEARTBEAT', 0.2)
+    stream = mb.stream('lost', url=store_url)
+    stream.append([{'i': i} for i in range(4)])
+    store = stream.store
+    calls = []
+
+    def fn(window):
+        calls.append([m['i'] for m in window.data])
+        if len(calls) == 1:
+            # the consumer hangs past its lease (inline: nothing renews it), and another
+            # consumer's expiry takes the messages: this window can no longer commit them
+            wait_until(lambda: store.expire_leases('lost'), timeout=10, interval=0.05,
+                       message='the lease of the hung window to expire')
+
+    em = mb.make_emitter('lost', fn, size=2, url=store_url, executor='inline', lease=0.3, retry_backoff=0)
+    thread = threading.Thread(target=em.run)
+    thread.start()
+    try:
+        wait_until(lambda: len(calls) >= 3 and stream.stats()['processed'] == 4, timeout=30,
+                   message='the lost window delivered again and all four messages reported processed')
+    finally:
+        em.stop()
+        thread.join(30)
+    assert sorted(calls) == [[0, 1], [0, 1], [2, 3]], 'the lost window was delivered again'
+    assert em.stats['messages'] == 6, 'six messages were emitted in windows'
+    assert em.stats['processed'] == 4, 'but only four were committed: the lost window counts none'
+    assert stream.stats()['processed'] == 4
+    assert stream.stats()['available'] == stream.stats()['claimed'] == 0
+
+
+# -- CountWindow never emits part of a window ---------------------------------
+def test_count_window_gives_back_a_partial_claim(store_url):
+    stream = mb.stream('partial', url=store_url)
+    ids = stream.store.append('partial', [{'i': i} for i in range(4)])
+    store = stream.store
+    seen = []
+    em = mb.make_emitter('partial', seen.append, size=4, url=store_url, executor='inline')
+    try:
+        ready, args = em.window_ready()
+        assert ready, 'four messages are available'
+        # a rival consumer claims one message of the window before we do
+        assert [m.id for m in store.claim('partial', [ids[1]], 'rival-token', 30)] == [ids[1]]
+        assert em.process(em.query(*args)) == [], 'three of four is not a window'
+    finally:
+        em.close()
+    assert seen == []
+    available = store.find_available('partial')
+    assert [(m.id, m.attempts) for m in available] == [(ids[0], 0), (ids[2], 0), (ids[3], 0)], \
+        'what it took is available again, with no attempt counted'
+    assert state_of(store, 'partial', ids[1]).state == CLAIMED, "the rival's claim is untouched"
+    # and once the rival gives its message back, the whole window goes out
+    assert store.unclaim('partial', 'rival-token', [ids[1]]) == 1
+    em = mb.make_emitter('partial', lambda w: seen.append([m['i'] for m in w.data]), size=4, url=store_url,
+                         executor='inline')
+    try:
+        em.run(blocking=False)
+    finally:
+        em.close()
+    assert seen == [[0, 1, 2, 3]]
+    assert stream.stats()['available'] == 0
+
+
+# -- a running consumer reports its rate --------------------------------------
+def test_a_running_consumer_reports_a_positive_rate(store_url, monkeypatch):
+    monkeypatch.setattr(CountWindow, 'HEARTBEAT', 0.2)
+    stream = mb.stream('rated', url=store_url)
+    stream.append([{'i': i} for i in range(60)])
+    done = []
+
+    def fn(window):
+        time.sleep(0.03)  # a steady flow over a few heartbeats
+        done.extend(window.data)
+
+    em = mb.make_emitter('rated', fn, size=1, url=store_url, executor='inline')
+    thread = threading.Thread(target=em.run)
+    thread.start()
+    try:
+        stats = wait_until(lambda: (lambda s: s if s['rate'] > 0 else None)(stream.stats()), timeout=30,
+                           interval=0.05, message='a positive rate reported while messages flow')
+    finally:
+        em.stop()
+        thread.join(30)
+    (record,) = stats['consumers']
+    assert record['id'] == em.consumer_id and record['rate'] > 0
+    assert stats['rate'] == record['rate']
+    # and plausible: each message takes at least 0.03 s, so no more than ~33 per second
+    assert record['rate'] <= 50
