@@ -87,11 +87,15 @@ class KafkaSource(Source):
     :param topic: the topic to read
     :param urls: brokers as a list of ``'host:port'`` (or one comma-separated
         string); default ``['localhost:9092']``
+    :param consumer: a consumer of your own to read from instead of one the
+        source creates (also settable as ``source._consumer``, as in 0.6);
+        see *Your own consumer* below
     :param consumer_configs: passed to ``kafka.KafkaConsumer``; the defaults are
         ``group_id='minibatch-<topic>'``, ``auto_offset_reset='earliest'``,
         ``session_timeout_ms=6000`` and ``bootstrap_timeout_ms=5000``.
         ``enable_auto_commit`` is always False: offsets are committed by the
-        source, after the append (True is refused).
+        source, after the append (``True``, 0.6's default, is overridden with a
+        warning).
 
     Each round polls at most ``max_poll_records`` messages (kafka-python's
     option, default 500), decodes every value as a JSON object, appends the
@@ -107,13 +111,23 @@ class KafkaSource(Source):
     second (the poll timeout); while it is still connecting to an unreachable
     broker, within ``bootstrap_timeout_ms``. A broker that cannot be reached
     is logged as one line per attempt and retried with a growing pause.
+
+    *Your own consumer.* A consumer passed as ``consumer=`` (or set as
+    ``_consumer`` before the source starts) is the user's: the source never
+    closes or replaces it. After a failure it is used again, so it resumes
+    from its own position. A ``kafka.KafkaConsumer`` is read as above (poll,
+    append, commit); it is subscribed to ``topic`` only if it has neither a
+    subscription nor an assignment. Any other object (a test double, say) is
+    read the way 0.6 read every consumer, by iterating it: each record's
+    ``value`` is appended, then ``commit()`` is called if the object has it,
+    and the source ends when the iteration ends.
     """
     #: seconds one poll waits for messages; bounds how fast cancel() takes effect
     poll_timeout = 0.5
     #: seconds closing the consumer may take (leaving the group) before giving up
     close_timeout = 2.0
 
-    def __init__(self, topic, urls=None, **consumer_configs):
+    def __init__(self, topic, urls=None, consumer=None, **consumer_configs):
         super().__init__()
         self._kafka = require('kafka', 'kafka')
         if not isinstance(topic, str) or not topic:
@@ -121,8 +135,10 @@ class KafkaSource(Source):
         self.topic = topic
         self.urls = _urls(urls)
         if consumer_configs.get('enable_auto_commit'):
-            raise ConfigurationError('KafkaSource commits offsets itself, after each append '
-                                     '(at-least-once); do not pass enable_auto_commit=True')
+            # 0.6 auto-committed by default, so 0.6 programs may pass it; committing after the append
+            # gives them what they asked for (committed offsets) without losing a message in a crash
+            logger.warning('KafkaSource commits offsets itself, after each append (at-least-once); '
+                           'enable_auto_commit=True is ignored')
         configs = {'group_id': f'minibatch-{topic}', 'auto_offset_reset': 'earliest',
                    'session_timeout_ms': 6000, 'heartbeat_interval_ms': 2000}
         configs.update(consumer_configs)
@@ -134,14 +150,43 @@ class KafkaSource(Source):
         _known(consumer_class, configs, 'bootstrap_timeout_ms', 5000)
         self.configs = configs
         self.group_id = configs['group_id']
-        self._consumer = None
+        #: the consumer in use; preset (``consumer=`` or by assignment) it is the user's
+        self._consumer = consumer
+        self._made = None  # the consumer this source created, the only one it closes or replaces
+
+    @property
+    def consumer(self):
+        """The consumer: the one given (``consumer=`` / ``_consumer``), else one created now.
+
+        A created consumer is subscribed to ``topic``. Raises what
+        ``kafka.KafkaConsumer`` raises when no broker can be reached.
+        """
+        if self._consumer is None:
+            consumer = _construct(self._kafka.KafkaConsumer, bootstrap_servers=self.urls, **self.configs)
+            consumer.subscribe([self.topic])
+            self._consumer = self._made = consumer
+        return self._consumer
+
+    @property
+    def injected(self):
+        """True when the consumer in use was given by the user rather than created by the source."""
+        return self._consumer is not None and self._consumer is not self._made
 
     def run(self, stream):
         """Connect, then poll -> append -> commit until cancelled; raises on any failure."""
-        consumer = _construct(self._kafka.KafkaConsumer, bootstrap_servers=self.urls, **self.configs)
-        self._consumer = consumer
+        consumer = self.consumer
+        if not self.injected:
+            self._poll(stream, consumer, close=True)
+        elif isinstance(consumer, self._kafka.KafkaConsumer):
+            if not consumer.subscription() and not consumer.assignment():
+                consumer.subscribe([self.topic])
+            self._poll(stream, consumer, close=False)
+        else:
+            self._iterate(stream, consumer)
+
+    def _poll(self, stream, consumer, close):
+        """Poll -> append -> commit until cancelled; ``close``: discard the consumer when leaving."""
         try:
-            consumer.subscribe([self.topic])
             while not self.cancelled:
                 batch = consumer.poll(timeout_ms=int(self.poll_timeout * 1000))
                 if not batch:
@@ -152,8 +197,32 @@ class KafkaSource(Source):
                 consumer.commit()
                 self.progress()
         finally:
-            self._consumer = None
-            self._close(consumer)
+            if close:
+                # a failed consumer of ours is replaced by a new one, which resumes from the commits
+                self._consumer = self._made = None
+                self._close(consumer)
+
+    def _iterate(self, stream, consumer):
+        """0.6's protocol for a consumer that is not a KafkaConsumer: iterate, append each value, commit."""
+        commit = getattr(consumer, 'commit', None)
+        for record in consumer:
+            if self.cancelled:
+                return
+            self._deliver_one(stream, record)
+            if commit is not None:
+                commit()
+            self.progress()
+        # the consumer has no more records (consumer_timeout_ms, a finite double): the source is done
+        self._cancelled.set()
+
+    def _deliver_one(self, stream, record):
+        origin = f'kafka://{getattr(record, "topic", self.topic)}/{getattr(record, "partition", "?")}/' \
+                 f'{getattr(record, "offset", "?")}'
+        value = record.value
+        message = value if isinstance(value, dict) else self.decode(value, stream, origin)
+        if message is not None:
+            self._append(stream, [(message, origin)])
+        stream.flush()
 
     def _deliver(self, stream, batch):
         """Append the polled records to ``stream`` as one write; dead-letter the undecodable ones."""
@@ -206,23 +275,28 @@ class KafkaSink:
     :param topic: the topic to write
     :param urls: brokers as a list of ``'host:port'`` (or one comma-separated
         string); default ``['localhost:9092']``
-    :param expand: True (default): a list is sent as one Kafka message per
-        item; False: the value is sent as one message, whatever it is
+    :param expand: True (default): a list (or tuple) is sent as one Kafka
+        message per item; False: the value is sent as one message, whatever it is
     :param key: optional message key: the name of a field of each item, or a
         function ``item -> str | bytes | None``. Messages with the same key go to
         the same partition, and consumers can use it to drop repeats.
     :param timeout: seconds ``put`` may wait for the broker, for connecting and
         for the acknowledgements together (default 30)
+    :param producer: a producer of your own to send with (also settable as
+        ``sink._producer``, as in 0.6). It is the user's: its own serializers
+        apply, and the sink never closes or replaces it.
     :param producer_configs: passed to ``kafka.KafkaProducer`` (e.g. ``acks``,
         ``compression_type``, ``max_block_ms``). A ``value_serializer`` given
         here replaces the JSON encoding.
 
-    The producer is created at the first ``put`` (so the sink can be built
-    without a broker, and after a fork) and reused until :meth:`close`.
-    ``put`` is thread-safe.
+    Each item is sent as 0.6 sent it, ``producer.send(topic, value=item)``,
+    with ``key=`` added only when a key is configured; the JSON encoding is
+    the producer's ``value_serializer``. The producer is created at the first
+    ``put`` (so the sink can be built without a broker, and after a fork) and
+    reused until :meth:`close`. ``put`` is thread-safe.
     """
 
-    def __init__(self, topic, urls=None, expand=True, key=None, timeout=30.0, **producer_configs):
+    def __init__(self, topic, urls=None, expand=True, key=None, timeout=30.0, producer=None, **producer_configs):
         self._kafka = require('kafka', 'kafka')
         if not isinstance(topic, str) or not topic:
             raise ConfigurationError(f'topic must be a non-empty string, got {topic!r}')
@@ -240,9 +314,13 @@ class KafkaSink:
         # connecting and waiting for metadata must not outlast the put() deadline
         _known(producer_class, configs, 'bootstrap_timeout_ms', int(self.timeout * 1000))
         _known(producer_class, configs, 'max_block_ms', int(self.timeout * 1000))
+        # items are checked against our encoder before the first send, so that a bad item fails
+        # the window with nothing sent; with a serializer of the user's that check is theirs
+        self._check = None if 'value_serializer' in configs else _to_json
+        configs.setdefault('value_serializer', _json_serializer(self._kafka))
         self.configs = configs
-        self._encode = None if 'value_serializer' in configs else _to_json
-        self._producer = None
+        self._producer = producer
+        self._made = None  # the producer this sink created, the only one it closes
         self._lock = threading.Lock()
 
     @property
@@ -251,15 +329,17 @@ class KafkaSink:
         with self._lock:
             if self._producer is None:
                 try:
-                    self._producer = _construct(self._kafka.KafkaProducer, bootstrap_servers=self.urls,
-                                                **self.configs)
+                    self._producer = self._made = _construct(self._kafka.KafkaProducer,
+                                                             bootstrap_servers=self.urls, **self.configs)
                 except Exception as exc:
                     raise KafkaSinkError(f'cannot connect to Kafka at {",".join(self.urls)} to write topic '
                                          f'{self.topic!r}: {_describe(exc)}') from exc
             return self._producer
 
-    def put(self, data):
-        """Send ``data`` and wait until Kafka acknowledged every message; returns how many were sent.
+    def put(self, data, topic=None):
+        """Send ``data`` to ``topic`` (default: the sink's) and wait until Kafka acknowledged it.
+
+        Returns how many messages were sent.
 
         Blocking, at most ``timeout`` seconds plus connecting. Not atomic: when
         it raises, some messages may have been written already, and the retry
@@ -270,23 +350,28 @@ class KafkaSink:
         :raises KafkaSinkError: the broker could not be reached, or did not
             acknowledge a message in time
         """
-        items = data if (self.expand and isinstance(data, list)) else [data]
-        # encode everything first: a bad item fails the window before anything is sent
-        values = [self._encode(item) if self._encode else item for item in items]
+        topic = topic or self.topic
+        items = list(data) if (self.expand and isinstance(data, (list, tuple))) else [data]
+        if self._check:
+            for item in items:  # a bad item fails the window before anything is sent
+                self._check(item)
         keys = [self._key_of(item) for item in items]
-        if not values:
+        if not items:
             return 0
         deadline = time.monotonic() + self.timeout
         producer = self.producer
         try:
-            futures = [producer.send(self.topic, value=value, key=key) for value, key in zip(values, keys)]
+            # 0.6's call, send(topic, value=item); a key only when one is configured, so that a
+            # producer double written for 0.6 sees the call it expects
+            futures = [producer.send(topic, value=item, **({} if key is None else {'key': key}))
+                       for item, key in zip(items, keys)]
             producer.flush(timeout=max(0.0, deadline - time.monotonic()))
             for future in futures:
                 future.get(timeout=max(0.0, deadline - time.monotonic()))
         except Exception as exc:
-            raise KafkaSinkError(f'sending {len(values)} message(s) to topic {self.topic!r} at '
+            raise KafkaSinkError(f'sending {len(items)} message(s) to topic {topic!r} at '
                                  f'{",".join(self.urls)} failed: {_describe(exc)}') from exc
-        return len(values)
+        return len(items)
 
     def _key_of(self, item):
         if self.key is None:
@@ -300,11 +385,20 @@ class KafkaSink:
         return str(key).encode('utf-8')
 
     def close(self, timeout=None):
-        """Flush and close the producer (if one was created). A later ``put`` creates a new one."""
+        """Flush and close the producer the sink created; a later ``put`` creates a new one.
+
+        A producer of the user's (``producer=`` / ``_producer``) is flushed and kept, not closed.
+        """
+        timeout = self.timeout if timeout is None else timeout
         with self._lock:
-            producer, self._producer = self._producer, None
-        if producer is not None:
-            producer.close(timeout=self.timeout if timeout is None else timeout)
+            producer = self._producer
+            if producer is None:
+                return
+            if producer is not self._made:
+                producer.flush(timeout=timeout)
+                return
+            self._producer = self._made = None
+        producer.close(timeout=timeout)
 
     def __repr__(self):
         return f'KafkaSink({self.topic!r}, urls={self.urls!r})'
@@ -324,6 +418,26 @@ def _json_default(value):
     if type(value).__name__ == 'ObjectId':
         return str(value)
     raise TypeError(f'{type(value).__name__} is not JSON serialisable')
+
+
+def _json_serializer(kafka):
+    """A value serializer encoding JSON with :func:`_to_json`, of the kind this kafka-python expects.
+
+    kafka-python 3 warns about plain functions and wants a ``Serializer``
+    (``serialize(topic, headers, data)``); 2.x calls the serializer itself.
+    """
+    base = getattr(getattr(kafka, 'serializer', None), 'Serializer', None)
+    if base is None:
+        return _to_json
+
+    class JSONSerializer(base):
+        def serialize(self, topic, headers, data):
+            return _to_json(data)
+
+        def __call__(self, data):
+            return _to_json(data)
+
+    return JSONSerializer()
 
 
 def _to_json(item):
