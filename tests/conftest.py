@@ -5,6 +5,7 @@ The MongoDB store is tested against the server named by ``MINIBATCH_MONGO_URL``
 it MongoDB tests are skipped on a laptop, but fail under ``CI=true``: a green CI
 run must have exercised the real server.
 """
+import importlib
 import os
 import uuid
 
@@ -35,9 +36,30 @@ def mongo_test_url(dbname):
     return f'{scheme}://{hosts}/{dbname}?' + '&'.join(params)
 
 
+def under_ci():
+    """True when the tests run under CI (``CI=true``): a missing server or package then fails."""
+    return os.environ.get('CI', '').lower() in ('1', 'true', 'yes')
+
+
+def require_module(name, install):
+    """Import and return module ``name``; skip without it (also at module level), fail under CI.
+
+    ``install`` says how to get it, e.g. ``pip install 'minibatch[kafka]'``. Unlike
+    ``pytest.importorskip``, a green CI run cannot have skipped an integration
+    because its package was missing.
+    """
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        if under_ci():
+            pytest.fail(f'{name} is not installed under CI ({install}; scripts/test installs it): {exc}',
+                        pytrace=False)
+        pytest.skip(f'{name} is not installed ({install})', allow_module_level=True)
+
+
 def require_mongo():
     if not MONGO_URL:
-        if os.environ.get('CI', '').lower() in ('1', 'true', 'yes'):
+        if under_ci():
             pytest.fail('MINIBATCH_MONGO_URL is not set under CI: run the tests with scripts/test')
         pytest.skip('MINIBATCH_MONGO_URL not set (scripts/test starts a server and sets it)')
 
@@ -51,7 +73,7 @@ def require_service(var, what):
     """
     value = os.environ.get(var)
     if not value:
-        if os.environ.get('CI', '').lower() in ('1', 'true', 'yes'):
+        if under_ci():
             pytest.fail(f'{var} is not set under CI: run the tests with scripts/test, which starts {what}')
         pytest.skip(f'{var} not set (scripts/test starts {what} and sets it)')
     return value

@@ -9,6 +9,7 @@ from minibatch import CountWindow, streaming
 from minibatch.errors import (ConfigurationError, InvalidMessage, InvalidWindowSpec, MinibatchError,
                               StoreUnavailable, UnknownStoreError)
 from minibatch.store.base import STATES
+from tests.conftest import require_module
 
 
 def name_of(prefix='bad'):
@@ -238,7 +239,7 @@ def test_dask_address_without_scheduler_is_refused():
 
 
 def test_unreachable_dask_scheduler_fails_when_the_consumer_starts(tmp_path, monkeypatch):
-    pytest.importorskip('distributed')
+    require_module('distributed', "pip install 'minibatch[dask]'")
     from minibatch.dask import DaskExecutor
     monkeypatch.setattr(DaskExecutor, 'CONNECT_TIMEOUT', 1.0)
     emitter = streaming('never-run', size=1, executor='dask://127.0.0.1:1',

@@ -19,9 +19,10 @@ import pytest
 import minibatch as mb
 from minibatch.contrib.celery import TASK_EVENTS, CeleryEventSource
 from minibatch.errors import ConfigurationError
+from tests.conftest import require_module
 from tests.helpers import attach, free_port, stop, wait_until
 
-pytest.importorskip('celery')
+require_module('celery', "pip install 'minibatch[celery]'")
 from tests.celery_tasks import make_app  # noqa: E402  (needs celery)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -3,7 +3,6 @@
 Starts its own MongoDB-wire server (SecantusDB) so that it can stop and
 restart it under a running consumer.
 """
-import importlib.util
 import socket
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import time
 import pytest
 
 import minibatch as mb
-from tests.conftest import require_mongo
+from tests.conftest import require_module, require_mongo
 from tests.helpers import free_port, wait_until
 
 
@@ -55,8 +54,7 @@ class WireServer:
 @pytest.fixture
 def server(tmp_path):
     require_mongo()  # same rule as every MongoDB test: skipped on a laptop without it, required in CI
-    if importlib.util.find_spec('secantus') is None:
-        pytest.skip('secantusdb is not installed (scripts/test installs it)')
+    require_module('secantus', 'pip install --pre secantusdb')
     wire = WireServer(tmp_path / 'data')
     wire.start()
     yield wire

@@ -7,9 +7,10 @@ import pytest
 import minibatch as mb
 from minibatch.errors import ConfigurationError
 
+from tests.conftest import require_module
 from tests.helpers import wait_until
 
-distributed = pytest.importorskip('distributed')
+distributed = require_module('distributed', "pip install 'minibatch[dask]'")
 
 
 @pytest.fixture(scope='module')

@@ -16,9 +16,10 @@ import pytest
 import minibatch as mb
 from minibatch import streaming
 from minibatch.errors import ConfigurationError, InvalidMessage, MinibatchError, StoreUnavailable
+from tests.conftest import require_module
 from tests.helpers import free_port, wait_until
 
-kafka = pytest.importorskip('kafka')
+kafka = require_module('kafka', "pip install 'minibatch[kafka]'")
 from minibatch.contrib.kafka import KafkaSink, KafkaSinkError, KafkaSource  # noqa: E402
 
 END = b'"end of test data"'

@@ -20,9 +20,10 @@ import pytest
 import minibatch as mb
 from minibatch.contrib.mqtt import MQTTPublishError, MQTTSink, MQTTSource, parse_url
 from minibatch.errors import ConfigurationError, InvalidMessage
+from tests.conftest import require_module
 from tests.helpers import attach, free_port, settled, stop, wait_until
 
-mqtt = pytest.importorskip('paho.mqtt.client')
+mqtt = require_module('paho.mqtt.client', "pip install 'minibatch[mqtt]'")
 
 
 def unique(prefix):
