@@ -1,4 +1,5 @@
 """Small helpers shared by the test modules."""
+import signal
 import socket
 import time
 
@@ -46,3 +47,14 @@ def stop(stream, source, within=3.0):
     """Stop ``stream``'s sources and check that ``source`` has returned within ``within`` seconds."""
     stream.stop()
     assert source.stopped.wait(within), f'{source} still running {within}s after stream.stop()'
+
+
+def default_sigint():
+    """``preexec_fn`` for a child a test interrupts with SIGINT: Ctrl-C handled as usual.
+
+    A child inherits an ignored SIGINT (``bash scripts/test &`` runs the suite with
+    SIGINT ignored, as the shell does for every background job), and Python then
+    installs no KeyboardInterrupt handler; ``restore_signals`` resets only SIGPIPE,
+    SIGXFZ and SIGXFSZ, so this puts SIGINT back to its default before the exec.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -20,7 +20,7 @@ import minibatch as mb
 from minibatch.cli import cli
 from minibatch.cli_common import to_json
 
-from tests.helpers import wait_until
+from tests.helpers import default_sigint, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,7 +53,7 @@ def run(args, url=None, input=None, cwd=None, timeout=60):
 def start(args, url=None, cwd=None):
     """``python -m minibatch ARGS`` in the background, stdout lines readable through ``proc.lines``."""
     proc = subprocess.Popen([sys.executable, '-m', 'minibatch', *args], env=cli_env(url), cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint)
     proc.lines = queue.Queue()
 
     def pump():

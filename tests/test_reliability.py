@@ -12,7 +12,7 @@ import time
 
 
 import minibatch as mb
-from tests.helpers import settled, wait_until
+from tests.helpers import default_sigint, settled, wait_until
 
 HERE = os.path.dirname(__file__)
 CONSUMER = os.path.join(HERE, 'consumer_process.py')
@@ -20,7 +20,9 @@ CONSUMER = os.path.join(HERE, 'consumer_process.py')
 
 def start_consumer(url, stream, outdir, **options):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get('PYTHONPATH', '')]))
-    return subprocess.Popen([sys.executable, CONSUMER, url, stream, str(outdir), json.dumps(options)], env=env)
+    # SIGINT as Ctrl-C gives it, even when the suite itself runs with SIGINT ignored
+    return subprocess.Popen([sys.executable, CONSUMER, url, stream, str(outdir), json.dumps(options)], env=env,
+                            preexec_fn=default_sigint)
 
 
 def events(outdir, event):
