@@ -243,3 +243,58 @@ def test_mqtt_sink_to_a_wildcard_topic_fails_at_put_with_a_publish_error(mqtt_ur
             sink.put({'foo': 'bar'})
     finally:
         sink.close()
+
+
+# -- Celery --------------------------------------------------------------------
+class AppShapedLikeCelery:
+    """Not a celery.Celery: ``connection()``, ``events.Receiver(...)``, ``events.State()``, as 0.6 used them.
+
+    The receiver's ``capture()`` passes each of ``events`` to every handler it
+    was given, the way 0.6's own test double did, and then returns.
+    """
+
+    def __init__(self, events):
+        self.to_send = events
+        self.received_handlers = None
+        self.events = self  # app.events.Receiver / app.events.State
+        self.tasks = {}
+
+    @contextmanager
+    def connection(self):
+        yield 'a connection'
+
+    def Receiver(self, connection, handlers):
+        self.received_handlers = handlers
+        return self
+
+    def State(self):
+        return self
+
+    def event(self, event):  # State.event
+        task = self.tasks.setdefault(event.get('uuid'), MagicMock(state='SUCCESS'))
+        task.name = event.get('name', getattr(task, 'name', None))
+        return (task, True), 'task'
+
+    def capture(self, limit=None, timeout=None, wakeup=True):
+        for event in self.to_send:
+            for handler in self.received_handlers.values():
+                handler(event)
+
+
+def test_celery_source_takes_an_app_shaped_object_and_exposes_its_handlers(tmp_path):
+    pytest.importorskip('celery')
+    from minibatch.contrib.celery import CeleryEventSource
+    app = AppShapedLikeCelery([{'name': 'tests.add', 'uuid': '12345', 'runtime': 1.0},
+                               {'name': 'no task', 'runtime': 2.0}])
+    source = CeleryEventSource(app)
+    assert set(source.handlers) == {'*', 'task-succeeded', 'task-failed'}
+    assert all(callable(handler) for handler in source.handlers.values())
+    stream = mb.stream(unique('celery'), url=f'sqlite:///{tmp_path}/s.db')
+    stream.append = MagicMock()
+    source.stream(stream)  # returns: the double's capture() returns and stream.stop() is not needed
+    assert set(app.received_handlers) == set(source.handlers), 'the receiver got the handlers'
+    appended = [c.args[0] for c in stream.append.call_args_list]
+    # each of the two recording handlers appended each of the two events
+    assert sorted((m['task_event'], str(m['task_id'])) for m in appended) == [
+        ('task-failed', '12345'), ('task-failed', 'None'), ('task-succeeded', '12345'), ('task-succeeded', 'None')]
+    assert {m['task_name'] for m in appended} == {'tests.add', 'no task'}

@@ -10,6 +10,7 @@ not acknowledge them, and an event published while the source is not
 connected is never seen by it. The source therefore records what happens
 while it listens; it is a monitor, not a replacement for the result backend.
 """
+import functools
 import json
 
 from minibatch.contrib.base import Source, require
@@ -42,36 +43,52 @@ class CeleryEventSource(Source):
     every task event, so later events of the same task get the name too, as
     long as the source saw the earlier event.
 
-    It listens on the app's broker connection (``celeryapp.connection_for_read()``).
+    It listens on the app's broker connection (``celeryapp.connection_for_read()``,
+    or ``celeryapp.connection()`` for an object that only has that).
     A broker that cannot be reached or goes away logs one line on
     ``minibatch.contrib`` and is retried with a growing pause (see
     :class:`~minibatch.contrib.base.Source`); events sent meanwhile are not
     seen. ``stream.stop()`` ends the source within about ``poll_interval``
     seconds. Non-blocking to construct: nothing connects before ``stream()``.
 
-    :param celeryapp: the ``celery.Celery`` app whose broker carries the events
-    :param events: event types to record (a name or a list, e.g.
-        ``['task-succeeded', 'task-failed']``); default ``None`` (or ``'*'``):
-        every task event
-    :raises ConfigurationError: ``celeryapp`` is not a Celery app, or an event name is unknown
+    The receiver gets :attr:`handlers`, as in 0.6: ``'*'`` feeds
+    :attr:`state` with every event, and each recorded event type has a handler
+    that feeds the state and appends the message. Anything shaped like a
+    Celery app will do (``connection()``, ``events.Receiver(...)``,
+    ``events.State()``), a test double included; a receiver without
+    ``consume()`` is run with ``capture()``, as 0.6 ran it.
+
+    :param celeryapp: the ``celery.Celery`` app (or an object shaped like one)
+        whose broker carries the events
+    :param events: event types to record (a name or a list); default ``None``:
+        :attr:`default_events`, ``('task-succeeded', 'task-failed')`` as in
+        0.6; ``'*'``: every task event
+    :raises ConfigurationError: ``celeryapp`` is not shaped like a Celery app, or an event name is unknown
     :raises MissingDependencyError: celery is not installed
     """
     #: seconds the receiver waits for an event before it checks for stop()
     poll_interval = 0.25
+    #: the events recorded when ``events`` is not given (0.6's default)
+    default_events = ('task-succeeded', 'task-failed')
 
     def __init__(self, celeryapp, events=None):
         require('celery', 'celery')
         super().__init__()
-        if not (hasattr(celeryapp, 'events') and hasattr(celeryapp, 'connection_for_read')):
-            raise ConfigurationError(f'CeleryEventSource needs a celery.Celery app, got {celeryapp!r}')
+        if not (hasattr(celeryapp, 'events') and
+                (hasattr(celeryapp, 'connection_for_read') or hasattr(celeryapp, 'connection'))):
+            raise ConfigurationError(f'CeleryEventSource needs a celery.Celery app (with events and '
+                                     f'connection()), got {celeryapp!r:.100}')
         self.celeryapp = celeryapp
         self.events = self._check_events(events)
         self.state = celeryapp.events.State()
         self._receiver = None
+        self._stream = None  # the stream the handlers append to, set when the source starts
 
-    @staticmethod
-    def _check_events(events):
-        if events is None or events == '*':
+    @classmethod
+    def _check_events(cls, events):
+        if events is None:
+            return frozenset(cls.default_events)
+        if events == '*':
             return frozenset(TASK_EVENTS)
         names = [events] if isinstance(events, str) else list(events)
         if '*' in names:
@@ -90,12 +107,43 @@ class CeleryEventSource(Source):
 
     stop = cancel
 
+    @property
+    def recv(self):
+        """The event receiver while the source listens, else None (0.6's name)."""
+        return self._receiver
+
+    @property
+    def handlers(self):
+        """The receiver's handlers, event type -> callable(event), as 0.6 had them.
+
+        ``'*'`` feeds :attr:`state` with any event without its own handler;
+        each type in :attr:`events` feeds the state and appends the message
+        to the stream the source feeds (an event passed without a ``type``
+        counts as the handler's type).
+        """
+        handlers = {'*': self._observe}
+        for kind in sorted(self.events):
+            handlers[kind] = functools.partial(self._on_event, kind)
+        return handlers
+
+    def stream(self, stream):
+        """Feed ``stream`` until :meth:`cancel` (see :class:`~minibatch.contrib.base.Source`)."""
+        self._stream = stream
+        super().stream(stream)
+
+    def _connection(self):
+        app = self.celeryapp
+        connect = getattr(app, 'connection_for_read', None) or app.connection
+        return connect()
+
     def run(self, stream):
         app = self.celeryapp
-        with app.connection_for_read() as connection:
-            # one attempt: the retries (and their log lines) are Source.stream's, not kombu's
-            connection.ensure_connection(max_retries=0)
-            receiver = app.events.Receiver(connection, handlers={'*': lambda event: self._record(stream, event)})
+        with self._connection() as connection:
+            ensure = getattr(connection, 'ensure_connection', None)
+            if ensure is not None:
+                # one attempt: the retries (and their log lines) are Source.stream's, not kombu's
+                ensure(max_retries=0)
+            receiver = app.events.Receiver(connection, handlers=self.handlers)
             receiver.connect_max_retries = 0
             iterations = 0
 
@@ -113,26 +161,39 @@ class CeleryEventSource(Source):
             if self.cancelled:  # stop() came before the receiver existed
                 return
             try:
-                for _ in receiver.consume(limit=None, timeout=None, safety_interval=self.poll_interval,
-                                          wakeup=False):
-                    pass
+                if hasattr(receiver, 'consume'):
+                    for _ in receiver.consume(limit=None, timeout=None, safety_interval=self.poll_interval,
+                                              wakeup=False):
+                        pass
+                else:  # an app-shaped object whose receiver only captures, as 0.6 called it
+                    receiver.capture(limit=None, timeout=None, wakeup=False)
+                    # its capture() returned: it has no more events (0.6's stream() returned here too)
+                    self._cancelled.set()
             finally:
                 self._receiver = None
                 self.ready.clear()
 
-    def _record(self, stream, event):
-        """Feed the state with a task event and append it if it is one of ``self.events``."""
-        kind = event.get('type', '')
-        if not kind.startswith('task-'):
-            return  # worker heartbeats and the like
-        task = None
+    def _observe(self, event):
+        """Feed the state with an event; returns the task it concerns, or None."""
         try:
             (task, _), _ = self.state.event(event)
+            return task
         except (KeyError, TypeError, ValueError):
             # an event without the fields State needs (uuid, hostname, clock) is still recorded
-            task = self.state.tasks.get(event.get('uuid'))
+            return getattr(self.state, 'tasks', {}).get(event.get('uuid'))
+
+    def _on_event(self, kind, event):
+        """The handler of event type ``kind``: feed the state, append the message."""
+        kind = event.get('type') or kind
         if kind not in self.events:
+            self._observe(event)  # called for another type than registered: only remember it
             return
+        if self._stream is None:
+            raise RuntimeError(f'{self} received an event but is not attached to a stream (stream.attach(source))')
+        self._record(self._stream, kind, event, self._observe(event))
+
+    def _record(self, stream, kind, event, task):
+        """Append the message of a task event of type ``kind``."""
         name = event.get('name') or getattr(task, 'name', None)
         state = _state_of(kind) or getattr(task, 'state', None)
         stream.append({
@@ -145,7 +206,7 @@ class CeleryEventSource(Source):
         })
 
     def __repr__(self):
-        return f'CeleryEventSource({self.celeryapp.main or "celery"!r})'
+        return f'CeleryEventSource({getattr(self.celeryapp, "main", None) or "celery"!r})'
 
 
 def _state_of(kind):
