@@ -298,3 +298,19 @@ def test_celery_source_takes_an_app_shaped_object_and_exposes_its_handlers(tmp_p
     assert sorted((m['task_event'], str(m['task_id'])) for m in appended) == [
         ('task-failed', '12345'), ('task-failed', 'None'), ('task-succeeded', '12345'), ('task-succeeded', 'None')]
     assert {m['task_name'] for m in appended} == {'tests.add', 'no task'}
+
+
+# -- MongoDB -------------------------------------------------------------------
+def test_mongo_replicaset_source_takes_0_6_arguments(mongo_url):
+    """0.6: ``MongoReplicasetSource(collection, size=1, idcol=None, delay=.1)``, positionally too."""
+    import pymongo
+    from minibatch.contrib.mongodb import MongoReplicasetSource
+    client = pymongo.MongoClient(mongo_url)
+    try:
+        coll = client.get_default_database()['compat']
+        source = MongoReplicasetSource(coll, 5, None, .1)
+        assert source.size == 5 and source.operations == ('insert',)
+        source = MongoReplicasetSource(coll, size=2, idcol='_id', delay=.5)
+        assert source.watch_kwargs == {}, 'idcol and delay do not reach collection.watch()'
+    finally:
+        client.close()

@@ -264,6 +264,9 @@ class MongoReplicasetSource(_CheckpointedSource):
         quickly ``cancel()`` takes effect)
     :param checkpoint: the name of the position in the stream's status;
         default ``'MongoReplicasetSource:<db>.<collection>'``
+    :param idcol, delay: accepted for 0.6's signature
+        ``MongoReplicasetSource(collection, size=1, idcol=None, delay=.1)`` and
+        not used: a change stream needs neither an id order nor a polling pause
     :param watch_kwargs: passed to ``collection.watch()`` (``batch_size``,
         ``collation``, ``full_document``, ...). ``resume_after``,
         ``start_after`` or ``start_at_operation_time`` apply only when no
@@ -281,8 +284,8 @@ class MongoReplicasetSource(_CheckpointedSource):
     """
     DOCUMENT_OPERATIONS = ('insert', 'update', 'replace')
 
-    def __init__(self, collection, size=1, operations=('insert',), change_events=False, pipeline=None,
-                 max_await=0.5, checkpoint=None, **watch_kwargs):
+    def __init__(self, collection, size=1, idcol=None, delay=.1, *, operations=('insert',), change_events=False,
+                 pipeline=None, max_await=0.5, checkpoint=None, **watch_kwargs):
         if isinstance(operations, str):
             operations = (operations,)
         operations = tuple(operations)
