@@ -3,6 +3,7 @@
 Starts its own MongoDB-wire server (SecantusDB) so that it can stop and
 restart it under a running consumer.
 """
+import os
 import socket
 import subprocess
 import sys
@@ -91,3 +92,59 @@ def test_consumer_survives_database_outage(server):
     assert set(seen) == set(range(60))
     stats = stream.stats()
     assert stats['available'] == stats['claimed'] == 0
+
+
+def fail_point(url, **config):
+    """Set a ``failCommand`` fail point on the server (mongod's test command); skip where it is off.
+
+    scripts/test starts its server with test commands enabled and sets
+    MINIBATCH_TEST_FAILPOINTS=1; there, a refusal fails the test. A real mongod
+    runs them only with ``--setParameter enableTestCommands=1``.
+    """
+    import pymongo
+    client = pymongo.MongoClient(url, serverSelectionTimeoutMS=5000)
+    try:
+        client.admin.command({'configureFailPoint': 'failCommand', **config})
+    except pymongo.errors.OperationFailure as exc:
+        if os.environ.get('MINIBATCH_TEST_FAILPOINTS') == '1':
+            raise
+        pytest.skip(f'the server does not run configureFailPoint (test commands off): {exc}')
+    finally:
+        client.close()
+
+
+def test_connection_dropped_at_commit_is_retried_and_delivers_once(mongo_url):
+    """The server closes the connection just as a finished window is committed (mongod's failCommand)."""
+    stream = mb.stream('dropped', url=mongo_url)
+    store = stream.store
+    failures = []
+    commit = store.commit
+
+    def watched_commit(*args, **kwargs):
+        try:
+            return commit(*args, **kwargs)
+        except store.transient_errors as exc:
+            failures.append(exc)
+            raise
+    store.commit = watched_commit
+    seen = []
+    stream.append([{'i': i} for i in range(6)])
+    # the next 'delete' (the first commit: keep=False deletes) finds its connection closed
+    fail_point(mongo_url, mode={'times': 1}, data={'failCommands': ['delete'], 'closeConnection': True})
+    try:
+        em = mb.make_emitter('dropped', lambda window: seen.extend(m['i'] for m in window.data), size=2,
+                             url=mongo_url, executor='inline', lease=30)
+        thread = threading.Thread(target=em.run)
+        thread.start()
+        try:
+            wait_until(lambda: stream.stats()['available'] == stream.stats()['claimed'] == 0, timeout=60,
+                       message='every window committed')
+        finally:
+            em.stop()
+            thread.join(30)
+    finally:
+        fail_point(mongo_url, mode='off')
+        del store.commit
+    assert failures, 'the fail point closed the connection of a commit'
+    assert sorted(seen) == list(range(6)), 'each message delivered once: the commit was retried, not lost'
+    assert em.stats['processed'] == 6 and em.stats['failed'] == 0
