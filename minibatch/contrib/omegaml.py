@@ -11,7 +11,7 @@ each window's result to a dataset with ``om.datasets.put``.
 never imported here: the instance you pass brings it.
 """
 from minibatch.contrib.base import require
-from minibatch.contrib.mongodb import MongoSource, json_safe
+from minibatch.contrib.mongodb import MongoSink, MongoSource, json_safe  # noqa: F401 (0.6 exported MongoSink here)
 from minibatch.errors import ConfigurationError, InvalidMessage
 
 #: the dataset kind of a DataFrame stored one document per row
