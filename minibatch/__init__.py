@@ -10,6 +10,8 @@ with ``@streaming`` receive them in windows::
     def consume(window):
         print(window.data)
 """
+import logging
+
 from minibatch.errors import (ConfigurationError, InvalidMessage, InvalidWindowSpec, MinibatchError,
                               MissingDependencyError, NotSupportedByStore, SinkError, StoreUnavailable,
                               UnknownStoreError)
@@ -17,8 +19,12 @@ from minibatch.models import Buffer, Stream, Window
 from minibatch.consumer import make_emitter, streaming
 from minibatch.window import CountWindow, FixedTimeWindow, RelaxedTimeWindow, WindowEmitter
 from minibatch.store import get_store, resolve_url
+from minibatch.legacy import IntegrityError, authenticated_url, patch_mongoengine, waitForConnection
 
 __version__ = '1.0.0.dev0'
+#: minibatch 0.6 exported the version under this name too
+version = __version__
+logger = logging.getLogger(__name__)
 
 __all__ = [
     # producing and consuming
@@ -29,24 +35,67 @@ __all__ = [
     'WindowEmitter', 'CountWindow', 'FixedTimeWindow', 'RelaxedTimeWindow',
     # stores
     'get_store', 'resolve_url',
+    # kept from minibatch 0.6 (see docs/compatibility.rst)
+    'authenticated_url', 'IntegrityError', 'patch_mongoengine', 'waitForConnection', 'version',
     # errors
     'MinibatchError', 'InvalidMessage', 'InvalidWindowSpec', 'ConfigurationError', 'UnknownStoreError',
     'MissingDependencyError', 'StoreUnavailable', 'NotSupportedByStore', 'SinkError',
 ]
 
 
-def stream(name, url=None, interval=None, batchsize=1, max_age=None, **cnx_kwargs):
-    """Return the stream ``name``, creating it if needed (see :meth:`Stream.get_or_create`)."""
-    return Stream.get_or_create(name, url=url, interval=interval, batchsize=batchsize, max_age=max_age,
-                                **cnx_kwargs)
+def stream(name, fn=None, url=None, interval=None, batchsize=1, max_age=None, **kwargs):
+    """Return the stream ``name``, creating it if needed (see :meth:`Stream.get_or_create`).
 
-
-def connectdb(url=None, **kwargs):
-    """Connect the mongoengine alias ``'minibatch'`` to MongoDB at ``url`` and return the database.
-
-    ``url`` defaults to ``MINIBATCH_URL`` / ``MINIBATCH_MONGO_URL`` / ``MONGO_URL``.
-    For the embedded store there is nothing to connect; the store object is returned.
+    As in minibatch 0.6, ``mb.stream(name, fn, size=N, ...)`` with a callable
+    ``fn`` consumes the stream with it instead: the same as
+    ``streaming(name, size=N, ...)(fn)``. A string in place of ``fn`` is
+    taken as the ``url``.
     """
+    if callable(fn):
+        return streaming(name, url=url, interval=interval, **kwargs)(fn)
+    if isinstance(fn, str) and url is None:
+        fn, url = None, fn
+    if fn is not None:
+        raise ConfigurationError(f'mb.stream(name, fn): fn must be a function to consume the stream with, '
+                                 f'got {fn!r}')
+    return Stream.get_or_create(name, url=url, interval=interval, batchsize=batchsize, max_age=max_age,
+                                **kwargs)
+
+
+def connectdb(url=None, dbname=None, alias=None, authSource='admin', fast_insert=True, **kwargs):
+    """Connect to the store at ``url`` and return its database, as minibatch 0.6 did.
+
+    ``url`` defaults to ``MINIBATCH_URL`` / ``MINIBATCH_MONGO_URL`` /
+    ``MONGO_URL``. For MongoDB the result is a pymongo ``Database``, with
+    the mongoengine alias ``'minibatch'`` connected (``Buffer.objects`` then
+    works); ``dbname`` picks another database than the URL's, and
+    ``authSource`` (default ``'admin'``, as in 0.6) is added to a URL that
+    names none. ``alias`` other than ``'minibatch'`` is refused: the
+    Documents live on that alias. For the embedded store there is nothing to
+    connect; the store object is returned.
+
+    :raises minibatch.errors.StoreUnavailable: the server cannot be reached in time
+    """
+    if alias not in (None, 'minibatch'):
+        raise ConfigurationError(f"connectdb(alias={alias!r}): minibatch's documents use the alias 'minibatch'; "
+                                 'connect other aliases with mongoengine.connect()')
+    url = resolve_url(url)
+    if url.startswith('mongodb'):
+        url = _with_database(url, dbname)
+        if authSource and authSource != 'admin':
+            # 'admin' is the MongoDB store's own default for a URL with credentials
+            kwargs['authSource'] = authSource
+    # fast_insert: a 0.6 option that had no effect there either
     store = get_store(url, **kwargs)
     connect = getattr(store, 'connect', None)
     return connect() if connect else store
+
+
+def _with_database(url, dbname):
+    """``url`` with its database path replaced by ``dbname`` (when given), the query string kept."""
+    if not dbname:
+        return url
+    scheme, _, rest = url.partition('://')
+    hosts, _, path = rest.partition('/')
+    query = path.partition('?')[2]
+    return f'{scheme}://{hosts}/{dbname}' + (f'?{query}' if query else '')

@@ -9,7 +9,8 @@ from minibatch.store.base import utcnow
 
 #: (header, key of stream_stats) of the per-stream table
 STREAM_COLUMNS = (('backlog', 'backlog'), ('in_flight', 'in_flight'), ('processed', 'processed'),
-                  ('failed', 'failed'), ('dead', 'dead'), ('rate/s', 'rate'), ('consumers', 'consumers_alive'),
+                  ('failed', 'failed'), ('dead', 'dead'), ('expired', 'expired'), ('rate/s', 'rate'),
+                  ('consumers', 'consumers_alive'),
                   ('windows', 'windows'))
 
 CONSUMER_COLUMNS = ('consumer', 'host', 'pid', 'state', 'seen', 'alive', 'processed', 'failed', 'rate/s')

@@ -1,24 +1,42 @@
 """``@streaming`` and ``make_emitter``: turning a function into a stream consumer."""
+import logging
 import threading
 
 from minibatch.errors import ConfigurationError, InvalidWindowSpec
 from minibatch.executors import check_executor
 from minibatch.window import CountWindow, FixedTimeWindow, RelaxedTimeWindow, validate_emitter_class
 
+logger = logging.getLogger(__name__)
 
-def make_emitter(name, emitfn=None, interval=None, size=None, relaxed=True, url=None, sink=None, emitter=None,
-                 executor=None, keep=False, queue=None, cnx_kwargs=None, workers=None, max_workers=None,
-                 **kwargs):
+
+def _check_window_args(size, interval):
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise InvalidWindowSpec(f'size must be an integer >= 1, got {size!r}')
+    if interval is not None and (isinstance(interval, bool) or not isinstance(interval, (int, float))
+                                 or interval <= 0):
+        raise InvalidWindowSpec(f'interval must be a number of seconds > 0, got {interval!r}')
+
+
+def make_emitter(name, emitfn=None, interval=None, size=None, relaxed=False, url=None, sink=None, emitter=None,
+                 keep=False, queue=None, source=None, cnx_kwargs=None, executor=None, workers=None,
+                 max_workers=None, **kwargs):
     """Build the window emitter for stream ``name`` without running it.
 
-    Exactly one of ``size=N`` (:class:`CountWindow`), ``interval=S``
-    (:class:`RelaxedTimeWindow`, or :class:`FixedTimeWindow` with
-    ``relaxed=False``) or ``emitter=Class`` chooses the strategy; ``emitter``
-    may be combined with ``size`` or ``interval``, which it then receives as
-    ``interval``. With none of them, the stream's own interval is used with a
-    relaxed time window. Other keyword arguments reach the emitter class.
+    The strategy, as in minibatch 0.6:
 
-    :raises minibatch.errors.InvalidWindowSpec: inconsistent or out-of-range window arguments
+    - ``emitter=Class``: that :class:`~minibatch.window.WindowEmitter`
+      subclass, given ``size=`` and ``interval=`` as passed (a custom emitter
+      that gets only ``size`` sees it as ``interval`` too, see docs/windows.rst);
+    - else ``interval=S``: a :class:`FixedTimeWindow`, or a
+      :class:`RelaxedTimeWindow` with ``relaxed=True`` (note: ``relaxed``
+      defaults to False here and to True in :func:`streaming`, as in 0.6);
+      a ``size`` given too is ignored, as 0.6 did, with a warning;
+    - else a :class:`CountWindow` of ``size`` messages (default 1).
+
+    ``source=`` attaches a source to the stream first. Other keyword
+    arguments reach the emitter class.
+
+    :raises minibatch.errors.InvalidWindowSpec: out-of-range window arguments
     :raises minibatch.errors.ConfigurationError: a bad stream name, ``executor=`` or ``workers=``
     """
     from minibatch.models import Stream
@@ -26,25 +44,22 @@ def make_emitter(name, emitfn=None, interval=None, size=None, relaxed=True, url=
         raise ConfigurationError(f'a stream name must be a non-empty string, got {name!r}')
     workers = workers if workers is not None else max_workers
     check_executor(executor, workers)
-    if size is not None and interval is not None:
-        raise InvalidWindowSpec('give either size= (count windows) or interval= (time windows), not both')
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise InvalidWindowSpec(f'size must be an integer >= 1, got {size!r}')
-    if interval is not None and (isinstance(interval, bool) or not isinstance(interval, (int, float))
-                                 or interval <= 0):
-        raise InvalidWindowSpec(f'interval must be a number of seconds > 0, got {interval!r}')
-    if size is not None and not relaxed and emitter is None:
-        raise InvalidWindowSpec('relaxed=False applies to time windows: use interval= with it, not size=')
+    _check_window_args(size, interval)
     options = dict(emitfn=emitfn, url=url, sink=sink, executor=executor, keep=keep, queue=queue,
                    cnx_kwargs=cnx_kwargs, workers=workers, **kwargs)
     if emitter is not None:
-        cls = validate_emitter_class(emitter)
-        return cls(name, interval=size if size is not None else interval, **options)
-    if size is not None:
-        return CountWindow(name, interval=size, **options)
-    if interval is None:
-        interval = Stream.get_or_create(name, url=url, **(cnx_kwargs or {})).interval
-    return (RelaxedTimeWindow if relaxed else FixedTimeWindow)(name, interval=interval, **options)
+        em = validate_emitter_class(emitter)(name, size=size, interval=interval, **options)
+    elif interval is not None:
+        if size is not None:
+            logger.warning('minibatch: size=%r is ignored with interval=%r (a time window, as in minibatch 0.6); '
+                           'for a count window that looks every interval seconds use emitter=CountWindow',
+                           size, interval)
+        em = (RelaxedTimeWindow if relaxed else FixedTimeWindow)(name, interval=interval, **options)
+    else:
+        em = CountWindow(name, size=size if size is not None else 1, **options)
+    if source is not None:
+        em.stream.attach(source)
+    return em
 
 
 def streaming(name, fn=None, interval=None, size=None, emitter=None, relaxed=True, keep=False, url=None,
@@ -57,7 +72,10 @@ def streaming(name, fn=None, interval=None, size=None, emitter=None, relaxed=Tru
     ``blocking=False`` it runs in a background thread and the decorator
     returns the emitter (call ``.stop()`` to end it). ``source=`` attaches a
     source to the stream first. ``decorator.make(fn)`` returns the emitter
-    without running it. Window arguments are checked here, at decoration time.
+    without running it; ``decorator.apply(fn)`` is the decorator itself.
+    With neither ``size`` nor ``interval`` nor ``emitter``, windows are of
+    one message (as in minibatch 0.6). Window arguments are checked here, at
+    decoration time.
 
     See :func:`make_emitter` and :class:`~minibatch.window.WindowEmitter` for the other arguments
     (``max_attempts=``, ``lease=``, ``retry_backoff=``, ``emit_empty=``).
@@ -83,6 +101,7 @@ def streaming(name, fn=None, interval=None, size=None, emitter=None, relaxed=Tru
         return em
 
     decorator.make = build
+    decorator.apply = decorator
     if fn is not None:
         return decorator(fn)
     return decorator

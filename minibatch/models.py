@@ -21,6 +21,7 @@ from bson import ObjectId
 from mongoengine import (BooleanField, DateTimeField, DictField, Document, DynamicField, FloatField, IntField,
                          ListField, StringField)
 
+from minibatch import retention
 from minibatch.errors import ConfigurationError, NotSupportedByStore
 from minibatch.store import get_store
 from minibatch.store.base import AVAILABLE, STATES, utcnow
@@ -97,6 +98,19 @@ class Window(Document):
 _batching_streams = weakref.WeakSet()
 
 
+class Records(list):
+    """A list of records that also answers ``count()`` with its length, as a queryset does."""
+
+    def count(self, *args):
+        return super().count(*args) if args else len(self)
+
+
+def _refuse_filters(store, filters):
+    if filters:
+        raise NotSupportedByStore(f'filters {", ".join(sorted(filters))} need the MongoDB store (querysets); '
+                                  f'{store.describe()} takes processed= and limit= only')
+
+
 @atexit.register
 def _flush_all_at_exit():
     # an unflushed batch at interpreter exit would be silent loss
@@ -136,8 +150,14 @@ class Stream(Document):
         :param batchsize: appends are collected and written ``batchsize`` at a
             time (one round trip per batch); a partial batch is written after
             0.5 s, on ``flush()`` and at interpreter exit. 1 writes every append at once.
-        :param max_age: seconds to retain processed data (kept messages, window
-            records); unprocessed messages are never dropped
+        :param max_age: the retention limit, as in minibatch 0.6: seconds, or a
+            dict of ``datetime.timedelta`` arguments (``{'minutes': 5}``).
+            Messages older than that leave the stream, processed or not; a
+            background thread of this process applies it every ``max_age / 2``
+            seconds (at most every minute) even when no consumer runs, until
+            ``stream.stop()`` or ``stream.autoclear(None)``. What it removes
+            unprocessed is counted (``stats()['expired']``) and logged.
+            None (the default) leaves the stream's limit as it is.
         :param cnx_kwargs: passed to the store's client (e.g. pymongo's
             ``serverSelectionTimeoutMS``, ``tls``, ``authSource``)
         :raises minibatch.errors.StoreUnavailable: the store cannot be reached
@@ -146,9 +166,13 @@ class Stream(Document):
             raise ConfigurationError(f'a stream name must be a non-empty string, got {name!r}')
         if isinstance(batchsize, bool) or not isinstance(batchsize, int) or batchsize < 1:
             raise ConfigurationError(f'batchsize must be an integer >= 1, got {batchsize!r}')
+        max_age = retention.max_age_seconds(max_age)
         store = get_store(url, **cnx_kwargs)
         info = store.ensure_stream(name, interval=interval, max_age=max_age)
-        return cls._from_info(store, info, batchsize=batchsize)
+        stream = cls._from_info(store, info, batchsize=batchsize)
+        if max_age is not None:
+            retention.start(store, name, max_age)
+        return stream
 
     @classmethod
     def _from_info(cls, store, info, batchsize=1):
@@ -239,6 +263,30 @@ class Stream(Document):
         self._flusher.start()
 
     # -- sources ----------------------------------------------------------
+    @property
+    def batchsize(self) -> int:
+        """Appends collected per write (1: every append is written at once)."""
+        return getattr(self, '_batchsize', 1)
+
+    @batchsize.setter
+    def batchsize(self, size: int) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigurationError(f'batchsize must be an integer >= 1, got {size!r}')
+        if size <= 1:
+            self.flush()
+        self._batchsize = size
+        if size > 1:
+            _batching_streams.add(self)
+
+    def ensure_initialized(self):
+        """Kept from 0.6, where a new stream was opened in a second step; here a stream is ready when created."""
+
+    @property
+    def source(self):
+        """The source attached last (None if none), as in minibatch 0.6."""
+        sources = getattr(self, '_sources', None)
+        return sources[-1] if sources else None
+
     def attach(self, source, background=True):
         """Feed this stream from ``source`` (an object with ``stream(stream)``).
 
@@ -255,12 +303,28 @@ class Stream(Document):
         return source
 
     def stop(self):
-        """Stop every attached source (``source.cancel()``) and flush pending appends."""
+        """Stop every attached source (``source.cancel()``) and this process's housekeeping; flush appends."""
         for source in getattr(self, '_sources', []):
             cancel = getattr(source, 'cancel', None) or getattr(source, 'stop', None)
             if cancel:
                 cancel()
+        retention.stop(self.store, self.name)
         self.flush()
+
+    def autoclear(self, max_age=None):
+        """Set the retention limit (see ``max_age`` of :meth:`get_or_create`); None removes it.
+
+        With a limit, this process's housekeeping thread runs (started or
+        updated); with None, the stream keeps its messages again and the
+        thread stops.
+        """
+        seconds = retention.max_age_seconds(max_age)
+        self.store.update_stream(self.name, max_age=seconds)
+        self.max_age = seconds
+        if seconds is None:
+            retention.stop(self.store, self.name)
+        else:
+            retention.start(self.store, self.name, seconds)
 
     # -- consuming --------------------------------------------------------
     def streaming(self, fn=None, **kwargs):
@@ -270,34 +334,40 @@ class Stream(Document):
         return streaming(self.name, fn=fn, **kwargs)
 
     # -- inspecting -------------------------------------------------------
-    def buffer(self, processed=None, limit=None):
+    def buffer(self, processed=None, limit=None, **filters):
         """The stream's messages, oldest first (``processed=False``: only those waiting).
 
-        MongoDB: a ``Buffer`` queryset; other stores: a list of ``Buffer`` objects.
+        MongoDB: a ``Buffer`` queryset, further filtered by ``filters``
+        (mongoengine lookups such as ``created__lte=t``, as in 0.6). Other
+        stores: a list of ``Buffer`` objects whose ``count()`` is its length;
+        they take no other filters (NotSupportedByStore names them).
         """
         if self.store.querysets:
-            qs = self.store.queryset(Buffer).filter(stream=self.name).order_by('_id')
+            qs = self.store.queryset(Buffer).filter(stream=self.name, **filters).order_by('_id')
             if processed is not None:
                 qs = qs.filter(processed=processed)
             return qs.limit(limit) if limit else qs
+        _refuse_filters(self.store, filters)
         if processed is False:
             messages = self.store.messages(self.name, state=AVAILABLE, limit=limit)
         else:
             messages = [m for m in self.store.messages(self.name) if processed is None or m.processed]
             messages = messages[:limit] if limit else messages
-        return [Buffer(id=m.id, stream=m.stream, created=m.created, data=m.data, processed=m.processed,
-                       state=m.state, attempts=m.attempts, error=m.error) for m in messages]
+        return Records(Buffer(id=m.id, stream=m.stream, created=m.created, data=m.data, processed=m.processed,
+                              state=m.state, attempts=m.attempts, error=m.error) for m in messages)
 
-    def window(self, processed=None):
+    def window(self, processed=None, **filters):
         """The stream's window records, oldest first.
 
-        MongoDB: a ``Window`` queryset; other stores: a list of ``Window`` objects.
+        MongoDB: a ``Window`` queryset (``filters`` as for :meth:`buffer`);
+        other stores: a list of ``Window`` objects with ``count()``.
         """
         if self.store.querysets:
-            qs = self.store.queryset(Window).filter(stream=self.name).order_by('_id')
+            qs = self.store.queryset(Window).filter(stream=self.name, **filters).order_by('_id')
             return qs.filter(processed=processed) if processed is not None else qs
-        return [Window(id=w.id, stream=w.stream, created=w.created, data=w.data, processed=w.processed,
-                       query=w.query) for w in self.store.windows(self.name, processed=processed)]
+        _refuse_filters(self.store, filters)
+        return Records(Window(id=w.id, stream=w.stream, created=w.created, data=w.data, processed=w.processed,
+                              query=w.query) for w in self.store.windows(self.name, processed=processed))
 
     def stats(self):
         """The stream's figures: messages per state, backlog, processed, failed, rate, consumers.
@@ -336,9 +406,14 @@ class Stream(Document):
         return self.store.purge_dead(self.name, ids=ids)
 
     def housekeep(self, max_age=None):
-        """Remove processed data older than ``max_age`` (default: the stream's); returns the count."""
-        max_age = max_age if max_age is not None else self.max_age
-        return self.store.housekeep(self.name, max_age) if max_age else 0
+        """Apply the retention limit once, now: remove messages (processed or not) older than ``max_age``.
+
+        ``max_age`` defaults to the stream's own; without one, nothing is
+        removed. Removes data; returns the number of records removed. See
+        :meth:`get_or_create` for what is kept (claimed messages, dead letters).
+        """
+        max_age = retention.max_age_seconds(max_age) if max_age is not None else self.max_age
+        return retention.expire(self.store, self.name, max_age) if max_age else 0
 
     # -- removing ---------------------------------------------------------
     def clear(self):

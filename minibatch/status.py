@@ -25,6 +25,8 @@ def stream_stats(store, name, now=None):
       the store holds (so it survives ``keep=False`` deleting them);
     - ``failed``: failed window attempts, summed the same way;
     - ``dead_lettered``: messages in the dead letters (same as ``dead``);
+    - ``expired``: messages the stream's ``max_age`` removed before they
+      were processed, in all (a running total kept by the store);
     - ``rate``: messages per second committed by the alive consumers, over
       their last report period;
     - ``consumers_alive``: consumers whose last report is recent and that did

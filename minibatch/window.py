@@ -27,6 +27,7 @@ import uuid
 
 from minibatch.errors import ConfigurationError, InvalidWindowSpec
 from minibatch.executors import make_executor
+from minibatch.legacy import LegacyEmitterAPI
 from minibatch.marshaller import marshal
 from minibatch.models import Stream, Window
 from minibatch.store.base import Message, utcnow
@@ -45,7 +46,7 @@ class InFlight:
         self.renewed = time.monotonic()
 
 
-class WindowEmitter:
+class WindowEmitter(LegacyEmitterAPI):
     """Base class of window strategies; runs the consumer loop.
 
     :param stream: stream name or :class:`~minibatch.models.Stream`
@@ -75,18 +76,28 @@ class WindowEmitter:
     #: an idle consumer notices stop() (or SIGTERM) within this many seconds
     STOP_CHECK = 0.25
 
-    def __init__(self, stream, interval=None, processfn=None, emitfn=None, executor=None, workers=None,
-                 max_workers=None, keep=False, sink=None, queue=None, emit_empty=False, max_attempts=3,
-                 lease=60.0, retry_backoff=1.0, url=None, cnx_kwargs=None, **kwargs):
+    def __init__(self, stream_name, interval=None, processfn=None, emitfn=None, emit_empty=False, executor=None,
+                 max_workers=None, stream=None, stream_url=None, forwardfn=None, queue=None, *, size=None,
+                 workers=None, keep=False, sink=None, max_attempts=3, lease=60.0, retry_backoff=1.0, url=None,
+                 cnx_kwargs=None, **kwargs):
+        # the positional order and the names stream=, stream_url=, forwardfn= are minibatch 0.6's
         if max_attempts is None or int(max_attempts) < 1:
             raise InvalidWindowSpec(f'max_attempts must be >= 1, got {max_attempts!r}')
         if lease is None or lease <= 0:
             raise InvalidWindowSpec(f'lease must be a positive number of seconds, got {lease!r}')
-        self._stream_arg = stream
-        self.stream_name = stream.name if isinstance(stream, Stream) else stream
+        if stream is not None:
+            stream_name = stream
+        url = url if url is not None else stream_url
+        if sink is None and forwardfn is not None:
+            sink = _CallableSink(forwardfn)
+        self._stream_arg = stream_name
+        self.stream_name = stream_name.name if isinstance(stream_name, Stream) else stream_name
         self.url = url
         self.cnx_kwargs = cnx_kwargs or {}
-        self.interval = interval
+        #: the strategy's parameter: 1 by default (as in 0.6); a custom emitter given only size= sees it here
+        self.interval = interval if interval is not None else (size if size is not None else 1)
+        #: the size= given to @streaming / make_emitter, if any
+        self.size = size
         self.processfn = processfn
         self.emitfn = emitfn
         self.executor_arg = executor
@@ -180,7 +191,12 @@ class WindowEmitter:
         ``qs`` may hold :class:`Message` objects, ``Buffer`` documents or ids.
         Messages another consumer took first are silently left out; the rest
         keep the order of ``qs`` (a custom emitter may have sorted them).
+        With a ``processfn``, what it returns is the window (see :meth:`select`).
         """
+        return self.select(self.claim(qs))
+
+    def claim(self, qs):
+        """Claim ``qs`` atomically under one new lease token; return the claimed, in the order of ``qs``."""
         items = [_as_claimable(m) for m in (qs or [])]
         if not items:
             return []
@@ -190,15 +206,26 @@ class WindowEmitter:
         claimed.sort(key=lambda m: position.get(m.id, len(position)))
         for message in claimed:
             message.token = token
-        if claimed and self.processfn is not None:
-            kept = self.processfn(claimed)
-            dropped = {m.id for m in claimed} - {m.id for m in kept}
-            if dropped:  # processfn filtered them out: they are done, not lost
-                self.store.commit(self.stream_name, token, list(dropped), keep=self.keep)
-            claimed = kept
         return claimed
 
-    def emit(self, qs):
+    def select(self, claimed):
+        """Apply ``processfn`` to a claimed window: what it returns is emitted.
+
+        Claimed messages it leaves out are committed at once (they are done,
+        not lost, and not delivered again); without a ``processfn`` the
+        window is ``claimed`` unchanged. An empty result emits nothing unless
+        ``emit_empty``.
+        """
+        if not claimed or self.processfn is None:
+            return claimed
+        kept = list(self.processfn(claimed) or [])
+        dropped = {m.id for m in claimed} - {getattr(m, 'id', None) for m in kept}
+        if dropped:
+            done = self.store.commit(self.stream_name, claimed[0].token, list(dropped), keep=self.keep)
+            self.stats['processed'] += done
+        return kept
+
+    def emit(self, qs, query_args=None):
         """Record a window of the claimed messages ``qs`` and submit the function. Returns the Window."""
         data = [m.data for m in qs]
         window = Window.for_data(self.stream_name, data, id=self.store.save_window(self.stream_name, data))
@@ -236,7 +263,7 @@ class WindowEmitter:
         self.stats['committed'] += 1
         self.stats['processed'] += done
 
-    def undo(self, qs, window, error=None):
+    def undo(self, qs, window=None, error=None):
         """The window failed: count an attempt per message, retry after a backoff or dead-letter."""
         self.stats['failed'] += 1
         if not qs:
@@ -513,9 +540,16 @@ class WindowEmitter:
 
 
 class CountWindow(WindowEmitter):
-    """Emit windows of exactly ``interval`` (= ``size``) messages, oldest first.
+    """Emit windows of exactly ``size`` messages, oldest first.
 
-    Waits until that many are available. With competing consumers, a
+    ``CountWindow(stream, size=None, interval=None)`` as in minibatch 0.6:
+    ``size`` is the count (default 1; given only ``interval``, that is the
+    count); ``interval`` was, in 0.6, the pause between looks (default
+    0.01 s). It is kept as an attribute, but an idle consumer here is woken
+    by the store when messages arrive and otherwise polls with a backoff
+    (see docs/compatibility.rst), so it no longer sets the pace.
+
+    Waits until ``size`` messages are available. With competing consumers, a
     consumer that could claim only part of a window gives it back and retries.
     """
 
@@ -525,11 +559,14 @@ class CountWindow(WindowEmitter):
     #: ... but never more messages than this per read
     MAX_LOOKAHEAD = 2000
 
-    def __init__(self, stream, interval=None, **kwargs):
-        super().__init__(stream, interval=interval, **kwargs)
-        if not isinstance(interval, int) or isinstance(interval, bool) or interval < 1:
-            raise InvalidWindowSpec(f'CountWindow needs size >= 1 (an integer), got {interval!r}')
-        self.size = interval
+    def __init__(self, stream_name, size=None, interval=None, **kwargs):
+        count = size if size is not None else (interval if interval is not None else 1)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise InvalidWindowSpec(f'CountWindow needs size >= 1 (an integer), got {count!r}')
+        look = interval if interval is not None else 0.01
+        if isinstance(look, bool) or not isinstance(look, (int, float)) or look <= 0:
+            raise InvalidWindowSpec(f'CountWindow interval is seconds between looks (> 0), got {interval!r}')
+        super().__init__(stream_name, interval=look, size=count, **kwargs)
         self._ahead = []  # available messages read ahead, oldest first
 
     def window_ready(self):
@@ -543,7 +580,7 @@ class CountWindow(WindowEmitter):
         return list(candidates)
 
     def process(self, qs):
-        claimed = super().process(qs)
+        claimed = self.claim(qs)
         # whether we got them or another consumer did, these are gone; competing
         # consumers then move on to the next window read ahead instead of all
         # racing again for the oldest one (only a short read-ahead is read anew)
@@ -562,12 +599,14 @@ class CountWindow(WindowEmitter):
         if claimed and len(claimed) < self.size:
             self.store.unclaim(self.stream_name, claimed[0].token, [m.id for m in claimed])
             return []
-        return claimed[:self.size]
+        # a full window is claimed; processfn then chooses what of it is emitted
+        return self.select(claimed[:self.size])
 
 
 class _TimeWindow(WindowEmitter):
-    def __init__(self, stream, interval=None, **kwargs):
-        super().__init__(stream, interval=interval, **kwargs)
+    def __init__(self, stream_name, interval=None, **kwargs):
+        super().__init__(stream_name, interval=interval, **kwargs)
+        interval = self.interval  # as in 0.6: 1 second when not given
         if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
             raise InvalidWindowSpec(f'{type(self).__name__} needs interval > 0 (seconds), got {interval!r}')
         self.interval = float(interval)
@@ -585,8 +624,8 @@ class RelaxedTimeWindow(_TimeWindow):
     :class:`FixedTimeWindow` for that).
     """
 
-    def __init__(self, stream, interval=None, **kwargs):
-        super().__init__(stream, interval=interval, **kwargs)
+    def __init__(self, stream_name, interval=None, **kwargs):
+        super().__init__(stream_name, interval=interval, **kwargs)
         self._next = time.monotonic() + self.interval
 
     def window_ready(self):
@@ -618,8 +657,8 @@ class FixedTimeWindow(_TimeWindow):
     """
     MAX_CATCH_UP = 10
 
-    def __init__(self, stream, interval=None, **kwargs):
-        super().__init__(stream, interval=interval, **kwargs)
+    def __init__(self, stream_name, interval=None, **kwargs):
+        super().__init__(stream_name, interval=interval, **kwargs)
         self._last_read = None
 
     def window_ready(self):
@@ -642,6 +681,13 @@ class FixedTimeWindow(_TimeWindow):
             return 0.0
         slot_end = self._last_read + datetime.timedelta(seconds=self.interval)
         return max(0.0, (slot_end - utcnow()).total_seconds())
+
+
+class _CallableSink:
+    """A sink around a plain callable: minibatch 0.6's ``forwardfn=``."""
+
+    def __init__(self, fn):
+        self.put = fn
 
 
 def _as_claimable(item):

@@ -548,7 +548,7 @@ def test_buffer_objects_sees_waiting_messages(mongo_url):
 
 
 # -- housekeeping ----------------------------------------------------------
-def test_housekeep_removes_old_kept_messages_only(store_url):
+def test_housekeep_removes_old_messages_processed_or_not(store_url):
     stream = mb.stream(name_of(), url=store_url, max_age=3600)
     assert stream.max_age == 3600
     fill(stream, 6)
@@ -559,12 +559,13 @@ def test_housekeep_removes_old_kept_messages_only(store_url):
     assert (counts['done'], counts['available'], counts['windows']) == (4, 2, 2)
     assert stream.housekeep() == 0  # nothing is an hour old
     removed = []
-    wait_until(lambda: removed.append(stream.housekeep(max_age=0.2)) or sum(removed) >= 6, timeout=5,
-               message='4 done messages and 2 windows to age out')
-    assert sum(removed) == 6
+    wait_until(lambda: removed.append(stream.housekeep(max_age=0.2)) or sum(removed) >= 8, timeout=5,
+               message='4 done and 2 waiting messages and 2 windows to age out')
+    assert sum(removed) == 8
     counts = stream.stats()
-    assert (counts['done'], counts['available'], counts['windows']) == (0, 2, 0)
-    assert [b.data['i'] for b in stream.buffer()] == [4, 5]
+    assert (counts['done'], counts['available'], counts['windows'], counts['expired']) == (0, 0, 0, 2)
+    assert list(stream.buffer()) == []
+    stream.stop()
 
 
 def test_fixed_time_window_merges_slots_it_is_far_behind(store_url):

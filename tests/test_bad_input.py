@@ -130,14 +130,12 @@ class NotAnEmitter:
     (dict(interval=0), ['interval', '0']),
     (dict(interval=-1), ['interval', '-1']),
     (dict(interval='soon'), ['interval', 'soon']),
-    (dict(size=2, interval=1), ['size', 'interval']),
-    (dict(size=2, relaxed=False), ['relaxed', 'interval']),
     (dict(size=2, max_attempts=0), ['max_attempts', '0']),
     (dict(emitter=NotAnEmitter), ['WindowEmitter', 'NotAnEmitter']),
     (dict(emitter='CountWindow'), ['WindowEmitter', 'CountWindow']),
     (dict(emitter=CountWindow(name_of(), interval=1)), ['WindowEmitter', 'CountWindow']),
-], ids=['size0', 'size-1', 'size1.5', 'sizeTrue', 'interval0', 'interval-1', 'interval-str', 'both',
-        'fixed-with-size', 'max_attempts0', 'emitter-class', 'emitter-str', 'emitter-instance'])
+], ids=['size0', 'size-1', 'size1.5', 'sizeTrue', 'interval0', 'interval-1', 'interval-str',
+        'max_attempts0', 'emitter-class', 'emitter-str', 'emitter-instance'])
 def test_invalid_window_spec_rejected_at_decoration(store_url, kwargs, words):
     name = name_of()
     with pytest.raises(ValueError) as excinfo:

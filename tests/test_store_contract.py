@@ -452,7 +452,7 @@ def test_windows_save_mark_list(store):
 
 # -- inspection and housekeeping --------------------------------------------
 def test_counts_every_state(store):
-    assert store.counts('unknown') == dict.fromkeys(STATES + ('windows',), 0)
+    assert store.counts('unknown') == dict.fromkeys(STATES + ('windows', 'expired'), 0)
     ids = fill(store, 6)
     t1, t2, t3 = token(), token(), token()
     store.claim(S, ids[0:2], t1, 30)
@@ -462,10 +462,10 @@ def test_counts_every_state(store):
     store.claim(S, ids[3:4], t3, 30)
     store.release(S, t3, ids[3:4], backoff=60)
     store.save_window(S, [{'i': 0}])
-    assert store.counts(S) == {AVAILABLE: 2, CLAIMED: 1, RETRY: 1, DONE: 1, DEAD: 1, 'windows': 1}
+    assert store.counts(S) == {AVAILABLE: 2, CLAIMED: 1, RETRY: 1, DONE: 1, DEAD: 1, 'windows': 1, 'expired': 0}
 
 
-def test_housekeep_removes_only_old_done_messages_and_processed_windows(store):
+def test_housekeep_removes_old_messages_processed_or_not_and_counts_the_unprocessed(store):
     ids = fill(store, 6)
     t1, t2, t3 = token(), token(), token()
     store.claim(S, ids[0:2], t1, 60)
@@ -477,19 +477,35 @@ def test_housekeep_removes_only_old_done_messages_and_processed_windows(store):
     old_done_window = store.save_window(S, [{'i': 0}])
     store.mark_window(old_done_window)
     open_window = store.save_window(S, [{'i': 1}])
+    fill(store, 2, name='other')  # another stream's old messages are not this stream's business
     time.sleep(0.4)
-    fresh = store.append(S, [{'new': 1}])
+    fresh = store.append(S, [{'new': 1}, {'new': 2}])
     t4 = token()
-    store.claim(S, fresh, t4, 60)
-    store.commit(S, t4, fresh, keep=True)
+    store.claim(S, fresh[:1], t4, 60)
+    store.commit(S, t4, fresh[:1], keep=True)
     fresh_window = store.save_window(S, [{'i': 2}])
     store.mark_window(fresh_window)
-    assert store.housekeep(S, max_age=0.3) == 2
+    # old: ids[0] done, ids[3] retry, ids[4], ids[5] available (3 unprocessed), one processed window
+    assert store.housekeep(S, max_age=0.3) == (5, 3)
     assert sorted(states(store).items()) == sorted({
-        ids[1]: CLAIMED, ids[2]: DEAD, ids[3]: RETRY, ids[4]: AVAILABLE, ids[5]: AVAILABLE,
-        fresh[0]: DONE}.items())
+        ids[1]: CLAIMED, ids[2]: DEAD, fresh[0]: DONE, fresh[1]: AVAILABLE}.items())
     assert [w.id for w in store.windows(S)] == [open_window, fresh_window]
-    assert store.housekeep(S, max_age=0.3) == 0
+    assert store.counts(S)['expired'] == 3
+    assert store.counts('other')[AVAILABLE] == 2 and store.counts('other')['expired'] == 0
+    assert store.housekeep(S, max_age=0.3) == (0, 0)
+    # the claimed one, given back, is expired by the next round; the total grows
+    store.unclaim(S, t1, ids[1:2])
+    assert store.housekeep(S, max_age=0.3) == (1, 1)
+    assert store.counts(S)['expired'] == 4
+
+
+def test_deleting_a_stream_resets_its_expired_total(store):
+    fill(store, 2)
+    time.sleep(0.05)
+    assert store.housekeep(S, max_age=0.01) == (2, 2)
+    store.delete_stream(S)
+    store.ensure_stream(S)
+    assert store.counts(S)['expired'] == 0
 
 
 def test_clear_keeps_stream_record(store):
@@ -510,7 +526,7 @@ def test_delete_stream(store):
     fill(store, 1, name='other')
     assert store.delete_stream(S) is None
     assert store.get_stream(S) is None
-    assert store.counts(S) == dict.fromkeys(STATES + ('windows',), 0)
+    assert store.counts(S) == dict.fromkeys(STATES + ('windows', 'expired'), 0)
     assert [s.name for s in store.list_streams()] == ['other']
     assert store.counts('other')[AVAILABLE] == 1
     store.delete_stream('missing')  # not an error

@@ -385,18 +385,27 @@ class Store:
         raise NotImplementedError
 
     def counts(self, name):
-        """Return a dict with the number of messages per state (every key of STATES) and ``windows``.
+        """Return a dict with the number of messages per state (every key of STATES), ``windows`` and ``expired``.
 
+        ``expired`` is the running total of messages the retention limit
+        (``max_age``, :meth:`housekeep`) removed before they were processed.
         Read-only; all zeros for an empty or unknown stream.
         """
         raise NotImplementedError
 
     def housekeep(self, name, max_age):
-        """Remove ``done`` messages and processed windows created more than ``max_age`` seconds ago.
+        """Apply the retention limit: remove what stream ``name`` holds that was created over ``max_age`` s ago.
 
-        Removes data. Never touches available, claimed, retrying or dead
-        messages: max_age bounds how long *processed* data is retained, it
-        never drops work that was not done. Returns the number of records removed.
+        Removes data, processed or not: messages waiting (available, due for
+        a retry) and done, and processed window records. Claimed messages are
+        left to the consumer holding them (a later round removes them if they
+        come back), and dead letters stay until purged: they are kept to be
+        inspected. The number of messages removed before they were processed
+        is added to the stream's ``expired`` total (see :meth:`counts`), in
+        the same transaction where the store has them (SQLite; MongoDB adds
+        it right after the delete). Returns ``(removed, expired)``: records
+        removed in all, and how many of them were never processed; ``(0, 0)``
+        when nothing is that old.
         """
         raise NotImplementedError
 

@@ -115,6 +115,10 @@ class MongoStore(Store):
             self.client_options.setdefault('serverSelectionTimeoutMS', DEFAULT_SERVER_SELECTION_TIMEOUT_MS)
         if 'uuidrepresentation' not in in_url:
             self.client_options.setdefault('uuidRepresentation', 'standard')
+        if parts.username and 'authsource' not in in_url and not parts.scheme.endswith('+srv'):
+            # as minibatch 0.6: users authenticate against 'admin' unless the URL says otherwise
+            # (pymongo alone would use the URL's database); +srv URLs get it from DNS
+            self.client_options.setdefault('authSource', 'admin')
         self.timeout_ms = int(self.client_options.get('serverSelectionTimeoutMS')
                               or in_url.get('serverselectiontimeoutms') or DEFAULT_SERVER_SELECTION_TIMEOUT_MS)
         # one client per URL and options: options given here must reach the driver
@@ -476,15 +480,22 @@ class MongoStore(Store):
             state = row['_id'] if row['_id'] in counts else AVAILABLE
             counts[state] += row['n']
         counts['windows'] = windows.count_documents({'stream': name})
+        record = self._collections()[0].find_one({'name': name}, {'expired': 1}) or {}
+        counts['expired'] = int(record.get('expired') or 0)
         return counts
 
     @_translate_errors
     def housekeep(self, name, max_age):
         cutoff = utcnow() - datetime.timedelta(seconds=max_age)
-        _, buffer, windows = self._collections()
+        streams, buffer, windows = self._collections()
+        expired = buffer.delete_many({'stream': name, 'state': {'$in': [AVAILABLE, RETRY]},
+                                      'created': {'$lt': cutoff}}).deleted_count
+        if expired:
+            # not in the delete's transaction: a crash right here under-counts, never drops data unseen twice
+            streams.update_one({'name': name}, {'$inc': {'expired': expired}})
         removed = buffer.delete_many({'stream': name, 'state': DONE, 'created': {'$lt': cutoff}}).deleted_count
         removed += windows.delete_many({'stream': name, 'processed': True, 'created': {'$lt': cutoff}}).deleted_count
-        return removed
+        return removed + expired, expired
 
     # -- consumers --------------------------------------------------------
     @_translate_errors

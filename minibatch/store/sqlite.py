@@ -68,6 +68,14 @@ CREATE TABLE IF NOT EXISTS windows (
     query TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS windows_stream ON windows (stream, processed, id);
+-- running totals per stream, e.g. 'expired' (messages max_age removed unprocessed);
+-- a table of its own so that files of earlier versions need no ALTER TABLE
+CREATE TABLE IF NOT EXISTS stream_counters (
+    stream TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (stream, name)
+);
 CREATE TABLE IF NOT EXISTS consumers (
     stream TEXT NOT NULL,
     id TEXT NOT NULL,
@@ -496,7 +504,7 @@ class SQLiteStore(Store):
     def delete_stream(self, name):
         def work(conn):
             for table, column in (('buffer', 'stream'), ('windows', 'stream'), ('consumers', 'stream'),
-                                  ('streams', 'name')):
+                                  ('stream_counters', 'stream'), ('streams', 'name')):
                 conn.execute(f'DELETE FROM {table} WHERE {column} = ?', (name,))
         self._write(work)
 
@@ -712,18 +720,25 @@ class SQLiteStore(Store):
         counts = dict.fromkeys(STATES, 0)
         counts.update(self._read('SELECT state, count(*) FROM buffer WHERE stream = ? GROUP BY state', (name,)))
         counts['windows'] = self._read('SELECT count(*) FROM windows WHERE stream = ?', (name,))[0][0]
+        expired = self._read("SELECT value FROM stream_counters WHERE stream = ? AND name = 'expired'", (name,))
+        counts['expired'] = expired[0][0] if expired else 0
         return counts
 
     def housekeep(self, name, max_age):
         cutoff = time.time() - max_age
 
         def work(conn):
-            messages = conn.execute(f"DELETE FROM buffer WHERE stream = ? AND state = '{DONE}'"
-                                    " AND created < ?",
-                                    (name, cutoff)).rowcount
+            expired = conn.execute(f"DELETE FROM buffer WHERE stream = ? AND state IN ('{AVAILABLE}', '{RETRY}')"
+                                   " AND created < ?", (name, cutoff)).rowcount
+            done = conn.execute(f"DELETE FROM buffer WHERE stream = ? AND state = '{DONE}' AND created < ?",
+                                (name, cutoff)).rowcount
             windows = conn.execute('DELETE FROM windows WHERE stream = ? AND processed = 1 AND created < ?',
                                    (name, cutoff)).rowcount
-            return messages + windows
+            if expired:
+                conn.execute("INSERT INTO stream_counters (stream, name, value) VALUES (?, 'expired', ?)"
+                             ' ON CONFLICT (stream, name) DO UPDATE SET value = value + excluded.value',
+                             (name, expired))
+            return expired + done + windows, expired
         return self._write(work)
 
     # -- consumers --------------------------------------------------------
