@@ -51,7 +51,7 @@ def fetch_status(base):
 def demo(url):
     mb.stream(STREAM, url=url).delete()  # start afresh: no messages, no reports of earlier runs
     stream = mb.stream(STREAM, url=url)
-    app = StreamingApp(uri=url)
+    app = StreamingApp(url=url)
     # the app is a WSGI application: any WSGI server runs it; here werkzeug's, on a free port, in a thread
     server = make_server('127.0.0.1', 0, app, threaded=True)
     logging.getLogger('werkzeug').setLevel(logging.WARNING)  # no line per request in the demo's output
@@ -83,7 +83,7 @@ def demo(url):
 
 
 def serve(url, host, port):
-    app = StreamingApp(uri=url)
+    app = StreamingApp(url=url)
     app.start_streaming(consumer, streams=[STREAM])
     print(f'status at http://{host}:{port}/status; Ctrl-C stops the app and its consumer', flush=True)
     app.run(host=host, port=port)

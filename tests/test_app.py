@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import urllib.error
 import urllib.request
 
@@ -355,6 +356,129 @@ def test_omegaml_flavour_with_an_explicit_uri(mongo_url, serve):
                 'app = StreamingApp(uri="sqlite:///unused.db"); print(app.url, "omegaml" in sys.modules)')
     out = subprocess.run([sys.executable, '-c', explicit], env=env, capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ['sqlite:///unused.db', 'False'], out.stderr
+    # the default, as 0.6 and omega|ml itself connect: with authSource=admin
     default = 'from minibatch.contrib.apps.omegaml import StreamingApp; print(StreamingApp().url)'
     out = subprocess.run([sys.executable, '-c', default], env=env, capture_output=True, text=True, timeout=60)
-    assert out.stdout.split()[-1:] == [mongo_url], out.stderr
+    assert out.stdout.split()[-1:] == [mb.authenticated_url(mongo_url)], out.stderr
+
+
+# -- programs written for minibatch 0.6 (docs/compatibility.rst) ---------------
+def fake_om(url):
+    """What 0.6's ``start_streaming(on=om)`` reads of an omega|ml instance: ``om.defaults.OMEGA_MONGO_URL``."""
+    return types.SimpleNamespace(defaults=types.SimpleNamespace(OMEGA_MONGO_URL=url))
+
+
+def legacy_consumer(url=None):
+    """A consumer as 0.6 documented them: called with the store's url, @streaming blocks."""
+    @mb.streaming('legacy-in', url=url, size=1, emitter=QuickReports, executor='inline')
+    def processing(window):
+        mb.stream('legacy-out', url=url).append(window.data)
+
+
+def test_a_06_streaming_app_program_runs_unchanged(store_url):
+    from minibatch.contrib.apps.omegaml import StreamingApp as OmegaApp
+    om = fake_om(store_url)
+
+    # 0.6's documented create_app, with on= naming the omega|ml instance
+    def create_app(server=None, uri=None, **kwargs):
+        app = OmegaApp(server=server, uri=uri)
+
+        @app.route('/')
+        def index():
+            return str(mb.stream('legacy-out', url=store_url).stats()['backlog'])
+
+        app.server.register_blueprint(app)
+        app.start_streaming(legacy_consumer, on=om)
+        return app
+
+    app = create_app(server=True, uri='/stream')
+    try:
+        # the store is on's, with authSource=admin added to a MongoDB URL as 0.6 did
+        assert app.url == (mb.authenticated_url(store_url) if store_url.startswith('mongodb') else store_url)
+        (child,) = app.consumers
+        mb.stream('legacy-in', url=store_url).append([{'i': i} for i in range(5)])
+        client = app.server.test_client()
+        wait_until(lambda: client.get('/stream/').data == b'5', timeout=20, interval=0.1,
+                   message='the consumer wrote the 5 messages it was given')
+
+        def reported():
+            response = client.get('/stream/status')
+            assert response.status_code == 200 and response.is_json
+            figures = response.get_json()['streams'].get('legacy-in')
+            return response.get_json() if figures and figures['processed'] == 5 else None
+        status = wait_until(reported, timeout=20, interval=0.1, message='/stream/status reports 5 processed')
+        entry = consumer_entry(status, 'legacy_consumer')
+        assert (entry['pid'], entry['state'], entry['streams'], status['ok']) == \
+            (child.pid, 'running', ['legacy-in'], True)
+        assert client.get('/status').status_code == 404  # uri is the prefix of every route of the app
+    finally:
+        app.stop(timeout=10)
+    assert child.exitcode == 0 and gone(child.pid)
+
+
+def test_the_06_calling_forms(tmp_path):
+    from minibatch.contrib.apps.omegaml import StreamingApp as OmegaApp
+    url = 'sqlite:///' + str(tmp_path / 'forms.db')
+    om = fake_om(url)
+    seen = []
+
+    def record(url=None, *args):
+        seen.append((url, *args))
+        return 'returned'
+
+    # consumer= and import_name= at construction; debug=True calls the consumer here, with the url;
+    # start and _start_consumer are start_streaming; on and debug positionally as 0.6's signature allows
+    app = OmegaApp(consumer=record, import_name=__name__, server=True)
+    assert app.server.import_name == __name__ and app.consumer is record
+    assert app.start_streaming(on=om, debug=True) == 'returned'
+    app.start(on=om, debug=True)
+    app._start_consumer(None, om, True)
+    assert seen == [(url,)] * 3 and app.consumers == [] and app.url == url
+
+    # stop_streaming (and _stop_consumer) end the children as stop() does
+    child = app.start(count_consumer, 'forms', on=om)
+    wait_until(lambda: child.alive and mb.stream('forms', url=url).stats()['consumers_alive'] == 1,
+               timeout=20, message='the child consumes')
+    app.stop_streaming(timeout=10)
+    app._stop_consumer()
+    assert child.exitcode == 0 and gone(child.pid)
+
+    # run_server is run: Flask's server (no reloader), then the consumers are stopped
+    calls = []
+    app.server.run = lambda *args, **kwargs: calls.append(kwargs)
+    app.run_server('0.0.0.0', 8123)
+    assert calls == [{'host': '0.0.0.0', 'port': 8123, 'debug': None, 'use_reloader': False}]
+
+    # register_blueprint: harmless on app.server, registers /status on another Flask app
+    app.server.register_blueprint(app)
+    other = flask.Flask('other')
+    other.register_blueprint(app, url_prefix='/mb')
+    assert other.test_client().get('/mb/status').get_json()['app'] == 'minibatch'
+
+    # uri: a URL prefix, or (with ://) a store URL; url= is the store URL
+    assert OmegaApp(uri=url).url == url
+    prefixed = OmegaApp(uri='/p', url=url, name='prefixed')
+    assert (prefixed.url, prefixed.server.test_client().get('/p/status').status_code) == (url, 200)
+    with pytest.raises(ConfigurationError, match='two store URLs'):
+        OmegaApp(uri=url, url='sqlite:///other.db')
+    with pytest.raises(ConfigurationError, match='two URL prefixes'):
+        OmegaApp(uri='/a', url_prefix='/b')
+
+    # the plain app: the same, without on=; a Flask app as first argument is the server (the earlier signature)
+    plain_app = StreamingApp(server=True, uri='/p', url=url)
+    assert plain_app.server.test_client().get('/p/status').status_code == 200
+    with pytest.raises(ConfigurationError, match='omega'):
+        plain_app.start_streaming(record, on=om)
+    server = flask.Flask('mine')
+    assert StreamingApp(server, url=url).server is server
+
+
+def test_the_06_program_does_not_import_omegaml():
+    # omega|ml's import takes seconds: with on= (or url=) it is never needed; checked in a fresh interpreter
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
+    script = ('import sys, types; from minibatch.contrib.apps.omegaml import StreamingApp; '
+              'om = types.SimpleNamespace(defaults=types.SimpleNamespace(OMEGA_MONGO_URL="sqlite:///o.db")); '
+              'app = StreamingApp(server=True, uri="/stream"); app.server.register_blueprint(app); '
+              'print(app.start_streaming(lambda url: url, on=om, debug=True), "omegaml" in sys.modules)')
+    out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ['sqlite:///o.db', 'False'], out.stderr
