@@ -192,10 +192,10 @@ class StreamingApp:
     # -- consumers ------------------------------------------------------------
     def start_streaming(self, consumer=None, *args, on=None, debug=False, restart=True, max_restarts=5,
                         restart_backoff=1.0, name=None, streams=None, **kwargs):
-        """Run ``consumer(url, *args, **kwargs)`` in a child process, now, and keep it running.
+        """Run ``consumer(url=url, **kwargs)`` in a child process, now, and keep it running.
 
-        ``url`` is the app's store URL (a 0.6 consumer, ``def consumer(url=None)``,
-        takes it as well). ``consumer`` defaults to the app's ``consumer=``.
+        ``url`` is the app's store URL, passed by keyword as 0.6 did (with
+        extra positional ``args``: ``consumer(url, *args, **kwargs)``). ``consumer`` defaults to the app's ``consumer=``.
         The function should block while it
         consumes, as ``@streaming(...)`` does by default; it runs in the main
         thread of a spawned interpreter (see
@@ -232,15 +232,18 @@ class StreamingApp:
         if consumer is None:
             raise ConfigurationError('no consumer: pass start_streaming(consumer) or StreamingApp(consumer=...)')
         url = self.consumer_url(on)
+        # as in 0.6, the URL is passed by keyword, so consumer(url=None) and consumer(**kwargs) both get it;
+        # extra positional arguments follow it positionally
+        args, kwargs = ((url, *args), kwargs) if args else ((), {'url': url, **kwargs})
         if debug:
-            return consumer(url, *args, **kwargs)
+            return consumer(*args, **kwargs)
         base = name or getattr(consumer, '__name__', None) or 'consumer'
         taken = {process.name for process in self.supervisor.consumers}
         name, n = base, 1
         while name in taken:
             n += 1
             name = f'{base}-{n}'
-        process = ConsumerProcess(name, consumer, args=(url, *args), kwargs=kwargs, restart=restart,
+        process = ConsumerProcess(name, consumer, args=args, kwargs=kwargs, restart=restart,
                                   max_restarts=max_restarts, restart_backoff=restart_backoff,
                                   executable=self.executable)
         for stream in streams or ():
