@@ -176,9 +176,10 @@ def _print_message(message, meta):
 @cli.command(short_help='run module:function on the windows of a stream')
 @click.argument('stream')
 @click.argument('function', metavar='MODULE:FUNCTION')
-@click.option('--size', type=click.IntRange(min=1), metavar='N', help='windows of exactly N messages')
+@click.option('--size', type=click.IntRange(min=1), metavar='N',
+              help='windows of exactly N messages (the default, with N=1, when --interval is not given)')
 @click.option('--interval', type=click.FloatRange(min=0, min_open=True), metavar='SECONDS',
-              help='a window every SECONDS (default: the stream\'s interval)')
+              help='a window every SECONDS instead of by count')
 @click.option('--fixed', is_flag=True, help='with --interval: fixed time slots instead of relaxed ones')
 @click.option('--executor', type=click.Choice(['process', 'thread', 'inline']), default='process',
               show_default=True, help='where the function runs')
@@ -210,7 +211,7 @@ def consume(ctx, stream, function, size, interval, fixed, executor, workers, kee
                            executor=executor, workers=workers, keep=keep, max_attempts=max_attempts,
                            retry_backoff=retry_backoff)
     if not quiet:
-        window = f'size={size}' if size else f'interval={emitter.interval:g}s' + (' fixed' if fixed else '')
+        window = f'interval={emitter.interval:g}s' + (' fixed' if fixed else '') if interval else f'size={emitter.size}'
         stderr(f'consuming {stream!r} on {emitter.store.describe()} with {function} ({window}, {executor} '
                f'executor{f", {workers} workers" if workers else ""}); Ctrl-C to stop')
     started = time.monotonic()

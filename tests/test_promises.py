@@ -202,3 +202,66 @@ def test_a_running_consumer_reports_a_positive_rate(store_url, monkeypatch):
     assert stats['rate'] == record['rate']
     # and plausible: each message takes at least 0.03 s, so no more than ~33 per second
     assert record['rate'] <= 50
+
+
+# -- processfn and emit_empty (docs/windows.rst) ------------------------------
+def keep_even(messages):
+    return [m for m in messages if m.data['i'] % 2 == 0]
+
+
+def test_processfn_on_a_count_window_delivers_what_it_keeps_and_commits_the_rest(store_url):
+    name = 'processfn-count'
+    stream = mb.stream(name, url=store_url)
+    stream.append([{'i': i} for i in range(20)])
+    seen = []
+    em = mb.streaming(name, size=10, processfn=keep_even, url=store_url, executor='inline').make(
+        lambda window: seen.append([d['i'] for d in window.data]))
+    em.run(blocking=False)
+    em.run(blocking=False)
+    # each full window of 10 is claimed, then processfn chooses the 5 even ones for the function
+    assert seen == [[0, 2, 4, 6, 8], [10, 12, 14, 16, 18]]
+    stats = stream.stats()
+    # the 10 dropped ones were committed (not left claimed, not delivered again), the 10 kept too
+    assert (stats['available'], stats['claimed'], stats['retry'], stats['done']) == (0, 0, 0, 0)
+    assert em.stats['processed'] == 20 and em.stats['messages'] == 10
+    em.run(blocking=False)
+    assert len(seen) == 2  # nothing is left to deliver
+
+
+def test_processfn_with_keep_marks_the_dropped_done(store_url):
+    name = 'processfn-keep'
+    stream = mb.stream(name, url=store_url)
+    stream.append([{'i': i} for i in range(4)])
+    seen = []
+    em = mb.streaming(name, size=4, processfn=keep_even, keep=True, url=store_url, executor='inline').make(
+        lambda window: seen.append([d['i'] for d in window.data]))
+    em.run(blocking=False)
+    assert seen == [[0, 2]]
+    assert stream.stats()['done'] == 4
+
+
+def test_processfn_dropping_everything_emits_nothing_and_loses_nothing(store_url):
+    name = 'processfn-none'
+    stream = mb.stream(name, url=store_url)
+    stream.append([{'i': 1}, {'i': 3}])
+    seen = []
+    em = mb.streaming(name, size=2, processfn=keep_even, url=store_url, executor='inline').make(seen.append)
+    em.run(blocking=False)
+    assert seen == []
+    stats = stream.stats()
+    assert (stats['available'], stats['claimed']) == (0, 0)
+    assert em.stats['processed'] == 2 and em.stats['windows'] == 0
+
+
+def test_empty_time_windows_are_emitted_only_with_emit_empty(store_url):
+    name = 'emit-empty'
+    mb.stream(name, url=store_url)
+    for emit_empty, expected in ((False, []), (True, [[]])):
+        seen = []
+        em = mb.streaming(name, interval=0.05, emit_empty=emit_empty, url=store_url, executor='inline').make(
+            lambda window: seen.append(list(window.data)))
+        deadline = time.monotonic() + 0.1
+        while time.monotonic() < deadline:  # past the first interval: the slot is due
+            time.sleep(0.01)
+        em.run(blocking=False)
+        assert seen == expected, emit_empty
