@@ -7,7 +7,9 @@ Needs paho-mqtt (``pip install 'minibatch[mqtt]'``) and an MQTT broker
 with credentials). Each run uses topics of its own under ``minibatch-example/<run>/``:
 
 1. an MQTTSource subscribes to ``.../readings`` and appends each reading to
-   the stream 'mqtt-roundtrip'; it acknowledges a message to the broker only
+   the stream 'mqtt-roundtrip' as ``{'topic': ..., 'payload': <the reading>,
+   'qos': ..., 'retain': ...}`` (as minibatch 0.6 did; ``envelope=False``
+   appends the reading alone); it acknowledges a message to the broker only
    once the stream has it. A payload that is not JSON goes to the stream's
    dead letters;
 2. a plain paho client publishes ten temperature readings and one bad payload;
@@ -62,8 +64,9 @@ def plain_client(subscribe=None):
 
 def average(window):
     # runs once per window of five readings; the return value goes to the sink
-    temps = [m['celsius'] for m in window.data]
-    return {'sensors': sorted(m['sensor'] for m in window.data), 'mean_celsius': round(sum(temps) / len(temps), 2)}
+    readings = [m['payload'] for m in window.data]  # each message: {'topic', 'payload', 'qos', 'retain'}
+    temps = [r['celsius'] for r in readings]
+    return {'sensors': sorted(r['sensor'] for r in readings), 'mean_celsius': round(sum(temps) / len(temps), 2)}
 
 
 def main():

@@ -151,7 +151,7 @@ def test_kafka_sink_call_shapes():
 
 # -- MQTT ----------------------------------------------------------------------
 def test_mqtt_source_on_message_appends_to_the_attached_stream(store_url, caplog):
-    """0.6's test: a client double as ``_client``; ``on_message`` called directly appends the payload."""
+    """0.6's test: a client double as ``_client``; ``on_message`` called directly appends 0.6's envelope."""
     pytest.importorskip('paho.mqtt.client')
     from minibatch.contrib.mqtt import MQTTSource
     caplog.set_level(logging.ERROR, 'minibatch.contrib')  # the double never answers the SUBACK wait: retries
@@ -165,7 +165,8 @@ def test_mqtt_source_on_message_appends_to_the_attached_stream(store_url, caplog
     message = MagicMock()
     message.payload = json.dumps({'foo': 'bar'}).encode('utf-8')
     source.on_message(client, {}, message)
-    stream.append.assert_called_with([{'foo': 'bar'}])
+    stream.append.assert_called_with([{'topic': message.topic, 'payload': {'foo': 'bar'},
+                                       'qos': message.qos, 'retain': message.retain}])
     client.ack.assert_called_with(message.mid, message.qos)
     stream.stop()
     assert source.stopped.wait(5)
@@ -230,8 +231,67 @@ def test_mqtt_bare_host_port_and_a_client_of_the_users_against_the_broker(mqtt_u
         sink.close()
         stream.stop()
     assert source.stopped.wait(5)
-    assert sorted(m['i'] for m in messages(stream)) == [1, 2]
+    assert sorted(m['payload']['i'] for m in messages(stream)) == [1, 2]
     assert source.client is own
+
+
+def test_mqtt_source_appends_0_6_message_envelopes_a_0_6_consumer_reads(mqtt_url, store_url):
+    """A 0.6 program against mosquitto: each message is ``{'topic', 'payload', 'qos', 'retain'}``.
+
+    The consumer reads ``window.data[i]['payload']`` and the other keys as 0.6
+    programs do. Any JSON value is a payload (0.6 appended what ``json.loads``
+    returned); what is not JSON goes to the dead letters.
+    """
+    mqtt = pytest.importorskip('paho.mqtt.client')
+    from minibatch.contrib.mqtt import MQTTSource
+    topic = f'mbtest/compat/{uuid.uuid4().hex[:8]}'
+    host, port = bare(mqtt_url).rsplit(':', 1)
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    publisher.connect(host, int(port))
+    publisher.loop_start()
+
+    def publish(subtopic, payload, qos=1, retain=False):
+        info = publisher.publish(f'{topic}/{subtopic}', payload, qos=qos, retain=retain)
+        info.wait_for_publish(5)
+        assert info.is_published()
+
+    seen = []
+
+    def consumer(window):  # as written for 0.6
+        for i in range(len(window.data)):
+            seen.append((window.data[i]['topic'], window.data[i]['payload'],
+                         window.data[i]['qos'], window.data[i]['retain']))
+
+    stream = mb.stream(unique('mqtt'), url=store_url)
+    emitter = streaming(stream.name, size=1, url=store_url, executor='inline').make(consumer)
+    source = None
+    try:
+        # retained before the source subscribes: the broker hands it over with the retain flag set
+        publish('retained', json.dumps({'state': 'on'}), retain=True)
+        source = MQTTSource(bare(mqtt_url), topic + '/#')  # 0.6's call: no options
+        stream.attach(source)
+        drive(emitter, lambda: len(seen) == 1)
+        publish('a', json.dumps({'foo': 'bar'}), qos=0)
+        publish('b', json.dumps([1, 2]))
+        publish('c', b'42')
+        publish('d', b'not json')
+        drive(emitter, lambda: len(seen) == 4 and len(stream.dead_letters()) == 1)
+    finally:
+        stream.stop()
+        emitter.close()
+        stopped = source is None or source.stopped.wait(5)
+        publish('retained', b'', retain=True)  # an empty retained message clears it on the broker
+        publisher.disconnect()
+        publisher.loop_stop()
+    assert stopped
+    assert sorted(seen, key=lambda m: m[0]) == [
+        (f'{topic}/a', {'foo': 'bar'}, 0, False),
+        (f'{topic}/b', [1, 2], 1, False),
+        (f'{topic}/c', 42, 1, False),
+        (f'{topic}/retained', {'state': 'on'}, 1, True),
+    ]
+    [dead] = stream.dead_letters()
+    assert dead.data['payload'] == 'not json' and dead.data['origin'].endswith(f'{topic}/d')
 
 
 def test_mqtt_sink_to_a_wildcard_topic_fails_at_put_with_a_publish_error(mqtt_url):

@@ -109,6 +109,8 @@ def test_bad_arguments_are_refused():
         MQTTSource('mqtt://localhost', 't', manual_ack=False)
     with pytest.raises(ConfigurationError, match='paho Client arguments'):
         MQTTSource('mqtt://localhost', 't', no_such_option=1)
+    with pytest.raises(ConfigurationError, match='envelope'):
+        MQTTSource('mqtt://localhost', 't', envelope='no')
 
 
 # -- against the broker ----------------------------------------------------------
@@ -121,7 +123,8 @@ def test_roundtrip_publisher_source_stream_consumer_sink_subscriber(mqtt_url, cl
     sink = MQTTSink(mqtt_url, topic_out)
 
     def double(window):
-        return [{'n': m['n'], 'double': 2 * m['n'], 'text': m['text']} for m in window.data]
+        payloads = [m['payload'] for m in window.data]
+        return [{'n': p['n'], 'double': 2 * p['n'], 'text': p['text']} for p in payloads]
 
     emitter = mb.streaming(stream.name, size=5, executor='inline', blocking=False, sink=sink)(double)
     try:
@@ -142,27 +145,40 @@ def test_roundtrip_publisher_source_stream_consumer_sink_subscriber(mqtt_url, cl
     assert stream.dead_letters() == []
 
 
-def test_payloads_that_are_not_json_objects_are_dead_lettered(mqtt_url, client):
+@pytest.mark.parametrize('envelope', [False, True])
+def test_payloads_that_cannot_be_messages_are_dead_lettered(mqtt_url, client, envelope):
+    """Not JSON, or not UTF-8: dead letters in both modes; a JSON array only without the envelope.
+
+    In the envelope (the default, as 0.6) any JSON value is a payload; with
+    ``envelope=False`` the payload is the message and must be a JSON object.
+    """
     topic = unique('bad')
     stream = mb.stream('mqtt-bad')
-    source = attach(stream, MQTTSource(mqtt_url, topic + '/#'))
+    source = attach(stream, MQTTSource(mqtt_url, topic + '/#', envelope=envelope))
     publisher = client()
+    expected_dead, expected_messages = (3, 1) if not envelope else (2, 2)
     try:
         publisher.publish(topic + '/a', b'not json')
         publisher.publish(topic + '/b', b'[1, 2]')
         publisher.publish(topic + '/c', b'\xff\xfe')
         publisher.publish(topic + '/d', {'ok': True})
-        wait_until(lambda: len(stream.dead_letters()) == 3 and stream.stats()['available'] == 1, timeout=10,
-                   message='3 dead letters and 1 message')
+        wait_until(lambda: len(stream.dead_letters()) == expected_dead and
+                   stream.stats()['available'] == expected_messages, timeout=10,
+                   message=f'{expected_dead} dead letters and {expected_messages} messages')
     finally:
         stop(stream, source)
     host, port, _, _ = parse_url(mqtt_url)
     dead = {m.data['origin']: m for m in stream.dead_letters()}
     origin = f'mqtt://{host}:{port}/{topic}'
     assert dead[origin + '/a'].data['payload'] == 'not json' and 'not JSON' in dead[origin + '/a'].error
-    assert dead[origin + '/b'].data['payload'] == '[1, 2]' and 'not an object' in dead[origin + '/b'].error
     assert 'payload_base64' in dead[origin + '/c'].data
-    assert [m.data for m in stream.buffer(processed=False)] == [{'ok': True}]
+    stored = [m.data for m in stream.buffer(processed=False)]
+    if envelope:
+        assert sorted((m['topic'], m['payload'], m['qos'], m['retain']) for m in stored) == [
+            (topic + '/b', [1, 2], 1, False), (topic + '/d', {'ok': True}, 1, False)]
+    else:
+        assert dead[origin + '/b'].data['payload'] == '[1, 2]' and 'not an object' in dead[origin + '/b'].error
+        assert stored == [{'ok': True}]
 
 
 def test_sink_to_a_dead_port_fails_the_window_until_it_is_dead_lettered():
@@ -283,7 +299,41 @@ def test_message_is_acknowledged_only_after_it_was_stored(mqtt_url, client):
         thread.join(5)
         end_session(mqtt_url, client_id)
     assert 'store outage' in source.last_error
-    assert [m.data for m in stream.buffer(processed=False)] == [{'k': 'v'}]
+    assert [m.data['payload'] for m in stream.buffer(processed=False)] == [{'k': 'v'}]
+
+
+@pytest.mark.parametrize('envelope', [True, False])
+def test_messages_of_one_read_are_one_write_acknowledged_after_it(envelope):
+    """In both modes: one append (then a flush) for the messages of one read, the acks only after it."""
+    calls = []
+
+    class Recorder:
+        name = 'recorder'
+
+        def append(self, docs):
+            calls.append(('append', docs))
+
+        def flush(self):
+            calls.append(('flush',))
+
+        def reject(self, record, reason):
+            calls.append(('reject', record['payload']))
+
+    class Ack:
+        def ack(self, mid, qos):
+            calls.append(('ack', mid))
+
+    def message(mid, payload):
+        msg = mqtt.MQTTMessage(mid=mid, topic=b'a/b')
+        msg.payload, msg.qos = payload, 1
+        return msg
+
+    source = MQTTSource('mqtt://localhost', 'a/#', envelope=envelope)
+    source._store(Ack(), Recorder(), [message(1, b'{"n": 1}'), message(2, b'oops'), message(3, b'{"n": 3}')])
+    docs = [{'n': 1}, {'n': 3}]
+    if envelope:
+        docs = [{'topic': 'a/b', 'payload': doc, 'qos': 1, 'retain': False} for doc in docs]
+    assert calls == [('reject', 'oops'), ('append', docs), ('flush',), ('ack', 1), ('ack', 2), ('ack', 3)]
 
 
 def test_durable_session_gets_what_was_published_while_the_source_was_stopped(mqtt_url, client):
@@ -302,7 +352,7 @@ def test_durable_session_gets_what_was_published_while_the_source_was_stopped(mq
         wait_until(lambda: stream.stats()['available'] == 2, message='the message sent while stopped')
     finally:
         stop(stream, second)
-    assert [m.data['n'] for m in stream.buffer(processed=False)] == [1, 2]
+    assert [m.data['payload']['n'] for m in stream.buffer(processed=False)] == [1, 2]
     end_session(mqtt_url, client_id)
 
 
@@ -372,6 +422,6 @@ def test_source_resumes_after_the_broker_restarts(tmp_path, caplog):
             publisher.close()
         stop(stream, source)
         broker.kill()
-    assert [m.data['phase'] for m in stream.buffer(processed=False)] == ['before', 'after']
+    assert [m.data['payload']['phase'] for m in stream.buffer(processed=False)] == ['before', 'after']
     lost = [r.getMessage() for r in caplog.records if 'failed' in r.getMessage()]
     assert lost and all('\n' not in line for line in lost)

@@ -3,6 +3,11 @@
 Uses paho-mqtt 2.x (``pip install 'minibatch[mqtt]'``), imported when a source
 or sink is created, so importing this module never needs the driver.
 
+Each MQTT message becomes, as in minibatch 0.6, the stream message
+``{'topic': ..., 'payload': <the JSON-decoded payload>, 'qos': ..., 'retain': ...}``;
+``MQTTSource(..., envelope=False)`` appends the payload alone, which must then
+be a JSON object.
+
 Delivery, in short (details in docs/integrations/mqtt.rst):
 
 - :class:`MQTTSource` acknowledges a QoS 1/2 message only after it was written
@@ -186,9 +191,18 @@ class MQTTSource(_Endpoint, Source):
     """Append every message published on ``topic`` to the stream.
 
     ``MQTTSource('mqtt://user:password@host:1883', 'sensors/#')`` subscribes
-    with QoS 1 and appends each payload, a JSON object, as one message.
-    Payloads that are not a JSON object go to the stream's dead letters with
-    the origin ``mqtt://host:port/<topic of the message>``.
+    with QoS 1 and appends each MQTT message as one stream message, the
+    envelope minibatch 0.6 appended::
+
+        {'topic': 'sensors/kitchen', 'payload': {'celsius': 21.5}, 'qos': 1, 'retain': False}
+
+    ``payload`` is the JSON-decoded payload, any JSON value (an object, a
+    list, a number, ...); ``topic`` is the topic the message was published
+    on, ``qos`` its delivery QoS and ``retain`` its retain flag as paho
+    reports them. With ``envelope=False`` the payload itself is the message
+    and must be a JSON object. A payload that is not JSON (or, with
+    ``envelope=False``, not a JSON object) goes to the stream's dead letters
+    with the origin ``mqtt://host:port/<topic of the message>``.
 
     Messages are acknowledged to the broker only after they were stored
     (manual acks): messages that arrive together are appended as one write,
@@ -222,9 +236,11 @@ class MQTTSource(_Endpoint, Source):
     :param qos: subscription QoS; 0 means at most once (nothing to acknowledge)
     :param keepalive: seconds between keep-alive pings
     :param client: a paho ``Client`` of your own (see above)
+    :param envelope: True (default, as 0.6): append ``{'topic', 'payload',
+        'qos', 'retain'}``; False: append the payload alone (a JSON object)
     :param client_kwargs: passed to ``paho.mqtt.client.Client`` (``client_id``,
         ``clean_session``, ``protocol``, ``transport``, ``userdata``)
-    :raises ConfigurationError: bad url, topic, qos or client arguments
+    :raises ConfigurationError: bad url, topic, qos, envelope or client arguments
     :raises MissingDependencyError: paho-mqtt is not installed
     """
     #: seconds the network loop waits for data before it checks for stop()
@@ -237,8 +253,11 @@ class MQTTSource(_Endpoint, Source):
     attach_timeout = 5.0
     own_client_options = {'manual_ack': True, 'reconnect_on_failure': False}
 
-    def __init__(self, url, topic, qos=1, keepalive=60, client=None, **client_kwargs):
+    def __init__(self, url, topic, qos=1, keepalive=60, client=None, envelope=True, **client_kwargs):
         Source.__init__(self)
+        if not isinstance(envelope, bool):
+            raise ConfigurationError(f'envelope must be True or False, got {envelope!r}')
+        self.envelope = envelope
         self._stream = None
         self._attached = threading.Event()
         self._loop_thread = None  # the thread running the network loop, while it runs
@@ -257,7 +276,10 @@ class MQTTSource(_Endpoint, Source):
         super().stream(stream)
 
     def on_message(self, client, userdata, message):
-        """paho's message callback: the payload (a JSON object) becomes a message of the attached stream.
+        """paho's message callback: the message becomes a message of the attached stream.
+
+        What is appended is the envelope ``{'topic', 'payload', 'qos',
+        'retain'}``, or with ``envelope=False`` the payload alone (see the class).
 
         In the source's network loop the message joins the others of the same
         read, appended as one write; called from another thread it is stored
@@ -331,15 +353,32 @@ class MQTTSource(_Endpoint, Source):
                 pass
             self._discard()  # ours: a fresh client next time; the user's: connected again next time
 
+    def _document(self, message, stream):
+        """The stream message for the MQTT ``message``, or None when it went to the dead letters."""
+        origin = f'{self.address}/{message.topic}'
+        if not self.envelope:
+            return self.decode(message.payload, stream, origin)  # a JSON object, else dead-lettered
+        payload = message.payload
+        try:
+            text = payload.decode('utf-8') if isinstance(payload, (bytes, bytearray)) else payload
+            value = json.loads(text)
+        except (TypeError, ValueError):  # UnicodeDecodeError is a ValueError
+            # not JSON: decode() dead-letters it with the reason, exactly as with envelope=False
+            value = self.decode(payload, stream, origin)
+            if value is None:
+                return None
+        # any JSON value is a payload here, as in 0.6: the envelope is the object the stream needs
+        return {'topic': message.topic, 'payload': value, 'qos': message.qos, 'retain': message.retain}
+
     def _store(self, client, stream, messages):
-        """Append the decodable payloads as one write, dead-letter the others, then ack all.
+        """Append the messages as one write, dead-letter those that cannot be decoded, then ack all.
 
         If the write fails nothing is acknowledged and the exception ends the
         connection, so that a durable session gets the messages again.
         """
         docs = []
         for message in messages:
-            doc = self.decode(message.payload, stream, f'{self.address}/{message.topic}')
+            doc = self._document(message, stream)
             if doc is not None:
                 docs.append(doc)
         if docs:
