@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 import minibatch as mb
 from minibatch.cli import cli
-from minibatch.cli_common import to_json
+from minibatch.cli.common import to_json
 
 from tests.helpers import default_sigint, wait_until
 

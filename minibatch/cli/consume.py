@@ -6,6 +6,14 @@ searched first, as ``python -m`` would) or ``path/to/file.py:function``.
 stopped: Ctrl-C or SIGTERM (handled by the emitter itself: windows in flight
 finish), a timeout, or a condition; meanwhile a reporter thread prints the
 consumer's progress every few seconds.
+
+``minibatch consume`` prints its progress and summary on stderr; stdout is
+left to the user's function. The stream is created if needed. It needs the
+store's URL, not the store: the function is loaded first, so a function that
+cannot be imported is reported before the store is touched. Exit codes: 0 when
+stopped by Ctrl-C, SIGTERM or ``--timeout`` (windows in flight finish or are
+given back); 1 with one error line on stderr when the function cannot be
+loaded or the store cannot be used.
 """
 import importlib
 import importlib.util
@@ -16,11 +24,57 @@ import time
 
 import click
 
-from minibatch.cli_common import CliError, one_line, plural
+import minibatch
+from minibatch.cli.common import CliError, one_line, pass_settings, plural
 from minibatch.status import stream_stats
 
 #: seconds between progress lines of ``consume``
 PROGRESS_EVERY = 5.0
+
+
+@click.command(short_help='run module:function on the windows of a stream')
+@click.argument('stream')
+@click.argument('function', metavar='MODULE:FUNCTION')
+@click.option('--size', type=click.IntRange(min=1), metavar='N',
+              help='windows of exactly N messages (the default, with N=1, when --interval is not given)')
+@click.option('--interval', type=click.FloatRange(min=0, min_open=True), metavar='SECONDS',
+              help='a window every SECONDS instead of by count')
+@click.option('--fixed', is_flag=True, help='with --interval: fixed time slots instead of relaxed ones')
+@click.option('--executor', type=click.Choice(['process', 'thread', 'inline']), default='process',
+              show_default=True, help='where the function runs')
+@click.option('--workers', type=click.IntRange(min=1), metavar='N', help='windows in parallel (default: one per CPU)')
+@click.option('--keep', is_flag=True, help='keep processed messages (state done) instead of deleting them')
+@click.option('--max-attempts', type=click.IntRange(min=1), default=3, show_default=True, metavar='N',
+              help='deliveries of a message before it becomes a dead letter')
+@click.option('--retry-backoff', type=click.FloatRange(min=0), default=1.0, show_default=True,
+              metavar='SECONDS', help='pause before the first retry of a failed window; doubles each time')
+@click.option('--timeout', type=click.FloatRange(min=0, min_open=True), metavar='SECONDS',
+              help='stop (gracefully) after SECONDS')
+@click.option('--progress', type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              metavar='SECONDS', help='seconds between progress lines')
+@click.option('-q', '--quiet', is_flag=True, help='no progress lines')
+@pass_settings
+def consume(settings, stream, function, size, interval, fixed, executor, workers, keep, max_attempts, retry_backoff,
+            timeout, progress, quiet):
+    """Run MODULE:FUNCTION on the windows of STREAM until Ctrl-C, SIGTERM or --timeout.
+
+    MODULE is imported from the current directory too (or give a file,
+    path/to/handlers.py:fn). FUNCTION receives a window (window.data is the
+    list of messages); it must be a plain function, not one decorated with
+    @streaming. The stream is created if needed. Progress goes to stderr.
+    """
+    fn = load_function(function)
+    emitter = minibatch.make_emitter(stream, emitfn=fn, size=size, interval=interval, relaxed=not fixed,
+                                     url=settings.url, executor=executor, workers=workers, keep=keep,
+                                     max_attempts=max_attempts, retry_backoff=retry_backoff)
+    if not quiet:
+        window = f'interval={emitter.interval:g}s' + (' fixed' if fixed else '') if interval else f'size={emitter.size}'
+        stderr(f'consuming {stream!r} on {emitter.store.describe()} with {function} ({window}, {executor} '
+               f'executor{f", {workers} workers" if workers else ""}); Ctrl-C to stop')
+    started = time.monotonic()
+    run_consumer(emitter, timeout=timeout, echo=None if quiet else stderr, every=progress)
+    if not quiet:
+        stderr(summary(emitter, time.monotonic() - started))
 
 
 def load_function(spec):

@@ -4,16 +4,47 @@ It runs on the same store as every other command (``--url``, the
 environment, else the embedded one), so that it doubles as a smoke test of
 that store and ``minibatch status`` shows its stream afterwards. It refuses
 to touch a stream that still has messages waiting, unless asked to clear it.
+
+Everything goes to stdout: the store, the first windows' results, the
+consumer's progress and the stream's status at the end. Exit codes: 0 when
+every message was processed; 1 with one error line on stderr for bad numbers
+(``--messages`` not a multiple of ``--size``), a stream with messages
+waiting (without ``--clear``), messages not all processed within
+``--timeout``, or a store that cannot be used.
 """
 import random
 import time
 
 import click
 
-from minibatch.cli_common import CliError, plural
-from minibatch.cli_consume import run_consumer
-from minibatch.cli_status import collect, render_text
-from minibatch.consumer import make_emitter
+import minibatch
+from minibatch.cli.common import CliError, open_stream, pass_store, plural
+from minibatch.cli.consume import run_consumer
+from minibatch.cli.status import collect, render_text
+
+
+@click.command(short_help='append messages to a stream and consume them: a smoke test')
+@click.option('--messages', type=click.IntRange(min=1), default=100, show_default=True, metavar='N',
+              help='messages to append')
+@click.option('--size', type=click.IntRange(min=1), default=10, show_default=True, metavar='N',
+              help='messages per window')
+@click.option('--stream', 'name', default='demo', show_default=True, metavar='NAME', help='the stream to use')
+@click.option('--executor', type=click.Choice(['process', 'thread', 'inline']), default='process',
+              show_default=True)
+@click.option('--workers', type=click.IntRange(min=1), default=2, show_default=True, metavar='N')
+@click.option('--timeout', type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              metavar='SECONDS', help='give up if not all messages are processed by then')
+@click.option('--clear', is_flag=True, help='remove messages waiting in the stream first')
+@pass_store
+def demo(store, messages, size, name, executor, workers, timeout, clear):
+    """Append messages to a stream 'demo' and consume them, on the configured store.
+
+    A smoke test of your store: it uses the same store as every other command
+    (--url, MINIBATCH_URL, ..., else the embedded one), so `minibatch status`
+    shows the stream afterwards. It will not touch a stream that has messages
+    waiting unless you pass --clear.
+    """
+    run_demo(store, open_stream(store, name), name, messages, size, executor, workers, timeout, clear)
 
 
 def average(window):
@@ -71,8 +102,8 @@ def run_demo(store, open_stream, name, messages, size, executor, workers, timeou
                        for i in range(start, min(start + 1000, messages))])
     echo(f'appended {messages} messages to {name!r} in {time.monotonic() - started:.2f}s')
     echo(f'consuming in windows of {size} ({executor} executor, {workers} workers) ...')
-    emitter = make_emitter(name, emitfn=average, size=size, url=store.url, executor=executor, workers=workers,
-                           sink=ShowWindows(echo))
+    emitter = minibatch.make_emitter(name, emitfn=average, size=size, url=store.url, executor=executor,
+                                     workers=workers, sink=ShowWindows(echo))
     started = time.monotonic()
     stats = run_consumer(emitter, timeout=timeout, echo=lambda line: echo('  ' + line), every=0.5,
                          until=lambda: emitter.stats.get('processed', 0) >= messages)

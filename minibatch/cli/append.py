@@ -7,17 +7,53 @@ write, so a bad one writes nothing. Stdin is read chunk by chunk, so that an
 endless pipe needs no memory: a bad line writes nothing of its own chunk and
 nothing after it, while the chunks before it stay written (the error says how
 many). ``validate_first`` reads and checks the whole input before writing.
+
+The count (and, on long runs, progress lines) goes to stderr; nothing to
+stdout. Exit codes: 0; 1 with one error line on stderr naming the bad
+argument or line and saying how many messages were appended before it (also
+when the store fails midway).
 """
 import json
+import sys
 import time
 
 import click
 
-from minibatch.cli_common import CliError, one_line, plural
+from minibatch.cli.common import CliError, one_line, open_stream, pass_store, plural
 from minibatch.errors import InvalidMessage, MinibatchError
 
 JSON_TYPES = {list: 'an array', str: 'a string', int: 'a number', float: 'a number', bool: 'true/false',
               type(None): 'null'}
+
+
+@click.command(short_help='append JSON objects (arguments or stdin lines) to a stream')
+@click.argument('stream')
+@click.argument('messages', nargs=-1, metavar='[JSON]...')
+@click.option('--chunk', type=click.IntRange(min=1), default=1000, show_default=True, metavar='N',
+              help='messages per write (each write is all or nothing)')
+@click.option('--validate-first', is_flag=True,
+              help='read and check all of stdin before writing anything (keeps it in memory)')
+@click.option('-q', '--quiet', is_flag=True, help='do not print the count')
+@pass_store
+def append(store, stream, messages, chunk, validate_first, quiet):
+    """Append JSON objects to STREAM (created if needed).
+
+    Each JSON argument is one message; without arguments, stdin is read as
+    JSON lines (one object per line, blank lines skipped). Bad input is one
+    error line naming the argument or line, exit code 1: arguments are all
+    checked before anything is written; stdin is written in chunks, and the
+    chunks before a bad line stay written (unless --validate-first).
+    """
+    if messages:
+        chunks = from_args(messages)
+    else:
+        stdin = sys.stdin
+        if stdin.isatty() and not quiet:
+            click.echo('reading JSON lines from stdin (Ctrl-D to end)', err=True)
+        chunks = from_lines(stdin, chunk)
+    progress = Progress(stream, quiet=quiet)
+    append_chunks(store, open_stream(store, stream), stream, chunks, chunk, progress, validate_first=validate_first)
+    progress.done()
 
 
 def parse(text, where):
@@ -97,7 +133,7 @@ class Progress:
         click.echo(f'appended {plural(self.count, "message")} to {self.name!r}{rate}', err=True)
 
 
-def append(store, open_stream, name, chunks, chunk_size, progress, validate_first=False):
+def append_chunks(store, open_stream, name, chunks, chunk_size, progress, validate_first=False):
     """Check and append ``chunks`` (lists of (where, dict)) to the stream ``open_stream()`` gives.
 
     The stream is opened (created if needed) only when the first chunk has

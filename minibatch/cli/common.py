@@ -1,15 +1,20 @@
-"""Pieces shared by the ``minibatch`` commands: the error line, JSON output, tables, store lookups.
+"""Pieces shared by the ``minibatch`` commands: the error line, the store, JSON output, tables.
 
-Nothing here decides a figure: the numbers come from the store and from
-:func:`minibatch.status.stream_stats`; this module only prints them.
+:class:`Group` turns minibatch's own errors into the one-line error of
+:class:`CliError` (exit code 1). :func:`pass_store` hands a command the store
+chosen by the group's ``--url``, resolved once per invocation; an unknown URL
+scheme or an unreachable store raised while resolving it becomes that error
+line too. Nothing here decides a figure: the numbers come from the store and
+from :func:`minibatch.status.stream_stats`; this module only prints them.
 """
 import datetime
+import functools
 import json
 import logging
 
 import click
 
-from minibatch.errors import StreamNotFound
+from minibatch.errors import MinibatchError, StreamNotFound
 
 
 class CliError(click.ClickException):
@@ -25,6 +30,63 @@ def one_line(text):
     return ' '.join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
+class Group(click.Group):
+    """A click group that turns minibatch's own errors into the one-line error of :class:`CliError`."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MinibatchError as exc:
+            raise CliError(one_line(exc)) from exc
+
+
+# -- the store ----------------------------------------------------------
+class Settings:
+    """What the group's options chose, shared by the commands of one invocation (``ctx.obj``)."""
+
+    def __init__(self, url=None):
+        #: the --url given (None: the environment decides, see :func:`minibatch.store.resolve_url`)
+        self.url = url
+        self._store = None
+
+    @property
+    def store(self):
+        """The store for :attr:`url`, resolved on first use and kept.
+
+        :raises minibatch.errors.MinibatchError: unknown URL scheme, missing
+            driver, unreachable store (as :func:`minibatch.store.get_store` does)
+        """
+        if self._store is None:
+            from minibatch.store import get_store
+            self._store = get_store(self.url)
+        return self._store
+
+
+#: command decorator: pass the :class:`Settings` of the group as the first argument
+pass_settings = click.make_pass_decorator(Settings, ensure=True)
+
+
+def pass_store(fn):
+    """Command decorator: call ``fn(store, ...)`` with the store the group's ``--url`` chose.
+
+    The store is resolved when the command starts, before its own work, and
+    only once however many commands ask for it. Its errors are minibatch
+    errors, so the command's :class:`Group` prints them as one line.
+    """
+    @pass_settings
+    def wrapper(settings, *args, **kwargs):
+        return fn(settings.store, *args, **kwargs)
+    return functools.update_wrapper(wrapper, fn)
+
+
+def open_stream(store, name):
+    """A function that opens (creating if needed) stream ``name`` on ``store``, for when it is first needed."""
+    from minibatch.models import Stream
+    # store.url is the URL the store was resolved from, so this is the very same store object
+    return lambda: Stream.get_or_create(name, url=store.url)
+
+
+# -- console --------------------------------------------------------------
 class StderrHandler(logging.Handler):
     """Logs to whatever ``sys.stderr`` is at the time of the record (click's test runner swaps it)."""
 

@@ -1,9 +1,17 @@
 """``minibatch status``: the figures of :func:`minibatch.status.stream_stats` as a table or JSON.
 
 Read-only. Every number printed is a key of ``stream_stats``; nothing is
-computed here besides formatting.
+computed here besides formatting. The table (or, with ``--json``, one line of
+JSON) goes to stdout. Exit codes: 0; 1 with one error line on stderr when a
+stream named does not exist (checked before anything is printed) or the store
+cannot be used; with ``--watch`` it refreshes until Ctrl-C, which exits with 0.
 """
-from minibatch.cli_common import age, require_stream, table, to_json
+import sys
+import time
+
+import click
+
+from minibatch.cli.common import age, pass_store, require_stream, table, to_json
 from minibatch.status import stream_stats
 from minibatch.store.base import utcnow
 
@@ -14,6 +22,43 @@ STREAM_COLUMNS = (('backlog', 'backlog'), ('in_flight', 'in_flight'), ('processe
                   ('windows', 'windows'))
 
 CONSUMER_COLUMNS = ('consumer', 'host', 'pid', 'state', 'seen', 'alive', 'processed', 'failed', 'rate/s')
+
+
+@click.command(short_help='the figures of every stream: backlog, processed, rate, consumers')
+@click.argument('streams', nargs=-1)
+@click.option('--json', 'as_json', is_flag=True, help='print the figures as JSON (one line per refresh)')
+@click.option('--consumers', is_flag=True, help="list each stream's consumer reports too")
+@click.option('--watch', type=click.FloatRange(min=0.1), metavar='SECONDS',
+              help='refresh every SECONDS until Ctrl-C')
+@pass_store
+def status(store, streams, as_json, consumers, watch):
+    """Show the store and the figures of every stream (or of the STREAMS named).
+
+    backlog: messages waiting; in_flight: held by a consumer now; processed,
+    failed: summed over the consumers' reports; dead: dead letters; rate/s:
+    messages per second of the consumers alive; consumers: consumers alive.
+    """
+    def show():
+        stats = collect(store, streams)
+        if as_json:
+            click.echo(render_json(store, stats))
+        else:
+            click.echo('\n'.join(render_text(store, stats, consumers=consumers)))
+
+    if not watch:
+        show()
+        return
+    clear = sys.stdout.isatty() and not as_json
+    try:
+        while True:
+            if clear:
+                click.clear()
+            show()
+            if not as_json:
+                click.echo(f'(every {watch:g}s, Ctrl-C to stop)\n', err=clear)
+            time.sleep(watch)
+    except KeyboardInterrupt:
+        pass
 
 
 def collect(store, names=()):
