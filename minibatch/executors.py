@@ -10,6 +10,7 @@ import concurrent.futures
 import multiprocessing
 import os
 import signal
+from typing import Any, NamedTuple
 
 from minibatch.errors import ConfigurationError
 
@@ -93,30 +94,39 @@ def check_executor(executor=None, workers=None):
         raise ConfigurationError(f'executor must be a name, an Executor class or instance, got {executor!r}')
 
 
-def make_executor(executor=None, workers=None):
-    """Return ``(executor, capacity, owned, ships_functions)`` for the ``executor=`` argument.
+class ExecutorSetup(NamedTuple):
+    """What :func:`make_executor` made of an ``executor=`` argument."""
+    #: the object with ``submit(fn, *args)`` that runs window functions
+    executor: Any
+    #: how many windows may be in flight at once (backpressure)
+    capacity: int
+    #: minibatch created it, so minibatch shuts it down
+    owned: bool
+    #: calls cross a process boundary: the function must be marshalled
+    ships_functions: bool
 
-    ``capacity`` is how many windows may be in flight at once (backpressure);
-    ``owned`` tells whether minibatch created it and must shut it down;
-    ``ships_functions`` whether calls cross a process boundary (the function
-    must then be marshalled).
+
+def make_executor(executor: Any = None, workers: int | None = None) -> ExecutorSetup:
+    """Start the executor that ``executor=`` names (see the module docstring) and say how to use it.
+
+    :raises ConfigurationError: an unknown name, or something that is no executor
     """
     check_executor(executor, workers)
     if _is_dask_address(executor) or _is_dask_client(executor):
         from minibatch.dask import DaskExecutor
         instance = DaskExecutor(executor)
-        return instance, workers or instance.capacity(), True, True
+        return ExecutorSetup(instance, workers or instance.capacity(), True, True)
     n = workers or default_workers()
     if executor is None:
         executor = 'process'
     if isinstance(executor, str):
         instance = EXECUTORS[executor](n)
-        return instance, _capacity(instance, n), True, executor == 'process'
+        return ExecutorSetup(instance, _capacity(instance, n), True, executor == 'process')
     if isinstance(executor, type) and issubclass(executor, concurrent.futures.Executor):
         instance = executor(max_workers=n)
-        return instance, _capacity(instance, n), True, _ships(instance)
+        return ExecutorSetup(instance, _capacity(instance, n), True, _ships(instance))
     if hasattr(executor, 'submit'):
-        return executor, _capacity(executor, workers or None), False, _ships(executor)
+        return ExecutorSetup(executor, _capacity(executor, workers or None), False, _ships(executor))
     raise ConfigurationError(f'executor must be a name, an Executor class or instance, got {executor!r}')
 
 

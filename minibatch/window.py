@@ -9,45 +9,31 @@ A :class:`WindowEmitter` runs rounds. Each round it
 5. later, when the function returned: ``commit(messages, window)`` (and the
    sink got the result), or ``undo(messages, window, error)`` when it raised.
 
-Subclasses override any step (see docs/windows.rst). Claims carry a lease the
-emitter renews while the function runs; a consumer that dies leaves leases
-that expire, so its messages are delivered again by another consumer.
+Subclasses override any step (see docs/windows.rst); ``due_in()`` tells when a
+strategy needs a round whatever arrives (time windows). The loop around the
+steps (executor, leases, waiting, stopping) is :class:`minibatch.runner.Runner`;
+``emitter.run()`` starts it. Claims carry a lease the runner renews while the
+function runs; a consumer that dies leaves leases that expire, so its messages
+are delivered again by another consumer.
 """
-import concurrent.futures
 import datetime
 import logging
 import os
-import queue as queue_module
-import signal
 import socket
-import threading
 import time
-import traceback
 import uuid
 
 from minibatch.errors import ConfigurationError, InvalidWindowSpec
-from minibatch.executors import make_executor
 from minibatch.legacy import LegacyEmitterAPI
-from minibatch.marshaller import marshal
 from minibatch.models import Stream, Window
+from minibatch.runner import Runner, summary
 from minibatch.store.base import Message, utcnow
 
 logger = logging.getLogger(__name__)
 
-class InFlight:
-    """A window submitted to the executor and not yet committed or undone."""
-    __slots__ = ('messages', 'window', 'future', 'renewed', 'executor')
-
-    def __init__(self, messages, window, future, executor=None):
-        self.messages = messages
-        self.window = window
-        self.future = future
-        self.executor = executor  # the pool it runs on, to tell a broken pool from its replacement
-        self.renewed = time.monotonic()
-
 
 class WindowEmitter(LegacyEmitterAPI):
-    """Base class of window strategies; runs the consumer loop.
+    """Base class of window strategies: the hooks a strategy overrides, and ``run()`` to consume.
 
     :param stream: stream name or :class:`~minibatch.models.Stream`
     :param interval: the strategy's parameter (seconds for time windows, the
@@ -112,22 +98,12 @@ class WindowEmitter(LegacyEmitterAPI):
         #: extra keyword arguments of @streaming, for custom emitters
         self.kwargs = kwargs
         self._stream = None
-        self._executor = None
-        self._inflight = []
-        self._stop_event = threading.Event()
-        self._waiter = None
-        self._idle = 0.01
-        self._next_expiry = 0.0
-        self._next_housekeeping = 0.0
-        self._isolating = 0  # windows still to run alone after a worker crash (see _reap)
+        self._runner = None
         #: counts for this emitter's lifetime, e.g. for tests and status pages: windows emitted,
         #: windows committed and failed, messages emitted, committed (processed) and dead-lettered
         self.stats = {'windows': 0, 'committed': 0, 'failed': 0, 'messages': 0, 'processed': 0, 'dead': 0}
         #: this consumer's id in stream.stats()['consumers']
         self.consumer_id = f'{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}'
-        self._started = None
-        self._next_heartbeat = None  # None: this run reports no heartbeats (run(blocking=False))
-        self._last_beat = (0.0, 0)  # (monotonic time, processed) at the last heartbeat, for the rate
 
     # -- resources --------------------------------------------------------
     @property
@@ -144,13 +120,24 @@ class WindowEmitter(LegacyEmitterAPI):
     def store(self):
         return self.stream.store
 
+    @property
+    def runner(self) -> Runner:
+        """The :class:`~minibatch.runner.Runner` that runs this strategy (its consumer loop)."""
+        if self._runner is None:
+            self._runner = Runner(self)
+        return self._runner
+
+    @property
+    def capacity(self) -> int:
+        """Windows this consumer runs at once (its executor's workers); 0 before it started."""
+        return self.runner.capacity
+
+    @property
+    def _executor(self):
+        return self.runner.executor
+
     def _setup(self, waiter=True):
-        if self._executor is None:
-            self._executor, self.capacity, self._owns_executor, ships = make_executor(
-                self.executor_arg, self.workers)
-            self._call = marshal(self.emitfn) if (ships and self.emitfn) else self.emitfn
-        if waiter and self._waiter is None:
-            self._waiter = self.store.waiter(self.stream_name)
+        self.runner.setup(waiter=waiter)
 
     def close(self):
         """Shut down the executor minibatch created (and the wake-up watcher). Idempotent.
@@ -158,15 +145,7 @@ class WindowEmitter(LegacyEmitterAPI):
         A blocking ``run()`` does this when it ends; after ``run(blocking=False)``
         rounds the pool is kept for the next round, so call ``close()`` when done.
         """
-        self._teardown()
-
-    def _teardown(self):
-        if self._waiter is not None:
-            self._waiter.close()
-            self._waiter = None
-        if self._executor is not None and self._owns_executor:
-            self._executor.shutdown(wait=True)
-        self._executor = None
+        self.runner.teardown()
 
     # -- the overridable steps --------------------------------------------
     def window_ready(self):
@@ -231,24 +210,7 @@ class WindowEmitter(LegacyEmitterAPI):
         window = Window.for_data(self.stream_name, data, id=self.store.save_window(self.stream_name, data))
         self.stats['windows'] += 1
         self.stats['messages'] += len(qs)
-        if self.emitfn is None:
-            future = concurrent.futures.Future()
-            future.set_result(None)
-        else:
-            try:
-                try:
-                    future = self._executor.submit(self._call, window)
-                except concurrent.futures.BrokenExecutor:
-                    # a worker died since the last round; its windows are settled by _reap
-                    self._replace_broken_executor()
-                    future = self._executor.submit(self._call, window)
-            except BaseException:
-                # not started (pool broken, Ctrl-C in an inline function): give the messages
-                # back at once, without counting an attempt, rather than wait for the lease
-                if qs:
-                    self._store_call(self.store.unclaim, self.stream_name, qs[0].token, [m.id for m in qs])
-                raise
-        self._inflight.append(InFlight(qs, window, future, self._executor))
+        self.runner.submit(qs, window)
         return window
 
     def commit(self, qs, window):
@@ -274,14 +236,13 @@ class WindowEmitter(LegacyEmitterAPI):
                                            max_attempts=self.max_attempts, backoff=backoff)
         self.stats['dead'] += dead
         if retried:
-            # check for due retries when the backoff ends, not only at the next periodic expiry
-            self._next_expiry = min(self._next_expiry, time.monotonic() + backoff)
+            self.runner.retry_due_in(backoff)
         if dead:
             logger.error('minibatch: %d messages of stream %r dead-lettered after %d attempts: %s',
-                         dead, self.stream_name, self.max_attempts, _summary(error))
+                         dead, self.stream_name, self.max_attempts, summary(error))
         else:
             logger.warning('minibatch: window of %d messages on %r failed (attempt %d of %d), retrying in %.1fs: %s',
-                           len(qs), self.stream_name, attempts + 1, self.max_attempts, backoff, _summary(error))
+                           len(qs), self.stream_name, attempts + 1, self.max_attempts, backoff, summary(error))
 
     def timestamp(self, *args):
         """Note that a window was cut (time windows record ``last_read``). Returns the time used."""
@@ -290,35 +251,15 @@ class WindowEmitter(LegacyEmitterAPI):
     def sleep(self):
         """Wait before the next round: until a function finishes, a message arrives, or a poll is due.
 
-        Waiting costs no store queries: the waiter watches for appends (change
-        stream, file changes) while running windows are checked in between.
+        Waiting costs no store queries (see :meth:`minibatch.runner.Runner.wait`).
         """
-        timeout = self._next_timeout()
-        futures = [flight.future for flight in self._inflight]
-        if futures and len(futures) >= self.capacity:
-            concurrent.futures.wait(futures, timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED)
-            return
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if self._waiter.wait(min(remaining, 0.02 if futures else self.STOP_CHECK)):
-                # a waiter that sees every change will wake us again: no follow-up polls needed
-                self._idle = self.MAX_PUSH_WAIT if getattr(self._waiter, 'sees_all_changes', False) else 0.01
-                return
-            if any(future.done() for future in futures) or self._stop_event.is_set():
-                return
-            if time.monotonic() >= deadline:
-                break
-        cap = self.MAX_PUSH_WAIT if getattr(self._waiter, 'supported', False) else self.MAX_POLL
-        self._idle = min(self._idle * 2, cap)
+        self.runner.wait()
 
-    def _next_timeout(self):
-        now = time.monotonic()
-        heartbeat = float('inf') if self._next_heartbeat is None else self._next_heartbeat - now
-        return max(0.001, min(self._idle, self._next_expiry - now, self._due_in(), heartbeat))
+    def due_in(self) -> float:
+        """Seconds until this strategy must run a round whatever arrives (a time window's slot ends).
 
-    def _due_in(self):
-        """Seconds until this strategy has something to do regardless of new messages (time windows)."""
+        ``inf`` (the default) when only new messages can make a window ready.
+        """
         return float('inf')
 
     # -- running ----------------------------------------------------------
@@ -328,215 +269,19 @@ class WindowEmitter(LegacyEmitterAPI):
         ``blocking=False`` runs exactly one round: at most one window is cut,
         and the call returns once it is committed or undone.
         """
-        if not blocking:
-            # one round, no wake-up watcher; the pool stays for the next round (see close())
-            self._setup(waiter=False)
-            self._round()
-            self._drain(timeout=None)
-            return self
-        self._setup()
-        restore = self._install_sigterm()
-        self._started = utcnow()
-        self._next_heartbeat = 0.0  # report at once, then every HEARTBEAT seconds
-        try:
-            while not self._should_stop():
-                try:
-                    worked = self._round()
-                except self.store.transient_errors as exc:
-                    logger.warning('minibatch: store unavailable (%s); retrying', _summary(exc))
-                    self._stop_event.wait(min(self._idle * 4, 2.0))
-                    self._idle = min(self._idle * 2, self.MAX_POLL)
-                    continue
-                if not worked:
-                    self.sleep()
-        except KeyboardInterrupt:
-            logger.info('minibatch: interrupted; finishing in-flight windows of %r', self.stream_name)
-        finally:
-            try:
-                self._drain(timeout=self.STOP_GRACE)
-                self._heartbeat(state='stopped')
-            finally:
-                if restore:
-                    restore()
-                self._teardown()
+        self.runner.run(blocking=blocking)
         return self
 
     def stop(self):
         """Ask a running emitter to stop (from any thread): in-flight windows finish, no new ones start."""
-        self._stop_event.set()
+        self.runner.stop_event.set()
 
     @property
     def stopped(self):
-        return self._stop_event.is_set()
+        return self.runner.stop_event.is_set()
 
     def _should_stop(self):
-        if self._stop_event.is_set():
-            return True
-        if self.queue is not None:
-            try:
-                if self.queue.get_nowait() is True:
-                    self._stop_event.set()
-            except queue_module.Empty:
-                pass
-            except (EOFError, OSError):  # the queue's other end is gone: nobody can stop us any more
-                self.queue = None
-        return self._stop_event.is_set()
-
-    def _round(self):
-        """One pass: settle finished windows, keep leases alive, cut at most one new window."""
-        self._reap()
-        self._maintain()
-        capacity = 1 if self._isolating else self.capacity
-        if len(self._inflight) >= capacity or self._stop_event.is_set():
-            return False
-        ready, args = self.window_ready()
-        if not ready:
-            return False
-        qs = self.process(self.query(*(args or ())))
-        if not qs and not self.emit_empty:
-            return False
-        self.emit(qs)
-        self.timestamp(*(args or ()))
-        self._idle = 0.01
-        return True
-
-    def _reap(self):
-        done = [f for f in self._inflight if f.future.done()]
-        # cancelled: left behind in a pool we replaced; broken: its pool lost a worker
-        broken = [f for f in done if f.future.cancelled()
-                  or isinstance(f.future.exception(), concurrent.futures.BrokenExecutor)]
-        if any(flight.executor is self._executor for flight in broken):
-            self._replace_broken_executor()
-        if len(broken) > 1:
-            # a dead worker fails every window of its pool, and which one killed it is
-            # unknown: give them all back without counting an attempt, and run the next
-            # windows one at a time, so that a repeat crash points at its culprit
-            for flight in broken:
-                if flight.messages:
-                    self._store_call(self.store.unclaim, self.stream_name, flight.messages[0].token,
-                                     [m.id for m in flight.messages])
-                self._inflight.remove(flight)
-            self._isolating = max(self._isolating, len(broken))
-            done = [f for f in done if f not in broken]
-        for flight in done:
-            self._settle(flight)
-
-    def _settle(self, flight):
-        if self._isolating:
-            self._isolating -= 1
-        try:
-            result = flight.future.result()
-            if self.sink is not None:
-                self.sink.put(_sink_payload(result, flight.window))
-        except Exception as exc:
-            if isinstance(exc, concurrent.futures.BrokenExecutor):
-                error = (f'{type(exc).__name__}: the worker process died while running this window '
-                         f'(killed, out of memory or crashed): {exc}')
-            else:
-                error = ''.join(traceback.format_exception(exc))[-4000:]
-            self._store_call(self.undo, flight.messages, flight.window, error)
-        else:
-            self._store_call(self.commit, flight.messages, flight.window)
-        self._inflight.remove(flight)
-
-    def _replace_broken_executor(self):
-        # a pool whose worker died refuses all further work; start a fresh one
-        # (only ours: an executor the user passed in is theirs to manage)
-        if not self._owns_executor or self._executor is None:
-            return
-        logger.error('minibatch: a worker process of %r died; starting a new pool', self.stream_name)
-        old, self._executor = self._executor, None
-        old.shutdown(wait=False, cancel_futures=True)
-        self._setup(waiter=False)
-
-    def _store_call(self, fn, *args):
-        """Settle a window even if the store is briefly unreachable; give up only when the lease is gone."""
-        deadline = time.monotonic() + self.lease
-        delay = 0.1
-        while True:
-            try:
-                return fn(*args)
-            except self.store.transient_errors as exc:
-                if time.monotonic() > deadline:
-                    logger.error('minibatch: could not settle a window on %r (%s); its lease will expire and '
-                                 'it will be delivered again', self.stream_name, _summary(exc))
-                    return None
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
-    def _renew_leases(self):
-        now = time.monotonic()
-        for flight in self._inflight:
-            if now - flight.renewed > self.lease / 3 and flight.messages:
-                held = self.store.renew(self.stream_name, flight.messages[0].token, self.lease)
-                flight.renewed = now
-                if not held:
-                    logger.warning('minibatch: lost the lease of a running window on %r', self.stream_name)
-
-    def _maintain(self):
-        self._renew_leases()
-        now = time.monotonic()
-        if now >= self._next_expiry:
-            self.store.expire_leases(self.stream_name, max_attempts=self.max_attempts)
-            # expired leases (a consumer died) need not be found within a second; a due
-            # retry of our own is scheduled by undo(). An idle consumer stays cheap.
-            self._next_expiry = now + max(0.2, min(self.lease / 4, 5.0))
-        if now >= self._next_housekeeping:
-            if self.stream.max_age:
-                self.stream.housekeep()
-            self._next_housekeeping = now + 60.0
-        if self._next_heartbeat is not None and now >= self._next_heartbeat:
-            self._heartbeat()
-            self._next_heartbeat = now + self.HEARTBEAT
-
-    def _heartbeat(self, state='running'):
-        """Report this consumer's figures to the store (see minibatch.status); best effort."""
-        if self._next_heartbeat is None:
-            return
-        now = time.monotonic()
-        then, processed_then = self._last_beat
-        elapsed = now - then if then else 0.0
-        rate = (self.stats['processed'] - processed_then) / elapsed if elapsed > 0 else 0.0
-        self._last_beat = (now, self.stats['processed'])
-        info = {'host': socket.gethostname(), 'pid': os.getpid(), 'started': self._started, 'state': state,
-                'heartbeat': self.HEARTBEAT, 'in_flight': len(self._inflight), 'rate': round(rate, 3),
-                **{key: self.stats[key] for key in ('windows', 'committed', 'failed', 'processed', 'dead')}}
-        try:
-            self.store.heartbeat(self.stream_name, self.consumer_id, info)
-        except self.store.transient_errors as exc:
-            logger.debug('minibatch: heartbeat of %r skipped: %s', self.stream_name, exc)
-
-    def _drain(self, timeout):
-        """Settle in-flight windows: wait for them up to ``timeout``, then give the rest back."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self._inflight:
-            remaining = self.lease / 3 if deadline is None else deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            # wake at least every third of the lease: a long window keeps its claim while we wait
-            concurrent.futures.wait([f.future for f in self._inflight], timeout=min(remaining, self.lease / 3),
-                                    return_when=concurrent.futures.FIRST_COMPLETED)
-            self._reap()
-            try:
-                self._renew_leases()
-            except self.store.transient_errors as exc:
-                logger.warning('minibatch: could not renew leases (%s); retrying', _summary(exc))
-        for flight in list(self._inflight):
-            # still running after the grace period: hand the messages back untouched
-            if flight.messages:
-                self._store_call(self.store.unclaim, self.stream_name, flight.messages[0].token,
-                                 [m.id for m in flight.messages])
-            self._inflight.remove(flight)
-
-    def _install_sigterm(self):
-        if threading.current_thread() is not threading.main_thread():
-            return None
-        previous = signal.getsignal(signal.SIGTERM)
-
-        def on_sigterm(signum, frame):
-            self.stop()
-        signal.signal(signal.SIGTERM, on_sigterm)
-        return lambda: signal.signal(signal.SIGTERM, previous)
+        return self.runner.should_stop()
 
 
 class CountWindow(WindowEmitter):
@@ -639,7 +384,7 @@ class RelaxedTimeWindow(_TimeWindow):
         self.store.update_stream(self.stream_name, last_read=now)
         return now
 
-    def _due_in(self):
+    def due_in(self):
         return max(0.0, self._next - time.monotonic())
 
 
@@ -676,7 +421,7 @@ class FixedTimeWindow(_TimeWindow):
         self._last_read = slot_end if won else None
         return won, (start, slot_end)
 
-    def _due_in(self):
+    def due_in(self):
         if self._last_read is None:
             return 0.0
         slot_end = self._last_read + datetime.timedelta(seconds=self.interval)
@@ -699,20 +444,6 @@ def _as_claimable(item):
     if isinstance(item, dict):
         return item.get('_id', item.get('id'))
     return item
-
-
-def _sink_payload(result, window):
-    # the seed's convention: the function's return value, or the window data when it returns nothing
-    if result is None:
-        return window.data
-    if isinstance(result, Window):
-        return result.data
-    return result
-
-
-def _summary(error):
-    text = str(error).strip().splitlines()
-    return text[-1] if text else repr(error)
 
 
 def validate_emitter_class(emitter):

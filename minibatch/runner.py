@@ -1,0 +1,413 @@
+"""The consumer loop: runs a window strategy (a WindowEmitter) until it is asked to stop.
+
+The strategy decides *when* to cut a window and *which* messages go into it
+(``window_ready``/``query``/``process``), and what success and failure mean for
+them (``commit``/``undo``). The runner does everything around that:
+
+- the executor the window functions run on, and the windows in flight on it,
+  never more than it has workers (backpressure);
+- each in-flight window's lease, renewed while its function runs, and the
+  window settled exactly once: committed, undone, or given back untouched;
+- waiting between rounds without querying the store (its waiter wakes us on
+  an append), for a due retry or for the strategy's next deadline (``due_in``);
+- finding leases other consumers left behind (``expire_leases``), retention,
+  heartbeats for ``stream.stats()``;
+- stopping: ``stop()``, ``True`` on the queue, SIGTERM or Ctrl-C end the loop
+  after the windows in flight finish (or are given back after ``STOP_GRACE``).
+
+One round (:meth:`Runner.round`) settles finished windows, keeps leases alive
+and cuts at most one new window. ``emitter.run()`` is the front door.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import queue as queue_module
+import signal
+import socket
+import threading
+import time
+import traceback
+from typing import TYPE_CHECKING, Any, Callable
+
+from minibatch import retention
+from minibatch.executors import make_executor
+from minibatch.marshaller import marshal
+from minibatch.store.base import utcnow
+
+if TYPE_CHECKING:
+    from minibatch.window import WindowEmitter
+
+logger = logging.getLogger('minibatch.window')
+
+
+class InFlight:
+    """A window submitted to the executor and not yet settled."""
+    __slots__ = ('messages', 'window', 'future', 'renewed', 'executor')
+
+    def __init__(self, messages: list, window: Any, future: concurrent.futures.Future, executor: Any = None):
+        self.messages = messages
+        self.window = window
+        self.future = future
+        self.executor = executor  # the pool it runs on, to tell a broken pool from its replacement
+        self.renewed = time.monotonic()
+
+    @property
+    def token(self) -> str | None:
+        return self.messages[0].token if self.messages else None
+
+
+class Runner:
+    """Runs one emitter's rounds; owns its executor, in-flight windows, waiter and heartbeats.
+
+    Timing settings are read from the emitter's class (``MAX_POLL``,
+    ``MAX_PUSH_WAIT``, ``STOP_GRACE``, ``HEARTBEAT``, ``STOP_CHECK``), so a
+    strategy (or a test) can change them where users configure consumers.
+    """
+
+    def __init__(self, emitter: WindowEmitter):
+        self.em = emitter
+        self.executor: Any = None
+        self.capacity = 0
+        self.inflight: list[InFlight] = []
+        self.waiter: Any = None
+        self.stop_event = threading.Event()
+        self._owns_executor = False
+        self._call: Callable | None = None
+        self._idle = 0.01
+        self._next_expiry = 0.0
+        self._next_housekeeping = 0.0
+        self._isolating = 0  # windows still to run alone after a worker crash (see reap)
+        self._started = None
+        self._next_heartbeat: float | None = None  # None: no heartbeats (run(blocking=False))
+        self._last_beat = (0.0, 0)  # (monotonic time, processed) at the last heartbeat, for the rate
+
+    @property
+    def store(self):
+        return self.em.store
+
+    @property
+    def name(self) -> str:
+        return self.em.stream_name
+
+    # -- resources --------------------------------------------------------
+    def setup(self, waiter: bool = True) -> None:
+        """Start the executor (and the store's waiter) unless running. Raises what the executor raises."""
+        if self.executor is None:
+            plan = make_executor(self.em.executor_arg, self.em.workers)
+            self.executor, self.capacity, self._owns_executor = plan.executor, plan.capacity, plan.owned
+            emitfn = self.em.emitfn
+            self._call = marshal(emitfn) if (plan.ships_functions and emitfn) else emitfn
+        if waiter and self.waiter is None:
+            self.waiter = self.store.waiter(self.name)
+
+    def teardown(self) -> None:
+        """Close the waiter and shut down an executor minibatch created. Idempotent."""
+        if self.waiter is not None:
+            self.waiter.close()
+            self.waiter = None
+        if self.executor is not None and self._owns_executor:
+            self.executor.shutdown(wait=True)
+        self.executor = None
+
+    # -- the loop ---------------------------------------------------------
+    def run(self, blocking: bool = True) -> None:
+        """Rounds until stopped; with ``blocking=False`` one round, and wait for its window to settle."""
+        if not blocking:
+            # one round, no wake-up watcher; the pool stays for the next round (see emitter.close())
+            self.setup(waiter=False)
+            self.round()
+            self.drain(timeout=None)
+            return
+        self.setup()
+        restore = self._install_sigterm()
+        self._started = utcnow()
+        self._next_heartbeat = 0.0  # report at once, then every HEARTBEAT seconds
+        try:
+            while not self.should_stop():
+                try:
+                    worked = self.round()
+                except self.store.transient_errors as exc:
+                    logger.warning('minibatch: store unavailable (%s); retrying', summary(exc))
+                    self.stop_event.wait(min(self._idle * 4, 2.0))
+                    self._idle = min(self._idle * 2, self.em.MAX_POLL)
+                    continue
+                if not worked:
+                    self.em.sleep()
+        except KeyboardInterrupt:
+            logger.info('minibatch: interrupted; finishing in-flight windows of %r', self.name)
+        finally:
+            try:
+                self.drain(timeout=self.em.STOP_GRACE)
+                self.heartbeat(state='stopped')
+            finally:
+                if restore:
+                    restore()
+                self.teardown()
+
+    def should_stop(self) -> bool:
+        """True once a stop was asked: ``stop()``, SIGTERM, or ``True`` put on the emitter's queue."""
+        if self.stop_event.is_set():
+            return True
+        if self.em.queue is not None:
+            try:
+                if self.em.queue.get_nowait() is True:
+                    self.stop_event.set()
+            except queue_module.Empty:
+                pass
+            except (EOFError, OSError):  # the queue's other end is gone: nobody can stop us any more
+                self.em.queue = None
+        return self.stop_event.is_set()
+
+    def round(self) -> bool:
+        """Settle finished windows, keep leases alive, cut at most one new window. True if one was cut."""
+        self.reap()
+        self.maintain()
+        capacity = 1 if self._isolating else self.capacity
+        if len(self.inflight) >= capacity or self.stop_event.is_set():
+            return False
+        em = self.em
+        ready, args = em.window_ready()
+        if not ready:
+            return False
+        messages = em.process(em.query(*(args or ())))
+        if not messages and not em.emit_empty:
+            return False
+        em.emit(messages)
+        em.timestamp(*(args or ()))
+        self._idle = 0.01
+        return True
+
+    # -- windows in flight ------------------------------------------------
+    def submit(self, messages: list, window: Any) -> concurrent.futures.Future:
+        """Run the emitter's function on ``window`` and hold ``messages`` until it settles.
+
+        If the function cannot even be started (pool broken twice, Ctrl-C in an
+        inline function), the messages are given back at once, without
+        counting an attempt, and the error is raised.
+        """
+        if self.executor is None:
+            self.setup(waiter=False)
+        if self.em.emitfn is None:
+            future: concurrent.futures.Future = concurrent.futures.Future()
+            future.set_result(None)
+        else:
+            try:
+                try:
+                    future = self.executor.submit(self._call, window)
+                except concurrent.futures.BrokenExecutor:
+                    # a worker died since the last round; its windows are settled by reap()
+                    self._replace_broken_executor()
+                    future = self.executor.submit(self._call, window)
+            except BaseException:
+                self.give_back(messages)
+                raise
+        self.inflight.append(InFlight(messages, window, future, self.executor))
+        return future
+
+    def give_back(self, messages: list) -> None:
+        """Make claimed ``messages`` available again, untouched (no attempt counted)."""
+        if messages:
+            self.settle_call(self.store.unclaim, self.name, messages[0].token, [m.id for m in messages])
+
+    def reap(self) -> None:
+        """Settle every window whose function has finished."""
+        done = [f for f in self.inflight if f.future.done()]
+        # cancelled: left behind in a pool we replaced; broken: its pool lost a worker
+        broken = [f for f in done if f.future.cancelled()
+                  or isinstance(f.future.exception(), concurrent.futures.BrokenExecutor)]
+        if any(flight.executor is self.executor for flight in broken):
+            self._replace_broken_executor()
+        if len(broken) > 1:
+            # a dead worker fails every window of its pool, and which one killed it is
+            # unknown: give them all back without counting an attempt, and run the next
+            # windows one at a time, so that a repeat crash points at its culprit
+            for flight in broken:
+                self.give_back(flight.messages)
+                self.inflight.remove(flight)
+            self._isolating = max(self._isolating, len(broken))
+            done = [f for f in done if f not in broken]
+        for flight in done:
+            self.settle(flight)
+
+    def settle(self, flight: InFlight) -> None:
+        """Commit a finished window (and put its result to the sink), or undo it when it failed."""
+        if self._isolating:
+            self._isolating -= 1
+        em = self.em
+        try:
+            result = flight.future.result()
+            if em.sink is not None:
+                em.sink.put(sink_payload(result, flight.window))
+        except Exception as exc:
+            if isinstance(exc, concurrent.futures.BrokenExecutor):
+                error = (f'{type(exc).__name__}: the worker process died while running this window '
+                         f'(killed, out of memory or crashed): {exc}')
+            else:
+                error = ''.join(traceback.format_exception(exc))[-4000:]
+            self.settle_call(em.undo, flight.messages, flight.window, error)
+        else:
+            self.settle_call(em.commit, flight.messages, flight.window)
+        self.inflight.remove(flight)
+
+    def settle_call(self, fn: Callable, *args: Any) -> Any:
+        """Call ``fn(*args)``, retrying while the store is unreachable, until the lease would have run out.
+
+        Settling must survive a short outage; after the lease the messages are
+        someone else's anyway (they will be delivered again), so we give up.
+        """
+        deadline = time.monotonic() + self.em.lease
+        delay = 0.1
+        while True:
+            try:
+                return fn(*args)
+            except self.store.transient_errors as exc:
+                if time.monotonic() > deadline:
+                    logger.error('minibatch: could not settle a window on %r (%s); its lease will expire and '
+                                 'it will be delivered again', self.name, summary(exc))
+                    return None
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def retry_due_in(self, seconds: float) -> None:
+        """A window of ours was released for a retry in ``seconds``: look for it then, not at the next expiry."""
+        self._next_expiry = min(self._next_expiry, time.monotonic() + seconds)
+
+    def _replace_broken_executor(self) -> None:
+        # a pool whose worker died refuses all further work; start a fresh one
+        # (only ours: an executor the user passed in is theirs to manage)
+        if not self._owns_executor or self.executor is None:
+            return
+        logger.error('minibatch: a worker process of %r died; starting a new pool', self.name)
+        old, self.executor = self.executor, None
+        old.shutdown(wait=False, cancel_futures=True)
+        self.setup(waiter=False)
+
+    def renew_leases(self) -> None:
+        """Renew the lease of every in-flight window every third of the lease."""
+        now = time.monotonic()
+        for flight in self.inflight:
+            if now - flight.renewed > self.em.lease / 3 and flight.messages:
+                held = self.store.renew(self.name, flight.token, self.em.lease)
+                flight.renewed = now
+                if not held:
+                    logger.warning('minibatch: lost the lease of a running window on %r', self.name)
+
+    def maintain(self) -> None:
+        """Periodic work of a round: leases, expired claims of others, retention, heartbeats."""
+        self.renew_leases()
+        now = time.monotonic()
+        em = self.em
+        if now >= self._next_expiry:
+            self.store.expire_leases(self.name, max_attempts=em.max_attempts)
+            # expired leases (a consumer died) need not be found within a second; a due
+            # retry of our own is scheduled by retry_due_in(). An idle consumer stays cheap.
+            self._next_expiry = now + max(0.2, min(em.lease / 4, 5.0))
+        if now >= self._next_housekeeping:
+            if em.stream.max_age:
+                retention.expire(self.store, self.name, em.stream.max_age)
+            self._next_housekeeping = now + 60.0
+        if self._next_heartbeat is not None and now >= self._next_heartbeat:
+            self.heartbeat()
+            self._next_heartbeat = now + em.HEARTBEAT
+
+    def drain(self, timeout: float | None) -> None:
+        """Settle in-flight windows: wait for them up to ``timeout``, then give the rest back."""
+        lease = self.em.lease
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.inflight:
+            remaining = lease / 3 if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            # wake at least every third of the lease: a long window keeps its claim while we wait
+            concurrent.futures.wait([f.future for f in self.inflight], timeout=min(remaining, lease / 3),
+                                    return_when=concurrent.futures.FIRST_COMPLETED)
+            self.reap()
+            try:
+                self.renew_leases()
+            except self.store.transient_errors as exc:
+                logger.warning('minibatch: could not renew leases (%s); retrying', summary(exc))
+        for flight in list(self.inflight):
+            # still running after the grace period: hand the messages back untouched
+            self.give_back(flight.messages)
+            self.inflight.remove(flight)
+
+    # -- waiting ----------------------------------------------------------
+    def wait(self) -> None:
+        """Wait before the next round: until a function finishes, a message arrives, or a poll is due.
+
+        Costs no store queries: the waiter watches for appends (change stream,
+        file changes) while running windows are checked in between.
+        """
+        em = self.em
+        timeout = self._next_timeout()
+        futures = [flight.future for flight in self.inflight]
+        if futures and len(futures) >= self.capacity:
+            concurrent.futures.wait(futures, timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED)
+            return
+        if self.waiter is None:  # a round run by hand (run(blocking=False)): nothing to be woken by
+            self.stop_event.wait(timeout)
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if self.waiter.wait(min(remaining, 0.02 if futures else em.STOP_CHECK)):
+                # a waiter that sees every change will wake us again: no follow-up polls needed
+                self._idle = em.MAX_PUSH_WAIT if self.waiter.sees_all_changes else 0.01
+                return
+            if any(future.done() for future in futures) or self.stop_event.is_set():
+                return
+            if time.monotonic() >= deadline:
+                break
+        cap = em.MAX_PUSH_WAIT if self.waiter.supported else em.MAX_POLL
+        self._idle = min(self._idle * 2, cap)
+
+    def _next_timeout(self) -> float:
+        now = time.monotonic()
+        heartbeat = float('inf') if self._next_heartbeat is None else self._next_heartbeat - now
+        return max(0.001, min(self._idle, self._next_expiry - now, self.em.due_in(), heartbeat))
+
+    # -- reporting and signals ----------------------------------------------
+    def heartbeat(self, state: str = 'running') -> None:
+        """Report this consumer's figures to the store (see minibatch.status); best effort."""
+        if self._next_heartbeat is None:
+            return
+        stats = self.em.stats
+        now = time.monotonic()
+        then, processed_then = self._last_beat
+        elapsed = now - then if then else 0.0
+        rate = (stats['processed'] - processed_then) / elapsed if elapsed > 0 else 0.0
+        self._last_beat = (now, stats['processed'])
+        info = {'host': socket.gethostname(), 'pid': os.getpid(), 'started': self._started, 'state': state,
+                'heartbeat': self.em.HEARTBEAT, 'in_flight': len(self.inflight), 'rate': round(rate, 3),
+                **{key: stats[key] for key in ('windows', 'committed', 'failed', 'processed', 'dead')}}
+        try:
+            self.store.heartbeat(self.name, self.em.consumer_id, info)
+        except self.store.transient_errors as exc:
+            logger.debug('minibatch: heartbeat of %r skipped: %s', self.name, exc)
+
+    def _install_sigterm(self) -> Callable[[], Any] | None:
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum, frame):
+            self.stop_event.set()
+        signal.signal(signal.SIGTERM, on_sigterm)
+        return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def sink_payload(result: Any, window: Any) -> Any:
+    """What the sink gets, the seed's convention: the function's return value, or the window data if None."""
+    if result is None:
+        return window.data
+    if isinstance(result, type(window)):  # the function returned its (or a) window
+        return result.data
+    return result
+
+
+def summary(error: Any) -> str:
+    """The last line of an error or traceback text: what a log line needs."""
+    text = str(error).strip().splitlines()
+    return text[-1] if text else repr(error)
