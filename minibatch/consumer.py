@@ -3,7 +3,6 @@ import logging
 import threading
 
 from minibatch.errors import ConfigurationError, InvalidWindowSpec
-from minibatch.executors import check_executor
 from minibatch.window import CountWindow, FixedTimeWindow, RelaxedTimeWindow, validate_emitter_class
 
 logger = logging.getLogger(__name__)
@@ -43,8 +42,7 @@ def make_emitter(name, emitfn=None, interval=None, size=None, relaxed=False, url
     if not isinstance(name, Stream) and (not isinstance(name, str) or not name):
         raise ConfigurationError(f'a stream name must be a non-empty string, got {name!r}')
     workers = workers if workers is not None else max_workers
-    check_executor(executor, workers)
-    _check_window_args(size, interval)
+    _check_window_args(size, interval)  # the consumer options are checked by the emitter (ConsumerOptions)
     options = dict(emitfn=emitfn, url=url, sink=sink, executor=executor, keep=keep, queue=queue,
                    cnx_kwargs=cnx_kwargs, workers=workers, **kwargs)
     if emitter is not None:
@@ -62,6 +60,16 @@ def make_emitter(name, emitfn=None, interval=None, size=None, relaxed=False, url
     return em
 
 
+def _run_in_background(em):
+    """Run a consumer in this (background) thread; if it dies, log why and keep the exception as ``em.error``."""
+    try:
+        em.run(blocking=True)
+    except BaseException as exc:
+        em.error = exc
+        logger.exception('minibatch: the background consumer of %r stopped on an error (kept as emitter.error)',
+                         em.stream_name)
+
+
 def streaming(name, fn=None, interval=None, size=None, emitter=None, relaxed=True, keep=False, url=None,
               sink=None, queue=None, source=None, blocking=True, executor=None, max_workers=None, workers=None,
               cnx_kwargs=None, **kwargs):
@@ -70,7 +78,8 @@ def streaming(name, fn=None, interval=None, size=None, emitter=None, relaxed=Tru
     ``@streaming('s', size=2)`` runs the consumer at once and blocks until it
     is stopped (``True`` put on ``queue``, SIGTERM, Ctrl-C); with
     ``blocking=False`` it runs in a background thread and the decorator
-    returns the emitter (call ``.stop()`` to end it). ``source=`` attaches a
+    returns the emitter (call ``.stop()`` to end it; if the consumer dies on
+    an error, the error is logged and kept as ``emitter.error``). ``source=`` attaches a
     source to the stream first. ``decorator.make(fn)`` returns the emitter
     without running it; ``decorator.apply(fn)`` is the decorator itself.
     With neither ``size`` nor ``interval`` nor ``emitter``, windows are of
@@ -95,7 +104,8 @@ def streaming(name, fn=None, interval=None, size=None, emitter=None, relaxed=Tru
         if blocking:
             em.run(blocking=True)
         else:
-            thread = threading.Thread(target=em.run, name=f'minibatch-consumer-{name}', daemon=True)
+            thread = threading.Thread(target=_run_in_background, args=(em,), name=f'minibatch-consumer-{name}',
+                                      daemon=True)
             em.thread = thread
             thread.start()
         return em

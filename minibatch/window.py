@@ -26,6 +26,7 @@ import uuid
 from minibatch.errors import ConfigurationError, InvalidWindowSpec
 from minibatch.legacy import LegacyEmitterAPI
 from minibatch.models import Stream, Window
+from minibatch.options import ConsumerOptions, refuse_unknown
 from minibatch.runner import Runner, summary
 from minibatch.store.base import Message, utcnow
 
@@ -67,15 +68,19 @@ class WindowEmitter(LegacyEmitterAPI):
                  workers=None, keep=False, sink=None, max_attempts=3, lease=60.0, retry_backoff=1.0, url=None,
                  cnx_kwargs=None, **kwargs):
         # the positional order and the names stream=, stream_url=, forwardfn= are minibatch 0.6's
-        if max_attempts is None or int(max_attempts) < 1:
-            raise InvalidWindowSpec(f'max_attempts must be >= 1, got {max_attempts!r}')
-        if lease is None or lease <= 0:
-            raise InvalidWindowSpec(f'lease must be a positive number of seconds, got {lease!r}')
+        if type(self) in BUILT_IN:
+            # a typo (max_attemps=5) must not be ignored; custom emitters get their own keywords in self.kwargs
+            refuse_unknown(kwargs, type(self).__name__)
         if stream is not None:
             stream_name = stream
         url = url if url is not None else stream_url
         if sink is None and forwardfn is not None:
             sink = _CallableSink(forwardfn)
+        #: the consumer's options, validated (see :class:`minibatch.options.ConsumerOptions`)
+        self.options = ConsumerOptions(processfn=processfn, executor=executor,
+                                       workers=workers if workers is not None else max_workers,
+                                       keep=keep, sink=sink, queue=queue, emit_empty=emit_empty,
+                                       max_attempts=max_attempts, lease=lease, retry_backoff=retry_backoff)
         self._stream_arg = stream_name
         self.stream_name = stream_name.name if isinstance(stream_name, Stream) else stream_name
         self.url = url
@@ -84,19 +89,18 @@ class WindowEmitter(LegacyEmitterAPI):
         self.interval = interval if interval is not None else (size if size is not None else 1)
         #: the size= given to @streaming / make_emitter, if any
         self.size = size
-        self.processfn = processfn
         self.emitfn = emitfn
-        self.executor_arg = executor
-        self.workers = workers or max_workers
-        self.keep = keep
-        self.sink = sink
-        self.queue = queue
-        self.emit_empty = emit_empty
-        self.max_attempts = int(max_attempts)
-        self.lease = float(lease)
-        self.retry_backoff = float(retry_backoff)
+        # the options as attributes, where strategies (and 0.6 emitters) read and may change them
+        options = self.options
+        self.processfn, self.executor_arg, self.workers = options.processfn, options.executor, options.workers
+        self.keep, self.sink, self.queue, self.emit_empty = options.keep, options.sink, options.queue, \
+            options.emit_empty
+        self.max_attempts, self.lease, self.retry_backoff = options.max_attempts, options.lease, \
+            options.retry_backoff
         #: extra keyword arguments of @streaming, for custom emitters
         self.kwargs = kwargs
+        #: the exception that ended a background consumer (streaming(blocking=False)), else None
+        self.error = None
         self._stream = None
         self._runner = None
         #: counts for this emitter's lifetime, e.g. for tests and status pages: windows emitted,
@@ -426,6 +430,10 @@ class FixedTimeWindow(_TimeWindow):
             return 0.0
         slot_end = self._last_read + datetime.timedelta(seconds=self.interval)
         return max(0.0, (slot_end - utcnow()).total_seconds())
+
+
+#: the strategies minibatch ships: they refuse keywords they do not know (see minibatch.options)
+BUILT_IN = frozenset({CountWindow, RelaxedTimeWindow, FixedTimeWindow})
 
 
 class _CallableSink:

@@ -252,3 +252,52 @@ def test_server_selection_timeout_in_the_url_is_honoured():
     with pytest.raises(mb.errors.StoreUnavailable):
         mb.get_store(url).counts('s')
     assert time.monotonic() - started < 3, 'the default 5 s timeout overrode the one in the URL'
+
+
+# -- consumer options: one place, typos named ----------------------------------
+@pytest.mark.parametrize('kwargs, words', [
+    (dict(max_attemps=5), ['max_attemps', 'max_attempts']),
+    (dict(retry_backof=2), ['retry_backof', 'retry_backoff']),
+    (dict(kep=True), ['kep', 'keep']),
+    (dict(colour='blue'), ['colour']),
+], ids=['max_attemps', 'retry_backof', 'kep', 'colour'])
+def test_an_option_no_strategy_knows_is_refused_naming_the_nearest(store_url, kwargs, words):
+    name = name_of()
+    with pytest.raises(ConfigurationError) as excinfo:
+        streaming(name, size=1, url=store_url, executor='inline', blocking=False, **kwargs)
+    for word in words:
+        assert word in str(excinfo.value), str(excinfo.value)
+    with pytest.raises(ConfigurationError, match=words[0]):
+        mb.make_emitter(name, lambda w: None, interval=1, url=store_url, **kwargs)
+    assert mb.get_store(store_url).get_stream(name) is None
+
+
+def test_a_custom_emitter_still_gets_its_own_keywords(store_url):
+    class Tagged(mb.WindowEmitter):
+        def window_ready(self):
+            return False, ()
+
+    em = streaming(name_of(), emitter=Tagged, colour='blue', url=store_url, executor='inline').make(print)
+    assert em.kwargs == {'colour': 'blue'}
+
+
+@pytest.mark.parametrize('kwargs, word', [
+    (dict(retry_backoff=-1), 'retry_backoff'), (dict(lease=0), 'lease'), (dict(max_attempts=1.5), 'max_attempts'),
+    (dict(sink=object()), 'sink'), (dict(processfn='keep'), 'processfn'),
+])
+def test_bad_consumer_options_are_refused_where_written(store_url, kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        streaming(name_of(), size=1, url=store_url, executor='inline', blocking=False, **kwargs)
+
+
+def test_a_background_consumer_that_dies_logs_why_and_keeps_the_error(store_url, caplog):
+    class Broken(CountWindow):
+        def window_ready(self):
+            raise RuntimeError('the strategy broke')
+
+    with caplog.at_level('ERROR', logger='minibatch'):
+        em = streaming(name_of(), emitter=Broken, size=1, url=store_url, executor='inline', blocking=False)(print)
+        em.thread.join(10)
+    assert not em.thread.is_alive()
+    assert isinstance(em.error, RuntimeError) and 'the strategy broke' in str(em.error)
+    assert any('background consumer' in r.getMessage() for r in caplog.records), caplog.text

@@ -1,0 +1,94 @@
+"""How a consumer runs, in one place: :class:`ConsumerOptions`, validated once.
+
+``@streaming``, ``make_emitter`` and every :class:`~minibatch.window.WindowEmitter`
+take these keywords; the emitter builds one ``ConsumerOptions`` from them, so a
+bad value is refused where the decorator is written, with one message per
+option. A keyword no built-in strategy knows is refused too, naming the nearest
+known one (``max_attemps`` -> ``max_attempts``); a custom emitter class receives
+keywords it does not know in ``self.kwargs``, as in minibatch 0.6.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Callable
+
+from minibatch.errors import ConfigurationError, InvalidWindowSpec
+from minibatch.executors import check_executor
+
+#: keywords of @streaming / make_emitter that are not ConsumerOptions fields (the window, the stream,
+#: running, and minibatch 0.6's names)
+OTHER_KEYWORDS = frozenset({
+    'name', 'fn', 'emitfn', 'size', 'interval', 'relaxed', 'emitter', 'source', 'blocking', 'url',
+    'cnx_kwargs', 'stream', 'stream_url', 'stream_name', 'forwardfn', 'max_workers', 'max_window',
+})
+
+
+@dataclasses.dataclass
+class ConsumerOptions:
+    """The options of one consumer, checked on creation.
+
+    :param processfn: ``fn(messages) -> messages`` applied to each claimed window;
+        what it leaves out is committed at once
+    :param executor: where functions run: ``'process'`` (default), ``'thread'``,
+        ``'inline'``, an Executor class or instance, a Dask client or ``'dask://host:port'``
+    :param workers: windows run at once (and pool size); default the number of CPUs
+    :param keep: keep committed messages (state ``done``) instead of deleting them
+    :param sink: object with ``put(data)``: gets the function's result, or the window data
+    :param queue: a ``multiprocessing.Queue``; putting ``True`` on it stops the consumer
+    :param emit_empty: call the function for empty time windows too
+    :param max_attempts: deliveries of a message before it is dead-lettered (>= 1)
+    :param lease: seconds a claim is held without renewal (> 0); renewed every third of it
+    :param retry_backoff: seconds before the first retry of a failed window (>= 0);
+        doubles per attempt, at most 60 s
+    :raises InvalidWindowSpec: ``max_attempts``, ``lease`` or ``retry_backoff`` out of range
+    :raises ConfigurationError: a bad ``executor``, ``workers`` or ``sink``
+    """
+    processfn: Callable | None = None
+    executor: Any = None
+    workers: int | None = None
+    keep: bool = False
+    sink: Any = None
+    queue: Any = None
+    emit_empty: bool = False
+    max_attempts: int = 3
+    lease: float = 60.0
+    retry_backoff: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise InvalidWindowSpec(f'max_attempts must be an integer >= 1, got {self.max_attempts!r}')
+        if not _is_number(self.lease) or self.lease <= 0:
+            raise InvalidWindowSpec(f'lease must be a positive number of seconds, got {self.lease!r}')
+        if not _is_number(self.retry_backoff) or self.retry_backoff < 0:
+            raise InvalidWindowSpec(f'retry_backoff must be a number of seconds >= 0, got {self.retry_backoff!r}')
+        self.lease = float(self.lease)
+        self.retry_backoff = float(self.retry_backoff)
+        check_executor(self.executor, self.workers)
+        if self.sink is not None and not callable(getattr(self.sink, 'put', None)):
+            raise ConfigurationError(f'sink must be an object with a put(data) method, got {self.sink!r}')
+        if self.processfn is not None and not callable(self.processfn):
+            raise ConfigurationError(f'processfn must be a function of the claimed messages, got {self.processfn!r}')
+
+    @classmethod
+    def known(cls) -> frozenset[str]:
+        """Every keyword a built-in strategy understands."""
+        return frozenset(f.name for f in dataclasses.fields(cls)) | OTHER_KEYWORDS
+
+
+def refuse_unknown(options: dict[str, Any], where: str) -> None:
+    """Raise ConfigurationError for the first keyword of ``options`` no built-in strategy knows.
+
+    The message names it, and the nearest known keyword when one is close.
+    """
+    known = ConsumerOptions.known()
+    for key in options:
+        if key not in known:
+            nearest = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f'; did you mean {nearest[0]}=?' if nearest else ''
+            raise ConfigurationError(f'{where} does not know the option {key}={options[key]!r}{hint} '
+                                     '(options a custom emitter class takes reach it with emitter=MyEmitter)')
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
