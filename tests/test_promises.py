@@ -265,3 +265,152 @@ def test_empty_time_windows_are_emitted_only_with_emit_empty(store_url):
             time.sleep(0.01)
         em.run(blocking=False)
         assert seen == expected, emit_empty
+
+
+# -- dead letters are counted (emitter.stats, stream.stats()) ----------------
+def test_dead_lettered_messages_are_counted(store_url):
+    name = 'counted-dead'
+    stream = mb.stream(name, url=store_url)
+    stream.append([{'i': i} for i in range(3)])
+    em = mb.make_emitter(name, lambda w: 1 / 0, size=3, url=store_url, executor='inline', max_attempts=2,
+                         retry_backoff=0)
+    try:
+        em.run(blocking=False)  # first failure: retried
+        assert (em.stats['failed'], em.stats['dead']) == (1, 0)
+        em.run(blocking=False)  # second failure reaches max_attempts=2: dead-lettered
+    finally:
+        em.close()
+    assert em.stats['failed'] == 2
+    assert em.stats['dead'] == 3, 'the three messages of the window were dead-lettered'
+    assert stream.stats()['dead'] == 3
+
+
+# -- CountWindow tops up after a rival took some, and never emits more than size --
+def test_count_window_tops_up_from_the_next_available_messages(store_url):
+    name = 'topup'
+    stream = mb.stream(name, url=store_url)
+    ids = stream.store.append(name, [{'i': i} for i in range(5)])
+    store = stream.store
+    em = mb.make_emitter(name, lambda w: None, size=3, url=store_url, executor='inline')
+    try:
+        ready, args = em.window_ready()
+        assert ready, 'five messages are available'
+        # a rival consumer claims one message of the window before we do
+        assert [m.id for m in store.claim(name, [ids[1]], 'rival-token', 30)] == [ids[1]]
+        window = em.process(em.query(*args))
+    finally:
+        em.close()
+    assert [m.id for m in window] == [ids[0], ids[2], ids[3]], \
+        'a full window of 3: what was left of it, topped up with the next available message'
+    assert len({m.token for m in window}) == 1, 'the window is held under one token'
+    states = {m.id: m.state for m in store.messages(name)}
+    assert [states[i] for i in ids] == [CLAIMED, CLAIMED, CLAIMED, CLAIMED, AVAILABLE]
+    assert [m.id for m in store.find_available(name)] == [ids[4]]
+
+
+def test_count_window_emits_exactly_size_even_when_offered_more(store_url):
+    name = 'exact'
+    stream = mb.stream(name, url=store_url)
+    ids = stream.store.append(name, [{'i': i} for i in range(5)])
+    em = mb.make_emitter(name, lambda w: None, size=2, url=store_url, executor='inline')
+    try:
+        # process() is given more candidates than a window holds (a custom query() may do that)
+        window = em.process(stream.store.find_available(name))
+    finally:
+        em.close()
+    assert [m.id for m in window] == ids[:2], 'a window of exactly size, the oldest ones'
+
+
+# -- a long-running window keeps its lease: renewed every third of it ----------
+def test_a_long_running_window_keeps_its_lease(store_url):
+    name = 'renewed'
+    lease = 1.2
+    stream = mb.stream(name, url=store_url)
+    (mid,) = stream.store.append(name, [{'x': 1}])
+    store = stream.store
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def fn(window):
+        calls.append(window.data)
+        started.set()
+        release.wait(30)
+
+    em = mb.make_emitter(name, fn, size=1, url=store_url, executor='thread', workers=1, lease=lease,
+                         retry_backoff=0)
+    thread = threading.Thread(target=em.run)
+    thread.start()
+    try:
+        assert started.wait(10), 'the window started'
+        since = time.monotonic()
+        # the function runs for more than two leases; a rival consumer's expiry must not take it
+        while time.monotonic() - since < 2.2 * lease:
+            store.expire_leases(name)
+            message = state_of(store, name, mid)
+            assert (message.state, message.attempts) == (CLAIMED, 0), \
+                f'the running window lost its lease after {time.monotonic() - since:.2f}s (lease {lease}s)'
+            time.sleep(0.05)
+        release.set()
+        wait_until(lambda: em.stats['processed'] == 1, timeout=10, message='the long window committed')
+    finally:
+        release.set()
+        em.stop()
+        thread.join(30)
+    assert len(calls) == 1, 'delivered once'
+    assert em.stats['committed'] == 1 and em.stats['failed'] == 0
+    assert stream.stats()['claimed'] == stream.stats()['available'] == 0
+
+
+# -- backpressure: never more windows in flight than workers ------------------
+def test_a_consumer_holds_no_more_windows_than_workers(store_url, monkeypatch):
+    monkeypatch.setattr(CountWindow, 'HEARTBEAT', 0.1)
+    name = 'backpressure'
+    stream = mb.stream(name, url=store_url)
+    stream.append([{'i': i} for i in range(6)])
+    release, started = threading.Event(), []
+
+    def fn(window):
+        started.append(window.data)
+        release.wait(30)
+
+    em = mb.make_emitter(name, fn, size=1, url=store_url, executor='thread', workers=2)
+    thread = threading.Thread(target=em.run)
+    thread.start()
+    try:
+        wait_until(lambda: len(started) == 2, timeout=10, message='both workers busy')
+        reported = {}  # heartbeat time -> windows in flight reported then
+
+        def two_reports_while_full():
+            for record in stream.stats()['consumers']:
+                reported[record['seen']] = record['in_flight']
+            return len([n for n in reported.values() if n >= 2]) >= 2
+        # two reports written while both workers were busy: the consumer went round at least
+        # once more after the second window, and would have claimed a third one by then
+        wait_until(two_reports_while_full, timeout=10, interval=0.02,
+                   message='two heartbeats while both workers are busy')
+        assert max(reported.values()) == 2, f'windows in flight reported: {sorted(reported.values())}'
+        stats = stream.stats()
+        assert stats['claimed'] == 2 and stats['available'] == 4, \
+            'the messages beyond what the workers run stay in the store for other consumers'
+        assert len(started) == 2
+        release.set()
+        wait_until(lambda: em.stats['processed'] == 6, timeout=10, message='all six processed')
+    finally:
+        release.set()
+        em.stop()
+        thread.join(30)
+    assert len(started) == 6
+
+
+# -- a claim holds for the lease it was given (every store) -------------------
+def test_a_claim_holds_for_the_lease_given(store):
+    name = 'leased'
+    lease = 1.0
+    store.ensure_stream(name)
+    (mid,) = store.append(name, [{'x': 1}])
+    before = time.time()
+    assert [m.id for m in store.claim(name, [mid], 'a-token', lease)] == [mid]
+    # expiry, as every consumer runs it, gives the message back only when the lease is over
+    seen = wait_available(store, name, timeout=lease + 10)
+    assert seen >= before + lease - EPSILON, \
+        f'available again {seen - before:.3f}s after a claim of {lease}s'
+    assert (state_of(store, name, mid).state, state_of(store, name, mid).attempts) == (AVAILABLE, 1)
