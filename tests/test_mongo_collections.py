@@ -14,7 +14,7 @@ import pytest
 from bson import Binary, Code, DBRef, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
 
 import minibatch as mb
-from minibatch.contrib.mongodb import MongoReplicasetSource, MongoSink, MongoSource, json_safe
+from minibatch.contrib.mongodb import MongoReplicasetSource, MongoSink, MongoSinkError, MongoSource, json_safe
 from minibatch.errors import ConfigurationError, InvalidMessage
 from tests.helpers import wait_until
 
@@ -348,8 +348,10 @@ def test_sink_failure_raises_and_the_window_is_retried_then_dead_lettered(db, mo
     coll = db[unique()]
     coll.create_index('k', unique=True)
     coll.insert_one({'k': 1})
-    with pytest.raises(pymongo.errors.DuplicateKeyError):
+    with pytest.raises(MongoSinkError, match='E11000|duplicate key') as failure:
         MongoSink(coll).put({'k': 1})
+    assert isinstance(failure.value, mb.SinkError)
+    assert isinstance(failure.value.__cause__, pymongo.errors.DuplicateKeyError), 'pymongo\'s error is the cause'
 
     class CountingSink(MongoSink):
         calls = 0

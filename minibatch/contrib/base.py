@@ -1,4 +1,4 @@
-"""What every ready-made source shares: a stoppable run loop, one-line failure logs, JSON decoding.
+"""What every ready-made source and every ready-made sink shares.
 
 A source is any object with ``stream(stream)`` (and, to be stoppable,
 ``cancel()``); :meth:`minibatch.Stream.attach` runs it in a thread. The
@@ -9,14 +9,21 @@ all behave the same way when the outside system misbehaves:
   increasing backoff and connects again, until ``cancel()``;
 - a payload that is not a JSON object is stored in the stream's dead letters
   (:meth:`minibatch.Stream.reject`) with the reason, never dropped.
+
+A sink is any object with ``put(data)``. The ready-made sinks subclass
+:class:`Sink`, so that they all take the same inputs (a dict is one message, a
+list or tuple is its items), refuse a bad item before anything is written, and
+fail with a :class:`~minibatch.errors.SinkError` the consumer retries.
 """
+import abc
 import base64
 import importlib
 import json
 import logging
 import threading
+from typing import Any
 
-from minibatch.errors import MissingDependencyError
+from minibatch.errors import InvalidMessage, MinibatchError, MissingDependencyError, SinkError
 
 logger = logging.getLogger('minibatch.contrib')
 
@@ -137,4 +144,108 @@ class Source:
         return None
 
     def __repr__(self):
+        return f'{type(self).__name__}()'
+
+
+class Sink(abc.ABC):
+    """Base class of the ready-made sinks: ``put(data)`` = normalise, check every item, then write them all.
+
+    A consumer calls ``put`` once per window with what the function returned
+    (or the window's data). :meth:`put` does, in this order:
+
+    1. **normalise** ``data`` into a list of messages (:meth:`messages`): a
+       dict is one message; a list or tuple is its items, in order (with
+       ``expand = False``, any ``data`` is one message, a list included); any
+       other value is one message, or refused with ``InvalidMessage`` when the
+       sink takes only dicts (``dicts_only = True``, the default);
+    2. **empty**: no messages (``put([])``, ``put(())``) writes nothing,
+       :meth:`write` is not called, and ``put`` returns 0;
+    3. **check** every message with :meth:`prepare`, which returns what
+       :meth:`write` gets for it (the message, a copy, its encoding...) or
+       raises ``InvalidMessage``. All items are checked before the first is
+       written: a bad item fails the window with nothing written;
+    4. **write** the prepared messages with :meth:`write`, the one method a
+       subclass must implement, and return how many were written.
+
+    The contract of :meth:`write`: it writes the whole batch and returns
+    only once the outside system has accepted it (flushed, acknowledged), so
+    that a committed window has arrived. It need not be atomic: when it
+    raises, part of the batch may have been written, and the consumer's retry
+    of the window writes it again (at least once; write with a key where the
+    target supports one to make repeats harmless). It raises on any failure:
+    a :class:`~minibatch.errors.SinkError` subclass of its own, or anything
+    else, which :meth:`put` wraps in the sink's :attr:`error` (the original
+    as ``__cause__`` and in the message). minibatch's own errors
+    (``InvalidMessage``, ``ConfigurationError``, ...) pass unchanged. Either
+    way the window fails, is retried, and finally goes to the dead letters.
+
+    Keyword arguments of ``put`` other than ``data`` are passed on to
+    :meth:`write` (``KafkaSink.put(data, topic=...)``). :meth:`close`
+    releases connections; the default does nothing.
+    """
+    #: False: ``data`` is always one message, even a list (``KafkaSink(expand=False)``)
+    expand: bool = True
+    #: True: every message must be a dict (documents, rows); False: any value the sink can encode
+    dicts_only: bool = True
+    #: the SinkError subclass ``put`` raises when ``write`` fails with an exception of another kind
+    error: type[SinkError] = SinkError
+
+    def put(self, data: Any, **options: Any) -> int:
+        """Write ``data`` (a dict, or a list or tuple of items); return how many messages were written.
+
+        :raises minibatch.errors.InvalidMessage: ``data`` or one of its items
+            cannot be written (nothing was written)
+        :raises minibatch.errors.SinkError: writing failed (part of the
+            batch may have been written)
+        """
+        messages = self.messages(data)
+        if not messages:
+            return 0
+        batch = [self.prepare(message) for message in messages]  # every item, before anything is written
+        try:
+            written = self.write(batch, **options)
+        except MinibatchError:  # SinkError subclasses, InvalidMessage...: already say what went wrong
+            raise
+        except Exception as exc:
+            text = str(exc)
+            what = text if text.startswith(type(exc).__name__) else f'{type(exc).__name__}: {text}'
+            raise self.error(f'{self!r}: writing {len(batch)} message(s) failed: {what}') from exc
+        return len(batch) if written is None else written
+
+    def messages(self, data: Any) -> list[Any]:
+        """The list of messages ``data`` stands for (step 1 of :meth:`put`); a new list, never ``data`` itself."""
+        if isinstance(data, dict) or not self.expand:
+            return [data]
+        if isinstance(data, (list, tuple)):
+            return list(data)
+        if self.dicts_only:
+            raise InvalidMessage(f'{type(self).__name__}.put() takes a dict or a list of dicts, '
+                                 f'got {data!r:.200}')
+        return [data]
+
+    def prepare(self, message: Any) -> Any:
+        """Check one message and return what :meth:`write` gets for it; raise InvalidMessage if it cannot be written.
+
+        The default refuses a message that is not a dict when
+        :attr:`dicts_only`, and returns the message itself. Override to
+        encode, copy or check more; call ``super().prepare(message)`` to keep
+        the dict check.
+        """
+        if self.dicts_only and not isinstance(message, dict):
+            raise InvalidMessage(f'{type(self).__name__}.put() takes a dict or a list of dicts, '
+                                 f'got an item {message!r:.200}')
+        return message
+
+    @abc.abstractmethod
+    def write(self, messages: list[Any], **options: Any) -> int:
+        """Write the prepared messages (never empty), in order; return how many were written.
+
+        Return only once the outside system accepted them; raise on failure
+        (see the class). Returning None counts as ``len(messages)``.
+        """
+
+    def close(self) -> None:
+        """Release connections; a later ``put`` may open them again. Default: nothing."""
+
+    def __repr__(self) -> str:
         return f'{type(self).__name__}()'

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 
-from minibatch.contrib.base import Source, require
+from minibatch.contrib.base import Sink, Source, require
 from minibatch.errors import ConfigurationError, InvalidMessage, SinkError
 
 logger = logging.getLogger('minibatch.contrib')
@@ -269,7 +269,7 @@ class KafkaSource(Source):
         return f'KafkaSource({self.topic!r}, urls={self.urls!r})'
 
 
-class KafkaSink:
+class KafkaSink(Sink):
     """Send a window's result to a Kafka topic as JSON; ``put`` returns once Kafka acknowledged it.
 
     :param topic: the topic to write
@@ -294,7 +294,12 @@ class KafkaSink:
     the producer's ``value_serializer``. The producer is created at the first
     ``put`` (so the sink can be built without a broker, and after a fork) and
     reused until :meth:`close`. ``put`` is thread-safe.
+
+    A :class:`~minibatch.contrib.base.Sink`: items may be any JSON value, and
+    ``put([])`` sends nothing (with ``expand=False`` it sends ``[]``).
     """
+    dicts_only = False
+    error = KafkaSinkError
 
     def __init__(self, topic, urls=None, expand=True, key=None, timeout=30.0, producer=None, **producer_configs):
         self._kafka = require('kafka', 'kafka')
@@ -350,14 +355,19 @@ class KafkaSink:
         :raises KafkaSinkError: the broker could not be reached, or did not
             acknowledge a message in time
         """
-        topic = topic or self.topic
-        items = list(data) if (self.expand and isinstance(data, (list, tuple))) else [data]
+        return super().put(data, topic=topic)
+
+    def prepare(self, item):
+        """``(item, key)``; InvalidMessage if the item cannot be encoded (checked before anything is sent)."""
         if self._check:
-            for item in items:  # a bad item fails the window before anything is sent
-                self._check(item)
-        keys = [self._key_of(item) for item in items]
-        if not items:
-            return 0
+            self._check(item)
+        return item, self._key_of(item)
+
+    def write(self, messages, topic=None):
+        """Send the ``(item, key)`` pairs, then wait until Kafka acknowledged every one."""
+        topic = topic or self.topic
+        items = [item for item, _ in messages]
+        keys = [key for _, key in messages]
         deadline = time.monotonic() + self.timeout
         producer = self.producer
         try:

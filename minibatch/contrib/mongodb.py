@@ -31,8 +31,8 @@ from bson import json_util
 from pymongo import ReplaceOne
 from pymongo.write_concern import WriteConcern
 
-from minibatch.contrib.base import Source
-from minibatch.errors import ConfigurationError, InvalidMessage
+from minibatch.contrib.base import Sink, Source
+from minibatch.errors import ConfigurationError, InvalidMessage, SinkError
 
 logger = logging.getLogger('minibatch.contrib')
 
@@ -351,7 +351,11 @@ class MongoReplicasetSource(_CheckpointedSource):
 
 
 # -- sink ------------------------------------------------------------------
-class MongoSink:
+class MongoSinkError(SinkError):
+    """MongoDB refused or failed a write of the sink; the pymongo error is its ``__cause__``."""
+
+
+class MongoSink(Sink):
     """Writes each window's result into a collection.
 
     :param collection: a pymongo ``Collection``
@@ -360,14 +364,17 @@ class MongoSink:
         insert it (an upsert), so that a window delivered twice writes once
 
     ``put(data)`` takes a dict (one document) or a list of dicts (written in
-    order, in one round trip); an empty list writes nothing. The documents
-    are copied, never changed. The write is acknowledged (a collection
-    configured with ``w=0`` is written with ``w=1``) before ``put`` returns,
-    and any failure raises — a duplicate key, say — so the window is retried
-    and finally dead-lettered. An ordered multi-document insert that fails
-    half way keeps the documents before the failure; with ``key=`` the retry
-    simply writes them again.
+    order, in one round trip) and returns how many it wrote; an empty list
+    writes nothing. The documents are copied, never changed. The write is
+    acknowledged (a collection configured with ``w=0`` is written with
+    ``w=1``) before ``put`` returns, and any failure raises
+    :class:`MongoSinkError` (pymongo's error, a duplicate key say, is its
+    ``__cause__`` and in its message), so the window is retried and finally
+    dead-lettered. An ordered multi-document insert that fails half way keeps
+    the documents before the failure; with ``key=`` the retry simply writes
+    them again. A :class:`~minibatch.contrib.base.Sink`.
     """
+    error = MongoSinkError
 
     def __init__(self, collection, key=None):
         if not hasattr(collection, 'insert_many'):
@@ -377,24 +384,23 @@ class MongoSink:
         self.collection = collection
         self.key = key
 
-    def put(self, data):
-        docs = [data] if isinstance(data, dict) else data
-        if not isinstance(docs, (list, tuple)) or not all(isinstance(doc, dict) for doc in docs):
-            raise InvalidMessage(f'MongoSink.put() takes a dict or a list of dicts, got {data!r:.200}')
-        if not docs:
-            return
-        docs = [dict(doc) for doc in docs]  # pymongo adds _id to what it inserts
+    def prepare(self, doc):
+        """A copy of ``doc`` (pymongo adds ``_id`` to what it inserts); InvalidMessage without the key field."""
+        doc = dict(super().prepare(doc))
+        if self.key is not None and self.key not in doc:
+            raise InvalidMessage(f'MongoSink(key={self.key!r}): a document has no {self.key!r}: {doc!r:.200}')
+        return doc
+
+    def write(self, docs):
+        """Insert (or, with ``key``, upsert) the documents in order, acknowledged."""
         if self.key is not None:
-            missing = [doc for doc in docs if self.key not in doc]
-            if missing:
-                raise InvalidMessage(f'MongoSink(key={self.key!r}): a document has no {self.key!r}: '
-                                     f'{missing[0]!r:.200}')
             self.collection.bulk_write([ReplaceOne({self.key: doc[self.key]}, doc, upsert=True) for doc in docs],
                                        ordered=True)
         elif len(docs) == 1:
             self.collection.insert_one(docs[0])
         else:
             self.collection.insert_many(docs, ordered=True)
+        return len(docs)
 
     def __repr__(self):
         return f'MongoSink({_collection_name(self.collection)})'

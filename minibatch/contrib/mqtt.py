@@ -28,7 +28,7 @@ import threading
 import time
 from urllib.parse import unquote, urlsplit
 
-from minibatch.contrib.base import Source, require
+from minibatch.contrib.base import Sink, Source, require
 from minibatch.errors import ConfigurationError, InvalidMessage, SinkError
 
 DEFAULT_PORT = 1883
@@ -398,12 +398,13 @@ def _json_default(value):
     raise TypeError(f'{value!r} ({type(value).__name__}) is not JSON serialisable')
 
 
-class MQTTSink(_Endpoint):
+class MQTTSink(_Endpoint, Sink):
     """Publish each result as a JSON message to ``topic``.
 
-    ``put(data)`` publishes a dict as one message, a list as one message per
-    item (datetimes as ISO 8601 strings), with QoS 1 by default, and returns
-    once the broker acknowledged all of them. It raises
+    ``put(data)`` publishes a dict as one message, a list (or tuple) as one
+    message per item (datetimes as ISO 8601 strings; an item may be any JSON
+    value), with QoS 1 by default, and returns how many it published once the
+    broker acknowledged all of them; ``put([])`` publishes nothing. It raises
     :class:`MQTTPublishError` when the broker cannot be reached, refuses the
     connection, refuses the topic (a topic with wildcards, say), or does not
     acknowledge within ``timeout`` seconds; the window then fails and is
@@ -433,6 +434,8 @@ class MQTTSink(_Endpoint):
     :param client_kwargs: passed to ``paho.mqtt.client.Client``
     """
     own_client_options = {'reconnect_on_failure': False}
+    dicts_only = False
+    error = MQTTPublishError
 
     def __init__(self, url, topic, qos=None, timeout=10.0, retain=False, keepalive=60, client=None,
                  **client_kwargs):
@@ -452,17 +455,22 @@ class MQTTSink(_Endpoint):
     def put(self, data):
         """Publish ``data`` (a dict, or a list of dicts) and wait for the broker's acknowledgements.
 
-        Blocking, at most about ``timeout`` seconds. Raises InvalidMessage (a
-        TypeError) when an item is not JSON serialisable (nothing is published then), and
+        Blocking, at most about ``timeout`` seconds. Returns how many messages
+        were published. Raises InvalidMessage (a TypeError) when an item is not
+        JSON serialisable (nothing is published then), and
         :class:`MQTTPublishError` when publishing fails.
         """
-        items = data if isinstance(data, list) else [data]
+        return super().put(data)
+
+    def prepare(self, item):
+        """The JSON text of ``item``; InvalidMessage if it has none (checked before anything is published)."""
         try:
-            payloads = [json.dumps(item, default=_json_default) for item in items]
+            return json.dumps(item, default=_json_default)
         except (TypeError, ValueError) as exc:
             raise InvalidMessage(f'{self}: cannot send as JSON: {exc}') from exc
-        if not payloads:
-            return
+
+    def write(self, payloads):
+        """Publish the JSON payloads, then wait until the broker acknowledged each (QoS 1/2) or it was sent."""
         deadline = time.monotonic() + self.timeout
         options = {}
         if self.qos:
@@ -493,6 +501,7 @@ class MQTTSink(_Endpoint):
             self._reset()
             raise MQTTPublishError(f'publishing to {self.address}/{self.topic} failed: '
                                    f'{type(exc).__name__}: {exc}') from exc
+        return len(payloads)
 
     # 0.6's names for the same operations
     publish = put

@@ -10,9 +10,9 @@ each window's result to a dataset with ``om.datasets.put``.
 ``Omega(mongo_url=...)``. omega|ml (``pip install 'minibatch[omegaml]'``) is
 never imported here: the instance you pass brings it.
 """
-from minibatch.contrib.base import require
+from minibatch.contrib.base import Sink, require
 from minibatch.contrib.mongodb import MongoSink, MongoSource, json_safe  # noqa: F401 (0.6 exported MongoSink here)
-from minibatch.errors import ConfigurationError, InvalidMessage
+from minibatch.errors import ConfigurationError, SinkError
 
 #: the dataset kind of a DataFrame stored one document per row
 DATAFRAME_KIND = 'pandas.dfrows'
@@ -89,7 +89,11 @@ class DatasetSource(MongoSource):
         return f'DatasetSource({self.dataset!r})'
 
 
-class DatasetSink:
+class DatasetSinkError(SinkError):
+    """omega|ml failed to write a window to the dataset; its error is the ``__cause__``."""
+
+
+class DatasetSink(Sink):
     """Appends each window's result to an omega|ml dataset.
 
     :param om: an omega|ml instance
@@ -97,16 +101,19 @@ class DatasetSink:
     :param kwargs: passed to ``om.datasets.put`` (e.g. ``attributes=``,
         ``kind=``); ``append=False`` replaces the dataset with each window
 
-    ``put(data)`` takes a dict or a list of dicts; an empty list writes
-    nothing. If the dataset is (or will be) a DataFrame dataset — the
+    ``put(data)`` takes a dict or a list (or tuple) of dicts and returns how
+    many it wrote; an empty list writes nothing. If the dataset is (or will be) a DataFrame dataset — the
     default for a new one — the rows are put as a ``pandas.DataFrame``, one
     document per row, readable with ``om.datasets.get(dataset)``. A dataset of
     another kind (e.g. ``python.data``) receives ``data`` as it is, and
     omega|ml stores it its own way. It returns when omega|ml has written the
-    data; any failure raises, so the window is retried and then
+    data; any failure raises :class:`DatasetSinkError` (omega|ml's error as
+    its ``__cause__`` and in its message), so the window is retried and then
     dead-lettered. omega|ml writes the rows of one put in one insert, but a
     retried window is written again: the dataset can hold a window twice.
+    A :class:`~minibatch.contrib.base.Sink`.
     """
+    error = DatasetSinkError
 
     def __init__(self, om, dataset, **kwargs):
         self.datasets = _datasets(om)
@@ -122,17 +129,19 @@ class DatasetSink:
         return kind == DATAFRAME_KIND
 
     def put(self, data):
-        rows = [data] if isinstance(data, dict) else data
-        if not isinstance(rows, (list, tuple)) or not all(isinstance(row, dict) for row in rows):
-            raise InvalidMessage(f'DatasetSink.put() takes a dict or a list of dicts, got {data!r:.200}')
-        if not rows:
-            return
+        """Write ``data`` (a dict, or a list of dicts) to the dataset; return how many rows were written."""
+        # a dataset of another kind than a DataFrame gets `data` as it was given (a dict stays a dict)
+        return super().put(data, given=data)
+
+    def write(self, rows, given=None):
+        """Put the rows as one DataFrame, or ``given`` (what ``put`` got) to a dataset of another kind."""
         if self._as_frame():
             pandas = require('pandas', 'omegaml')
-            obj = pandas.DataFrame(list(rows))
+            obj = pandas.DataFrame(rows)
         else:
-            obj = data
+            obj = rows if given is None else given
         self.datasets.put(obj, self.dataset, **self.kwargs)
+        return len(rows)
 
     def __repr__(self):
         return f'DatasetSink({self.dataset!r})'
