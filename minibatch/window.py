@@ -23,6 +23,7 @@ import socket
 import time
 import uuid
 
+from minibatch.asyncio_executor import is_async
 from minibatch.errors import ConfigurationError, InvalidWindowSpec
 from minibatch.legacy import LegacyEmitterAPI
 from minibatch.models import Stream, Window
@@ -66,7 +67,7 @@ class WindowEmitter(LegacyEmitterAPI):
     def __init__(self, stream_name, interval=None, processfn=None, emitfn=None, emit_empty=False, executor=None,
                  max_workers=None, stream=None, stream_url=None, forwardfn=None, queue=None, *, size=None,
                  workers=None, keep=False, sink=None, max_attempts=3, lease=60.0, retry_backoff=1.0, url=None,
-                 cnx_kwargs=None, **kwargs):
+                 cnx_kwargs=None, concurrency=None, **kwargs):
         # the positional order and the names stream=, stream_url=, forwardfn= are minibatch 0.6's
         if type(self) in BUILT_IN:
             # a typo (max_attemps=5) must not be ignored; custom emitters get their own keywords in self.kwargs
@@ -80,7 +81,8 @@ class WindowEmitter(LegacyEmitterAPI):
         self.options = ConsumerOptions(processfn=processfn, executor=executor,
                                        workers=workers if workers is not None else max_workers,
                                        keep=keep, sink=sink, queue=queue, emit_empty=emit_empty,
-                                       max_attempts=max_attempts, lease=lease, retry_backoff=retry_backoff)
+                                       max_attempts=max_attempts, lease=lease, retry_backoff=retry_backoff,
+                                       concurrency=concurrency)
         self._stream_arg = stream_name
         self.stream_name = stream_name.name if isinstance(stream_name, Stream) else stream_name
         self.url = url
@@ -97,6 +99,10 @@ class WindowEmitter(LegacyEmitterAPI):
             options.emit_empty
         self.max_attempts, self.lease, self.retry_backoff = options.max_attempts, options.lease, \
             options.retry_backoff
+        self.concurrency = options.concurrency
+        if self.concurrency is not None and emitfn is not None and not is_async(emitfn):
+            raise ConfigurationError('concurrency= is for async def functions (windows awaiting on an event '
+                                     'loop); for a plain function use workers=')
         #: extra keyword arguments of @streaming, for custom emitters
         self.kwargs = kwargs
         #: the exception that ended a background consumer (streaming(blocking=False)), else None
@@ -348,8 +354,13 @@ class CountWindow(WindowEmitter):
         if claimed and len(claimed) < self.size:
             self.store.unclaim(self.stream_name, claimed[0].token, [m.id for m in claimed])
             return []
+        if len(claimed) > self.size:
+            # offered more than a window (a custom query()): the rest waits for the next one, untouched
+            extra = claimed[self.size:]
+            self.store.unclaim(self.stream_name, extra[0].token, [m.id for m in extra])
+            claimed = claimed[:self.size]
         # a full window is claimed; processfn then chooses what of it is emitted
-        return self.select(claimed[:self.size])
+        return self.select(claimed)
 
 
 class _TimeWindow(WindowEmitter):

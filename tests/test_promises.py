@@ -319,6 +319,9 @@ def test_count_window_emits_exactly_size_even_when_offered_more(store_url):
     finally:
         em.close()
     assert [m.id for m in window] == ids[:2], 'a window of exactly size, the oldest ones'
+    # the rest wait for the next window: given back at once, no attempt counted (docs/windows.rst)
+    assert {m.id: (m.state, m.attempts) for m in stream.store.messages(name)} == {
+        **{i: ('claimed', 0) for i in ids[:2]}, **{i: ('available', 0) for i in ids[2:]}}
 
 
 # -- a long-running window keeps its lease: renewed every third of it ----------
