@@ -10,7 +10,8 @@ scenarios are skipped; without ``--legacy-python`` those of 0.6.0 are.
 Scenarios (see docs/performance.rst): append one by one and batched; end to
 end (pre-filled stream, ``size=100``, inline and process pool); latency from
 append to function start; database operations of an idle consumer; competing
-consumers with a CPU-bound function; peak RSS of a consumer. Prints a table
+consumers with a CPU-bound function; peak RSS of a consumer; ``async def``
+functions waiting on a slow local HTTP service, next to the process pool. Prints a table
 and the target ratios, writes everything to JSON. The machine is noisy:
 compare ratios measured in the same run, and run twice.
 """
@@ -33,7 +34,7 @@ CONSUMER = os.path.join(HERE, 'consumer.py')
 LEGACY = os.path.join(HERE, 'legacy.py')
 
 SCENARIOS = ('append_one', 'append_batch', 'append_buffered', 'e2e_inline', 'e2e_process', 'latency_inline',
-             'latency_process', 'idle', 'scale_out', 'memory')
+             'latency_process', 'idle', 'scale_out', 'memory', 'async_io')
 # with minibatch 0.6.0, e2e_inline/e2e_process also give e2e_inline_060n/e2e_process_060n (MongoDB, 0.6.0's n)
 
 # A key suffixed _mongodb overrides the plain key for the MongoDB store. The MongoDB-wire test server
@@ -43,13 +44,15 @@ FULL = dict(append_one_n=2000, append_one_n_mongodb=1000, append_batch_n=20000, 
             batch=1000, append_repeats=3, e2e_n=20000, e2e_n_mongodb=5000, size=100, legacy_e2e_n=1000,
             legacy_append_one_n=1000, latency_n=300, period=0.02, idle_warmup=3.0, idle_duration=10.0,
             scale_n=20000, scale_n_mongodb=1500, scale_counts=[1, 2, 4], scale_work_ms=20.0,
-            scale_work_ms_mongodb=300.0, memory_n=100000, memory_n_mongodb=10000, memory_backlog=2000)
+            scale_work_ms_mongodb=300.0, memory_n=100000, memory_n_mongodb=10000, memory_backlog=2000,
+            async_n=100, async_delay=1.0)
 # On the wire server a window costs the server (one Python process) ~0.2 s: a function must do more
 # than that to be the bottleneck, hence more work per window for the MongoDB scale-out.
 QUICK = dict(append_one_n=100, append_batch_n=2000, batch=1000, append_repeats=1, e2e_n=500, e2e_n_mongodb=300,
              size=100, legacy_e2e_n=100, legacy_append_one_n=50, latency_n=20, period=0.02, idle_warmup=0.5,
              idle_duration=1.5, scale_n=300, scale_n_mongodb=200, scale_counts=[1, 2, 4], scale_work_ms=5.0,
-             scale_work_ms_mongodb=20.0, memory_n=1000, memory_n_mongodb=500, memory_backlog=500)
+             scale_work_ms_mongodb=20.0, memory_n=1000, memory_n_mongodb=500, memory_backlog=500,
+             async_n=20, async_delay=0.5)
 
 
 class Bench:
@@ -228,6 +231,14 @@ class Bench:
                 r and self.record('memory', store, 'ours', f'{n:,} msgs, inline', r['peak_rss_mib'],
                                   'MiB peak RSS', **r)
 
+        if self.wanted('async_io'):
+            n, delay = p['async_n'], p['async_delay']
+            for store in self.stores:
+                for mode in ('async', 'process'):
+                    r = self.attempt('async_io', store, 'ours', lambda: ours.async_io(self.url(store), n, delay, mode))
+                    what = f'{n} x {delay:g} s call, ' + ('async def' if mode == 'async' else 'process pool')
+                    r and self.record('async_io', store, 'ours', what, r['seconds'], 's', **r)
+
     def append_pair(self, scenario, store, what):
         """Ours and the raw driver, alternately ``append_repeats`` times; the best rate of each counts.
 
@@ -343,6 +354,19 @@ class Bench:
         for store in ('sqlite', 'mongodb'):
             ratio(f'2 consumers / 1 consumer, CPU-bound ({store})', value('scale_out', store, 'ours', '2 consumer(s)'),
                   value('scale_out', store, 'ours', '1 consumer(s)'), '>=', 1.6)
+        for store in ('sqlite', 'mongodb'):
+            row = self.find('async_io', store, 'ours')
+            mine = next((r for r in self.results if r['scenario'] == 'async_io' and r['store'] == store
+                         and r['details'].get('mode') == 'async'), None)
+            pool = next((r for r in self.results if r['scenario'] == 'async_io' and r['store'] == store
+                         and r['details'].get('mode') == 'process'), None)
+            if row is not None:
+                bound = 3 * self.p['async_delay']
+                v = mine and mine['value']
+                out.append({'target': f'async def: {self.p["async_n"]} windows of a {self.p["async_delay"]:g} s '
+                                      f'call, seconds ({store})', 'value': v, 'op': '<=', 'bound': bound,
+                            'met': None if v is None else v <= bound,
+                            'note': f'process pool: {pool["value"]:.1f} s' if pool else ''})
         return out
 
     def table(self, meta, targets):

@@ -235,3 +235,83 @@ def memory(url, n, backlog, outdir):
             'rss_at_10pct_mib': early, 'rss_at_50pct_mib': rss_at(0.5), 'rss_at_end_mib': end,
             'growth_mib': (end - early) if (end is not None and early is not None) else None,
             'samples': len(samples)}
+
+
+# -- async def functions: windows that wait on I/O ---------------------------
+class _SlowHandler:
+    """Builds a ThreadingHTTPServer whose every GET answers after ``delay`` seconds (a slow service)."""
+
+    @staticmethod
+    def serve(delay):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                time.sleep(delay)
+                body = b'{"ok": true}'
+                self.send_response(200)
+                self.send_header('Content-Length', str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        class Server(http.server.ThreadingHTTPServer):
+            request_queue_size = 1024  # the default backlog of 5 would make concurrent clients wait on SYN retries
+
+        server = Server(('127.0.0.1', 0), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+
+async def _aget(port):
+    import asyncio
+    reader, writer = await asyncio.open_connection('127.0.0.1', port)
+    writer.write(f'GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n'.encode())
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    return answer.split(b' ', 2)[1] == b'200'
+
+
+def _get(port):
+    import urllib.request
+    with urllib.request.urlopen(f'http://127.0.0.1:{port}/', timeout=30) as response:
+        return response.status == 200
+
+
+def async_io(url, n, delay, mode):
+    """``n`` windows of one message whose function calls a local HTTP service answering after ``delay`` s.
+
+    ``mode`` ``'async'``: an ``async def`` function on the consumer's event loop
+    (``concurrency=n``); ``'process'``: a plain function on the default process
+    pool (one call per worker at a time), the reference.
+    """
+    server = _SlowHandler.serve(delay)
+    port = server.server_address[1]
+    name = _name('asyncio')
+    stream = mb.stream(name, url=url)
+    try:
+        fill(stream, n)
+        sink = _Counter(n)
+        if mode == 'async':
+            async def fn(window):
+                return [await _aget(port)]  # the sink counts a list's items
+            em = mb.streaming(name, size=1, url=url, sink=sink, concurrency=n).make(fn)
+        else:
+            em = mb.streaming(name, size=1, url=url, sink=sink, executor='process').make(lambda w: [_get(port)])
+        sink.emitter = em
+        em.stream
+        started = time.perf_counter()
+        em.run()
+        seconds = time.perf_counter() - started
+        if sink.done < n:
+            raise RuntimeError(f'{sink.done} of {n} windows done')
+        return {'seconds': seconds, 'n': n, 'delay': delay, 'mode': mode, 'capacity': em.capacity,
+                'rate': rate(n, seconds)}
+    finally:
+        server.shutdown()
+        stream.delete()

@@ -1,7 +1,8 @@
 """Where window functions run: inline, in threads, in processes, on Dask.
 
 ``executor=`` of ``@streaming`` accepts a name (``'process'``, ``'thread'``,
-``'inline'``), an Executor class (instantiated with ``max_workers``), an
+``'inline'``, or ``'async'``: an event loop, the default for ``async def``
+functions), an Executor class (instantiated with ``max_workers``), an
 Executor instance (used as is, never shut down by minibatch), a Dask
 ``distributed.Client`` (used as is) or a scheduler address ``'dask://host:port'``
 (minibatch connects a client and closes it when the consumer stops).
@@ -54,10 +55,16 @@ def _process_pool(max_workers):
                                                   initializer=_ignore_interrupts)
 
 
+def _asyncio_executor(concurrency):
+    from minibatch.asyncio_executor import AsyncioExecutor
+    return AsyncioExecutor(max_workers=concurrency)
+
+
 EXECUTORS = {
     'process': _process_pool,
     'thread': lambda n: concurrent.futures.ThreadPoolExecutor(max_workers=n, thread_name_prefix='minibatch'),
     'inline': lambda n: LocalExecutor(),
+    'async': lambda n: _asyncio_executor(n),
     'local': lambda n: LocalExecutor(),
 }
 
@@ -135,7 +142,8 @@ def _capacity(executor, default):
 
 
 def _ships(executor):
-    return not isinstance(executor, (LocalExecutor, concurrent.futures.ThreadPoolExecutor))
+    from minibatch.asyncio_executor import AsyncioExecutor
+    return not isinstance(executor, (LocalExecutor, concurrent.futures.ThreadPoolExecutor, AsyncioExecutor))
 
 
 def _is_dask_address(obj):

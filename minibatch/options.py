@@ -41,6 +41,8 @@ class ConsumerOptions:
     :param lease: seconds a claim is held without renewal (> 0); renewed every third of it
     :param retry_backoff: seconds before the first retry of a failed window (>= 0);
         doubles per attempt, at most 60 s
+    :param concurrency: for an ``async def`` function: windows awaiting at once on
+        the consumer's event loop (default 100)
     :raises InvalidWindowSpec: ``max_attempts``, ``lease`` or ``retry_backoff`` out of range
     :raises ConfigurationError: a bad ``executor``, ``workers`` or ``sink``
     """
@@ -54,6 +56,7 @@ class ConsumerOptions:
     max_attempts: int = 3
     lease: float = 60.0
     retry_backoff: float = 1.0
+    concurrency: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
@@ -64,6 +67,9 @@ class ConsumerOptions:
             raise InvalidWindowSpec(f'retry_backoff must be a number of seconds >= 0, got {self.retry_backoff!r}')
         self.lease = float(self.lease)
         self.retry_backoff = float(self.retry_backoff)
+        if self.concurrency is not None and (isinstance(self.concurrency, bool)
+                                             or not isinstance(self.concurrency, int) or self.concurrency < 1):
+            raise ConfigurationError(f'concurrency must be an integer >= 1, got {self.concurrency!r}')
         check_executor(self.executor, self.workers)
         if self.sink is not None and not callable(getattr(self.sink, 'put', None)):
             raise ConfigurationError(f'sink must be an object with a put(data) method, got {self.sink!r}')

@@ -32,6 +32,7 @@ import traceback
 from typing import TYPE_CHECKING, Any, Callable
 
 from minibatch import retention
+from minibatch.asyncio_executor import DEFAULT_CONCURRENCY, AsyncioExecutor, RunCoroutine, is_async
 from minibatch.executors import make_executor
 from minibatch.marshaller import marshal
 from minibatch.store.base import utcnow
@@ -79,7 +80,7 @@ class Runner:
         self._next_expiry = 0.0
         self._next_housekeeping = 0.0
         self._isolating = 0  # windows still to run alone after a worker crash (see reap)
-        self._started = None
+        self._started: Any = None  # a naive UTC datetime once running (utcnow())
         self._next_heartbeat: float | None = None  # None: no heartbeats (run(blocking=False))
         self._last_beat = (0.0, 0)  # (monotonic time, processed) at the last heartbeat, for the rate
 
@@ -95,10 +96,18 @@ class Runner:
     def setup(self, waiter: bool = True) -> None:
         """Start the executor (and the store's waiter) unless running. Raises what the executor raises."""
         if self.executor is None:
-            plan = make_executor(self.em.executor_arg, self.em.workers)
+            em = self.em
+            emitfn, executor, workers = em.emitfn, em.executor_arg, em.workers
+            coroutine = emitfn is not None and is_async(emitfn)
+            if coroutine and executor is None:
+                # async def: an event loop in this process, many windows awaiting at once
+                executor, workers = 'async', em.concurrency or DEFAULT_CONCURRENCY
+            plan = make_executor(executor, workers)
             self.executor, self.capacity, self._owns_executor = plan.executor, plan.capacity, plan.owned
-            emitfn = self.em.emitfn
-            self._call = marshal(emitfn) if (plan.ships_functions and emitfn) else emitfn
+            call = marshal(emitfn) if (plan.ships_functions and emitfn) else emitfn
+            if coroutine and not isinstance(plan.executor, AsyncioExecutor):
+                call = RunCoroutine(call)  # another executor was asked for: each call runs its own loop
+            self._call = call
         if waiter and self.waiter is None:
             self.waiter = self.store.waiter(self.name)
 
