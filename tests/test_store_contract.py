@@ -11,8 +11,8 @@ import uuid
 
 import pytest
 
-from minibatch.errors import ConfigurationError, InvalidMessage
-from minibatch.store.base import AVAILABLE, CLAIMED, DEAD, DONE, RETRY, STATES, utcnow
+from minibatch.errors import ConfigurationError, InvalidMessage, NotSupportedByStore
+from minibatch.store.base import AVAILABLE, CLAIMED, DEAD, DONE, RETRY, STATES, Store, Waiter, utcnow
 
 S = 'contract'
 
@@ -48,6 +48,33 @@ def claimed(store, n, name=S, lease=30):
 
 def states(store, name=S):
     return {m.id: m.state for m in store.messages(name)}
+
+
+# -- the contract's shape ---------------------------------------------------
+def test_a_store_implements_the_whole_contract_and_declares_its_capabilities(store):
+    assert isinstance(store, Store)
+    assert not type(store).__abstractmethods__  # nothing of the contract left unimplemented
+    assert isinstance(store.querysets, bool)
+    assert store.transient_errors and all(issubclass(e, BaseException) for e in store.transient_errors)
+    if not store.querysets:
+        with pytest.raises(NotSupportedByStore):
+            store.queryset(dict)
+    assert isinstance(store.describe(), str) and store.describe()
+    waiter = store.waiter(S)
+    try:
+        assert isinstance(waiter, Waiter)
+        assert isinstance(waiter.supported, bool) and isinstance(waiter.sees_all_changes, bool)
+    finally:
+        waiter.close()
+
+
+def test_a_store_missing_part_of_the_contract_cannot_be_made():
+    class Partial(Store):
+        def close(self):
+            pass
+
+    with pytest.raises(TypeError, match='abstract'):
+        Partial('partial://')
 
 
 # -- streams ----------------------------------------------------------------
@@ -214,6 +241,15 @@ def test_append_rejects_bad_documents_and_writes_nothing(store, batch, hint):
     assert [m.data for m in store.messages(S)] == [{'ok': True}]
 
 
+@pytest.mark.parametrize('method', ['append', 'append_dead'])
+def test_append_refuses_a_single_dict(store, method):
+    store.ensure_stream(S)
+    args = (S, {'a': 1}) + (('bad',) if method == 'append_dead' else ())
+    with pytest.raises(InvalidMessage, match='list of dicts'):
+        getattr(store, method)(*args)
+    assert store.messages(S) == []
+
+
 def test_datetime_values_round_trip(store):
     # millisecond precision: what every store (BSON dates included) keeps exactly
     when = datetime.datetime(2024, 5, 6, 7, 8, 9, 123000)
@@ -248,7 +284,7 @@ def test_claim_takes_only_available_messages(store):
     tok = token()
     got = store.claim(S, ids[:3], tok, 30)
     assert [m.id for m in got] == ids[:3]
-    assert all(m.state == CLAIMED and m.processed is True for m in got)
+    assert all(m.state == CLAIMED and m.processed is True and m.token == tok for m in got)
     assert [m.data for m in got] == [{'i': 0}, {'i': 1}, {'i': 2}]
     # second claim of the same ids gets nothing; a mixed list gets only the free ones
     assert store.claim(S, ids[:3], token(), 30) == []
@@ -264,6 +300,15 @@ def test_commit_removes_messages(store):
     assert store.commit(S, tok, ids) == 3
     assert [m.id for m in store.messages(S)] == other
     assert store.counts(S)[DONE] == 0
+
+
+def test_commit_marks_its_window_processed(store):
+    tok, ids = claimed(store, 2)
+    window = store.save_window(S, [{'i': 0}, {'i': 1}])
+    other = store.save_window(S, [{'i': 9}])
+    assert store.commit(S, tok, ids, window_id=window) == 2
+    assert store.messages(S) == []
+    assert [(w.id, w.processed) for w in store.windows(S)] == [(window, True), (other, False)]
 
 
 def test_commit_keep_marks_done(store):
@@ -429,7 +474,12 @@ def test_purge_dead(store):
 
 
 # -- windows ----------------------------------------------------------------
-def test_windows_save_mark_list(store):
+def mark_processed(store, window_id, name=S):
+    """Mark a window record processed the way consumers do: with the commit of its (here no) messages."""
+    assert store.commit(name, token(), [], window_id=window_id) == 0
+
+
+def test_windows_save_list_and_commit_marks_processed(store):
     store.ensure_stream(S)
     w1 = store.save_window(S, [{'a': 1}, {'a': 2}], query=[1, 2])
     w2 = store.save_window(S, [{'a': 3}])
@@ -439,14 +489,13 @@ def test_windows_save_mark_list(store):
     assert [(w.stream, w.data, w.processed) for w in wins] == [(S, [{'a': 1}, {'a': 2}], False), (S, [{'a': 3}], False)]
     assert wins[0].query == [1, 2]
     assert isinstance(wins[0].created, datetime.datetime)
-    assert store.mark_window(w1) is None
+    assert store.windows(S, processed=True) == []
+    mark_processed(store, w1)
     assert [w.id for w in store.windows(S, processed=True)] == [w1]
     assert [w.id for w in store.windows(S, processed=False)] == [w2]
-    store.mark_window(w1, processed=False)
-    assert store.windows(S, processed=True) == []
     assert store.counts(S)['windows'] == 2
     store.clear(S)
-    store.mark_window(w1)  # a missing record is ignored
+    mark_processed(store, w1)  # a missing record is ignored
     assert store.windows(S) == []
 
 
@@ -475,7 +524,7 @@ def test_housekeep_removes_old_messages_processed_or_not_and_counts_the_unproces
     store.claim(S, ids[3:4], t3, 60)
     store.release(S, t3, ids[3:4], backoff=60)  # retry; ids[4:] available
     old_done_window = store.save_window(S, [{'i': 0}])
-    store.mark_window(old_done_window)
+    mark_processed(store, old_done_window)
     open_window = store.save_window(S, [{'i': 1}])
     fill(store, 2, name='other')  # another stream's old messages are not this stream's business
     time.sleep(0.4)
@@ -484,7 +533,7 @@ def test_housekeep_removes_old_messages_processed_or_not_and_counts_the_unproces
     store.claim(S, fresh[:1], t4, 60)
     store.commit(S, t4, fresh[:1], keep=True)
     fresh_window = store.save_window(S, [{'i': 2}])
-    store.mark_window(fresh_window)
+    mark_processed(store, fresh_window)
     # old: ids[0] done, ids[3] retry, ids[4], ids[5] available (3 unprocessed), one processed window
     assert store.housekeep(S, max_age=0.3) == (5, 3)
     assert sorted(states(store).items()) == sorted({

@@ -8,28 +8,31 @@ directory (``$XDG_DATA_HOME/minibatch/minibatch.db``, usually
 Stores are imported lazily, so a missing optional driver only matters when
 its scheme is used, and then the error names the pip extra to install.
 """
+from __future__ import annotations
+
 import importlib
 import logging
 import os
 import threading
+from typing import Any
 
 from minibatch.errors import MissingDependencyError, UnknownStoreError
-from minibatch.store.base import Store, Message, StreamInfo, WindowRecord  # noqa: F401 (re-export)
+from minibatch.store.base import Message, Store, StreamInfo, Waiter, WindowRecord  # noqa: F401 (re-export)
 
 logger = logging.getLogger(__name__)
 
 #: scheme -> (module, class, pip extra that installs its driver)
-STORES = {
+STORES: dict[str, tuple[str, str, str | None]] = {
     'mongodb': ('minibatch.store.mongodb', 'MongoStore', 'mongodb'),
     'mongodb+srv': ('minibatch.store.mongodb', 'MongoStore', 'mongodb'),
     'sqlite': ('minibatch.store.sqlite', 'SQLiteStore', None),
 }
 
-_stores = {}
+_stores: dict[tuple[int, str, tuple[tuple[str, str], ...]], Store] = {}
 _lock = threading.Lock()
 
 
-def default_sqlite_path():
+def default_sqlite_path() -> str:
     """The embedded store's database file when no URL is configured."""
     home = os.environ.get('MINIBATCH_HOME')
     if not home:
@@ -38,7 +41,7 @@ def default_sqlite_path():
     return os.path.join(home, 'minibatch.db')
 
 
-def resolve_url(url=None):
+def resolve_url(url: str | None = None) -> str:
     """Return the store URL to use: ``url`` if given, else the environment, else the embedded default."""
     for candidate in (url, os.environ.get('MINIBATCH_URL'), os.environ.get('MINIBATCH_MONGO_URL'),
                       os.environ.get('MONGO_URL')):
@@ -47,11 +50,11 @@ def resolve_url(url=None):
     return 'sqlite:///' + default_sqlite_path()
 
 
-def scheme_of(url):
+def scheme_of(url: str) -> str:
     return url.split('://', 1)[0].lower() if '://' in url else ''
 
 
-def store_class(url):
+def store_class(url: str) -> type[Store]:
     """Return the Store class serving ``url``; raise UnknownStoreError / MissingDependencyError."""
     scheme = scheme_of(url)
     if scheme not in STORES:
@@ -66,27 +69,28 @@ def store_class(url):
         raise MissingDependencyError(
             f'the {scheme}:// store needs a driver that is not installed ({exc}); '
             f'install it with: pip install "minibatch[{extra}]"') from exc
-    return getattr(module, class_name)
+    cls: type[Store] = getattr(module, class_name)
+    return cls
 
 
-def get_store(url=None, **options):
+def get_store(url: str | None = None, **options: Any) -> Store:
     """Return the store for ``url`` (see :func:`resolve_url`), shared per process and options.
 
     A process forked after a store was opened gets its own store object, so
     connections are never shared across processes.
     """
-    url = resolve_url(url)
-    key = (os.getpid(), url, tuple(sorted((k, repr(v)) for k, v in options.items())))
+    resolved = resolve_url(url)
+    key = (os.getpid(), resolved, tuple(sorted((k, repr(v)) for k, v in options.items())))
     with _lock:
         store = _stores.get(key)
         if store is None:
-            store = store_class(url)(url, **options)
+            store = store_class(resolved)(resolved, **options)
             logger.info('minibatch store: %s', store.describe())
             _stores[key] = store
         return store
 
 
-def reset_stores():
+def reset_stores() -> None:
     """Close and forget every store of this process (tests, reconfiguration)."""
     with _lock:
         for store in _stores.values():

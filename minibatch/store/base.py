@@ -25,12 +25,23 @@ A *token* identifies one claim (one window); all messages claimed together share
 Methods documented as **atomic** are atomic per message at least: two
 consumers can never both claim, commit or release the same message, and no
 store implements an atomic method by check-then-set.
+
+A store subclasses :class:`Store` and implements its abstract methods; the
+derived methods (written once, here, on top of the abstract ones) and the
+defaults need no override. What a store can do beyond the contract it says in
+capability attributes (``querysets``, ``transient_errors``, and its waiter's
+``supported`` / ``sees_all_changes``), never through its class.
 """
+from __future__ import annotations
+
+import abc
 import datetime
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeAlias
 
-from minibatch.errors import ConfigurationError
+from minibatch.errors import ConfigurationError, InvalidMessage, NotSupportedByStore
 
 #: message states; ``processed`` is ``state != AVAILABLE``
 AVAILABLE = 'available'
@@ -40,8 +51,16 @@ DONE = 'done'
 DEAD = 'dead'
 STATES = (AVAILABLE, CLAIMED, RETRY, DONE, DEAD)
 
+#: A message or window id, opaque to the core: an ``int`` on SQLite, a
+#: ``bson.ObjectId`` on MongoDB. Ids compare in append order within one store.
+RecordId: TypeAlias = Any
+#: A message as appended: a dict of plain values (see docs/streams.rst).
+Doc: TypeAlias = dict[str, Any]
+#: A key of a stream's ``status`` dict, or a path of keys into nested dicts.
+StatusPath: TypeAlias = str | Sequence[str]
 
-def utcnow():
+
+def utcnow() -> datetime.datetime:
     """The current time as a naive UTC datetime (the convention of the original minibatch)."""
     return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
 
@@ -52,17 +71,21 @@ class Message:
 
     ``data`` is the dict that was appended. ``attempts`` counts failed or
     abandoned deliveries; ``error`` is the last failure (set on retry and dead).
+    ``token`` is the claim a message returned by :meth:`Store.claim` is held
+    under (None otherwise); it takes no part in comparisons.
     """
-    id: object
+    id: RecordId
     stream: str
     created: datetime.datetime
-    data: dict
+    data: Doc
     state: str = AVAILABLE
     attempts: int = 0
-    error: str = None
+    error: str | None = None
+    token: str | None = field(default=None, compare=False, repr=False)
 
     @property
-    def processed(self):
+    def processed(self) -> bool:
+        """False exactly while the message is available (the original minibatch's flag)."""
         return self.state != AVAILABLE
 
 
@@ -71,22 +94,22 @@ class StreamInfo:
     """The metadata record of a stream."""
     name: str
     created: datetime.datetime
-    last_read: datetime.datetime
+    last_read: datetime.datetime | None
     interval: float = 1.0
     closed: bool = False
-    max_age: float = None
-    status: dict = field(default_factory=dict)
+    max_age: float | None = None
+    status: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class WindowRecord:
     """One emitted window as a store keeps it."""
-    id: object
+    id: RecordId
     stream: str
     created: datetime.datetime
-    data: list
+    data: list[Any]
     processed: bool = False
-    query: list = field(default_factory=list)
+    query: list[Any] = field(default_factory=list)
 
 
 class Waiter:
@@ -97,59 +120,66 @@ class Waiter:
     now"; False means the timeout passed. A spurious True is allowed, a missed
     change is not (callers poll on timeout anyway).
 
-    ``supported``: the waiter does push wake-ups (consumers may then wait
-    longer between polls). ``sees_all_changes``: it wakes on every change
-    that can make messages available (inserts, and updates such as retries
-    and requeues), not only on appends, so no follow-up polls are needed.
+    The two capability attributes are read by the consumer loop to choose how
+    long it may wait between looks at the store. A waiter may clear them on
+    itself once it finds the server cannot push after all.
     """
-    supported = False
-    sees_all_changes = False
+    supported: bool = False
+    """The waiter does push wake-ups: ``wait()`` returns soon after a message is
+    appended, so a consumer may wait long between polls."""
+    sees_all_changes: bool = False
+    """It wakes on every change that can make messages available (inserts, and
+    updates such as retries and requeues), not only on appends, so no
+    follow-up polls are needed after a wake-up."""
 
-    def __init__(self, store, stream):
+    def __init__(self, store: Store, stream: str) -> None:
         self.store = store
         self.stream = stream
 
-    def wait(self, timeout):
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds; True if the stream may have changed, False on timeout."""
         time.sleep(timeout)
         return False
 
-    def close(self):
-        pass
+    def close(self) -> None:
+        """Stop watching (threads, cursors). Idempotent; ``wait()`` must not be called afterwards."""
 
 
-class Store:
-    """Base class of stores. Subclasses implement every method below.
+class Store(abc.ABC):
+    """Base class of stores: the contract every store meets.
 
-    Capability flags (class attributes) tell the core what a store can do,
-    so that callers never test ``isinstance``:
-
-    * ``push_wakeups``: ``waiter()`` returns as soon as a message is appended,
-      so an idle consumer need not poll often.
-    * ``querysets``: ``Stream.buffer()`` / ``Stream.window()`` can return
-      mongoengine querysets (MongoDB only); otherwise they return lists.
-    * ``transient_errors``: exceptions that mean "the store is briefly
-      unreachable or busy"; consumers wait these out and retry instead of dying.
+    Subclasses implement the abstract methods; the others are derived from
+    them once, here, or are defaults a store may override. Capabilities are
+    class attributes, so that callers never test ``isinstance``.
     """
-    #: URL schemes this store serves, e.g. ('mongodb', 'mongodb+srv')
-    schemes = ()
-    push_wakeups = False
-    querysets = False
-    transient_errors = (ConnectionError,)
+    querysets: ClassVar[bool] = False
+    """``queryset()`` works, so ``Stream.buffer()`` / ``Stream.window()`` return
+    mongoengine querysets (MongoDB only); otherwise they return lists."""
+    transient_errors: ClassVar[tuple[type[BaseException], ...]] = (ConnectionError,)
+    """Exceptions that mean "the store is briefly unreachable or busy":
+    consumers wait these out and retry instead of dying."""
 
-    def __init__(self, url, **options):
+    def __init__(self, url: str, **options: Any) -> None:
+        """Configure the store for ``url`` and its ``options``; opens no connection yet.
+
+        The first operation connects, and raises :class:`~minibatch.errors.StoreUnavailable`
+        within a bounded time when the store cannot be reached. A URL the store
+        cannot use raises :class:`~minibatch.errors.ConfigurationError` here.
+        """
         self.url = url
-        self.options = options
 
     # -- life cycle -------------------------------------------------------
-    def close(self):
-        """Release connections. The store may be used again afterwards (it reconnects)."""
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release this process's connections. The store may be used again afterwards (it reconnects)."""
 
-    def describe(self):
+    @abc.abstractmethod
+    def describe(self) -> str:
         """A one-line, credential-free description of where the data lives (for logs, status)."""
-        return self.url
 
     # -- streams ----------------------------------------------------------
-    def ensure_stream(self, name, **defaults):
+    @abc.abstractmethod
+    def ensure_stream(self, name: str, **defaults: Any) -> StreamInfo:
         """Get the stream ``name``, creating it with ``defaults`` if it does not exist.
 
         Atomic: concurrent calls create exactly one record. ``defaults`` are
@@ -157,132 +187,152 @@ class Store:
         ``interval`` and ``max_age`` which, when given (not None), update an
         existing stream. Returns the :class:`StreamInfo`.
         """
-        raise NotImplementedError
 
-    def get_stream(self, name):
-        """Return the :class:`StreamInfo` of ``name``, or None if there is no such stream."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def get_stream(self, name: str) -> StreamInfo | None:
+        """Return the :class:`StreamInfo` of ``name``, or None if there is no such stream. Read-only."""
 
-    def list_streams(self):
-        """Return the :class:`StreamInfo` of every stream, by name; [] when there are none."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def list_streams(self) -> list[StreamInfo]:
+        """Return the :class:`StreamInfo` of every stream, by name; [] when there are none. Read-only."""
 
-    def update_stream(self, name, **fields):
-        """Set StreamInfo ``fields`` of stream ``name``. Not a compare-and-set; returns None."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def update_stream(self, name: str, **fields: Any) -> None:
+        """Set StreamInfo ``fields`` of stream ``name``; a missing stream is left alone.
 
-    def set_status(self, name, path, value):
+        One write, not a compare-and-set (last writer wins); returns None.
+        """
+
+    @abc.abstractmethod
+    def set_status(self, name: str, path: StatusPath, value: Any) -> None:
         """Set one entry of stream ``name``'s ``status`` dict, leaving every other entry untouched.
 
         ``path`` is a key, or a tuple of keys into nested dicts (missing ones are
         created), e.g. ``('checkpoints', 'orders')``; ``value`` None removes the
         entry. Atomic: two processes setting different entries never undo each
         other. Keys must be non-empty strings without ``.``, ``"`` or a leading
-        ``$`` (ConfigurationError otherwise). A missing stream is left alone.
-        Returns None.
+        ``$`` (ConfigurationError otherwise; see :meth:`_check_status_path`); a
+        value the store cannot keep raises InvalidMessage. A missing stream is
+        left alone. Returns None.
         """
-        raise NotImplementedError
 
     @staticmethod
-    def _check_status_path(path):
-        if isinstance(path, str):
-            path = (path,)
-        path = tuple(path)
-        for key in path:
+    def _check_status_path(path: StatusPath) -> tuple[str, ...]:
+        """The keys of a ``set_status`` path as a tuple; ConfigurationError for a bad or empty one."""
+        keys: tuple[object, ...] = (path,) if isinstance(path, str) else tuple(path)
+        checked: list[str] = []
+        for key in keys:
             if not isinstance(key, str) or not key or '.' in key or '"' in key or key.startswith('$'):
                 raise ConfigurationError(f'status keys must be non-empty strings without ".", \'"\' or a '
                                          f'leading "$", got {key!r}')
-        if not path:
+            checked.append(key)
+        if not checked:
             raise ConfigurationError('set_status needs at least one key')
-        return path
+        return tuple(checked)
 
-    def compare_and_set_last_read(self, name, expected, new):
+    @abc.abstractmethod
+    def compare_and_set_last_read(self, name: str, expected: datetime.datetime | None,
+                                  new: datetime.datetime) -> bool:
         """Set ``last_read`` to ``new`` only if it is still ``expected``.
 
         Atomic: of several consumers racing with the same ``expected`` value,
-        exactly one gets True. This hands each FixedTimeWindow slot to one consumer.
+        exactly one gets True. This hands each FixedTimeWindow slot to one
+        consumer. False when the value changed meanwhile or there is no such stream.
         """
-        raise NotImplementedError
 
-    def delete_stream(self, name):
-        """Remove the stream record and all its messages, dead letters and windows.
+    @abc.abstractmethod
+    def delete_stream(self, name: str) -> None:
+        """Remove the stream record and all its messages, dead letters, windows and consumer records.
 
         Removes data, irreversibly. Returns None; deleting a missing stream is not an error.
         """
-        raise NotImplementedError
 
-    def clear(self, name):
+    @abc.abstractmethod
+    def clear(self, name: str) -> int:
         """Remove all messages (any state) and windows of ``name``, keeping the stream record.
 
         Removes data, irreversibly. Returns the number of messages removed (0 when empty).
         """
-        raise NotImplementedError
 
-    # -- producing --------------------------------------------------------
-    def append(self, name, docs):
+    # -- messages: producing ----------------------------------------------
+    @abc.abstractmethod
+    def validate(self, docs: Iterable[Doc]) -> None:
+        """Raise :class:`~minibatch.errors.InvalidMessage` unless every dict in ``docs`` can be stored.
+
+        Read-only, no round trip: lets batching producers reject a bad message
+        when it is appended rather than when its batch is written. Nothing to
+        check (an empty ``docs``) passes.
+        """
+
+    @abc.abstractmethod
+    def append(self, name: str, docs: Sequence[Doc]) -> list[RecordId]:
         """Append the dicts ``docs`` to stream ``name`` as available messages.
 
         All or nothing: every document is validated and serialised before
-        anything is written, so a bad document raises
-        :class:`~minibatch.errors.InvalidMessage` and writes none of the batch.
-        The write is acknowledged by the store when this returns. Ids increase
-        in append order for each producer; across producers they follow
-        arrival (SQLite: strictly; MongoDB ObjectIds: to the second) and are
-        never reused. Returns the list of new ids ([] for an empty ``docs``).
+        anything is written, so a bad document (or a single dict instead of a
+        list) raises :class:`~minibatch.errors.InvalidMessage` and writes none
+        of the batch. The write is acknowledged by the store when this
+        returns. Ids increase in append order for each producer; across
+        producers they follow arrival (SQLite: strictly; MongoDB ObjectIds: to
+        the second) and are never reused. Returns the list of new ids ([] for
+        an empty ``docs``, which writes nothing).
         """
-        raise NotImplementedError
 
-    def append_dead(self, name, docs, error):
+    @abc.abstractmethod
+    def append_dead(self, name: str, docs: Sequence[Doc], error: str) -> list[RecordId]:
         """Append the dicts ``docs`` to ``name`` directly as dead letters with ``error``.
 
         For input that must not be processed but must not be lost either (a
         source's payload that is not JSON, say): it shows in
         ``dead_letters()`` and can be inspected, requeued or purged. All or
-        nothing like ``append``. Returns the list of new ids.
+        nothing like ``append``. Returns the list of new ids ([] for an empty ``docs``).
         """
-        raise NotImplementedError
 
-    def validate(self, docs):
-        """Raise :class:`~minibatch.errors.InvalidMessage` unless every dict in ``docs`` can be stored.
+    @staticmethod
+    def _batch(docs: Sequence[Doc], method: str) -> list[Doc]:
+        """``docs`` as a list; InvalidMessage for a single dict, the commonest slip (``append({...})``)."""
+        if isinstance(docs, dict):
+            raise InvalidMessage(f'{method}() takes a list of dicts, not a single dict')
+        return list(docs)
 
-        Read-only, no round trip: lets batching producers reject a bad message
-        when it is appended rather than when its batch is written.
-        """
-        raise NotImplementedError
-
-    # -- consuming --------------------------------------------------------
-    def find_available(self, name, limit=None, until=None):
-        """Return available messages of ``name``, oldest (lowest id) first.
+    # -- messages: consuming ----------------------------------------------
+    @abc.abstractmethod
+    def find_available(self, name: str, limit: int | None = None,
+                       until: datetime.datetime | None = None) -> list[Message]:
+        """Return available messages of ``name``, oldest (lowest id) first, at most ``limit``.
 
         Read-only: claims nothing, so the result may already be taken by
         another consumer when you act on it (``claim()`` settles that).
         ``until`` keeps only messages created before that time. Returns [] when none.
         """
-        raise NotImplementedError
 
-    def claim(self, name, ids, token, lease):
+    @abc.abstractmethod
+    def claim(self, name: str, ids: Sequence[RecordId | Message], token: str, lease: float) -> list[Message]:
         """Claim the messages ``ids`` of ``name`` that are still available.
 
         ``ids`` holds message ids or :class:`Message` objects as returned by
-        ``find_available`` (which lets a store skip reading their data again).
+        ``find_available`` (which lets a store skip reading their data again;
+        those objects may be returned, updated).
 
         Atomic per message: a message is claimed by exactly one caller even
         when several race for it. Claimed messages get state ``claimed``,
         ``processed`` True, the claim ``token`` and a lease that ends ``lease``
-        seconds from now. Returns the claimed messages in id order; [] if
-        none were still available.
+        seconds from now. Returns the claimed messages in id order, each with
+        ``token`` set; [] if none were still available (or ``ids`` is empty).
         """
-        raise NotImplementedError
 
-    def renew(self, name, token, lease):
+    @abc.abstractmethod
+    def renew(self, name: str, token: str, lease: float) -> int:
         """Extend the lease of the messages claimed with ``token`` to ``lease`` seconds from now.
 
-        Returns how many messages are still held under ``token``; 0 means the
-        lease was lost (it expired and the messages went back to the stream).
+        Atomic per message. Returns how many messages are still held under
+        ``token``; 0 means the lease was lost (it expired and the messages
+        went back to the stream).
         """
-        raise NotImplementedError
 
-    def commit(self, name, token, ids, keep=False, window_id=None):
+    @abc.abstractmethod
+    def commit(self, name: str, token: str | None, ids: Sequence[RecordId], keep: bool = False,
+               window_id: RecordId | None = None) -> int:
         """Mark the window claimed with ``token`` as successfully processed.
 
         Only messages among ``ids`` still held under ``token`` are affected,
@@ -290,12 +340,14 @@ class Store:
         Removes the messages unless ``keep`` is true, in which case they stay
         with state ``done``. Atomic per message. With ``window_id``, that
         window record is marked processed too (in the same transaction where
-        the store has transactions, right after otherwise). Returns the number
-        of messages committed.
+        the store has transactions, right after otherwise), also when ``ids``
+        is empty; a missing window record is ignored. Returns the number of
+        messages committed (0 for empty ``ids``).
         """
-        raise NotImplementedError
 
-    def release(self, name, token, ids, error=None, max_attempts=3, backoff=0.0):
+    @abc.abstractmethod
+    def release(self, name: str, token: str, ids: Sequence[RecordId], error: object = None,
+                max_attempts: int = 3, backoff: float = 0.0) -> tuple[int, int]:
         """Give back a failed window: count an attempt, retry later or dead-letter.
 
         For each message among ``ids`` held under ``token``: ``attempts`` goes
@@ -304,96 +356,124 @@ class Store:
         ``requeue()``), otherwise it waits in state ``retry`` for ``backoff``
         seconds and then becomes available again (see ``expire_leases``).
         A ``backoff`` of 0 makes it available at once. Atomic per message.
-        Returns ``(retried, dead)`` counts.
+        Returns ``(retried, dead)`` counts; ``(0, 0)`` for empty ``ids``.
         """
-        raise NotImplementedError
 
-    def unclaim(self, name, token, ids):
+    @abc.abstractmethod
+    def unclaim(self, name: str, token: str, ids: Sequence[RecordId]) -> int:
         """Give back messages without counting an attempt (graceful stop, partial claim).
 
-        They become available at once. Atomic per message. Returns how many were given back.
+        Only messages among ``ids`` still held under ``token`` are affected;
+        they become available at once. Atomic per message. Returns how many
+        were given back (0 for empty ``ids``).
         """
-        raise NotImplementedError
 
-    def expire_leases(self, name, max_attempts=3):
+    @abc.abstractmethod
+    def expire_leases(self, name: str, max_attempts: int = 3) -> int:
         """Make messages whose lease or retry backoff is over available again.
 
         A ``claimed`` message whose lease ended (its consumer died or hung)
         counts one attempt and becomes ``dead`` if that reaches
         ``max_attempts``; a ``retry`` message whose backoff ended becomes
         available without a new attempt. Atomic per message (safe to run from
-        every consumer at once). Returns the number of messages changed.
+        every consumer at once). Returns the number of messages changed (0 when none).
         """
-        raise NotImplementedError
 
     # -- dead letters -----------------------------------------------------
-    def dead_letters(self, name, limit=None):
-        """Return the dead messages of ``name`` (with ``attempts`` and ``error``), oldest first."""
-        raise NotImplementedError
+    def dead_letters(self, name: str, limit: int | None = None) -> list[Message]:
+        """Return the dead messages of ``name`` (with ``attempts`` and ``error``), oldest first.
 
-    def requeue(self, name, ids=None):
-        """Make dead messages available again with ``attempts`` reset to 0.
-
-        ``ids`` None means every dead message of the stream. Atomic per
-        message. Returns the number requeued (0 when there are none).
+        Read-only; [] when there are none. Derived: ``messages(name, state=DEAD)``.
         """
-        raise NotImplementedError
+        return self.messages(name, state=DEAD, limit=limit)
 
-    def purge_dead(self, name, ids=None):
-        """Delete dead messages (all of the stream's if ``ids`` is None). Removes data; returns the count."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def requeue(self, name: str, ids: Iterable[RecordId] | None = None) -> int:
+        """Make dead messages available again with ``attempts`` reset to 0 and ``error`` cleared.
+
+        ``ids`` None means every dead message of the stream; listed ids that
+        are not dead letters of ``name`` are left alone. Atomic per message.
+        Returns the number requeued (0 when there are none).
+        """
+
+    @abc.abstractmethod
+    def purge_dead(self, name: str, ids: Iterable[RecordId] | None = None) -> int:
+        """Delete dead messages (all of the stream's if ``ids`` is None; other messages never).
+
+        Removes data, irreversibly. Returns the number deleted (0 when there are none).
+        """
 
     # -- windows ----------------------------------------------------------
-    def save_window(self, name, data, query=None):
-        """Record an emitted window (``processed`` False). One write; returns its id."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def save_window(self, name: str, data: list[Any], query: list[Any] | None = None) -> RecordId:
+        """Record an emitted window (``processed`` False); ``commit(window_id=...)`` marks it processed.
 
-    def mark_window(self, window_id, processed=True):
-        """Set ``processed`` of a window record. Returns None; a missing record is ignored."""
-        raise NotImplementedError
+        One write; returns its id. Data the store cannot keep raises InvalidMessage.
+        """
 
-    def windows(self, name, processed=None):
-        """Return the :class:`WindowRecord` list of ``name``, oldest first, optionally by ``processed``."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def windows(self, name: str, processed: bool | None = None) -> list[WindowRecord]:
+        """Return the :class:`WindowRecord` list of ``name``, oldest first, optionally by ``processed``.
+
+        Read-only; [] when there are none.
+        """
 
     # -- consumers --------------------------------------------------------
-    def heartbeat(self, name, consumer, info):
+    @abc.abstractmethod
+    def heartbeat(self, name: str, consumer: str, info: Mapping[str, Any]) -> None:
         """Record that ``consumer`` (an id unique per consumer) of stream ``name`` is alive.
 
         ``info`` is a dict of plain values (host, pid, counters, rate); the
         record is replaced as a whole (last call wins) and stamped with ``seen``
-        (now, naive UTC). One write, atomic. Returns None.
+        (now, naive UTC). One write, atomic. Info the store cannot keep raises
+        InvalidMessage. Returns None.
         """
-        raise NotImplementedError
 
-    def consumers(self, name):
+    @abc.abstractmethod
+    def consumers(self, name: str) -> list[dict[str, Any]]:
         """Return the consumer records of ``name``: dicts of their ``info`` plus ``id`` and ``seen``.
 
         Read-only; ordered by id; [] when no consumer ever reported. Records
         stay after a consumer stopped or died (``seen`` tells), until
         ``forget_consumers`` removes them.
         """
-        raise NotImplementedError
 
-    def forget_consumers(self, name, older_than):
-        """Remove consumer records of ``name`` not seen for ``older_than`` seconds. Removes data; returns the count."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forget_consumers(self, name: str, older_than: float) -> int:
+        """Remove consumer records of ``name`` not seen for ``older_than`` seconds.
+
+        Removes data; returns the count (0 when none is that old).
+        """
+
+    # -- wake-ups ---------------------------------------------------------
+    def waiter(self, name: str) -> Waiter:
+        """Return a :class:`Waiter` for new messages of ``name``; the caller closes it.
+
+        The default just sleeps for the timeout (no push wake-ups); a store that
+        can do better returns its own, whose ``supported`` and
+        ``sees_all_changes`` say what it sees.
+        """
+        return Waiter(self, name)
 
     # -- inspection and housekeeping --------------------------------------
-    def messages(self, name, state=None, limit=None):
-        """Return messages of ``name`` in any (or the given) state, oldest first. Read-only."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def messages(self, name: str, state: str | None = None, limit: int | None = None) -> list[Message]:
+        """Return messages of ``name`` in any (or the given) state, oldest first, at most ``limit``.
 
-    def counts(self, name):
+        Read-only; [] when there are none.
+        """
+
+    @abc.abstractmethod
+    def counts(self, name: str) -> dict[str, int]:
         """Return a dict with the number of messages per state (every key of STATES), ``windows`` and ``expired``.
 
         ``expired`` is the running total of messages the retention limit
         (``max_age``, :meth:`housekeep`) removed before they were processed.
         Read-only; all zeros for an empty or unknown stream.
         """
-        raise NotImplementedError
 
-    def housekeep(self, name, max_age):
+    @abc.abstractmethod
+    def housekeep(self, name: str, max_age: float) -> tuple[int, int]:
         """Apply the retention limit: remove what stream ``name`` holds that was created over ``max_age`` s ago.
 
         Removes data, processed or not: messages waiting (available, due for
@@ -407,13 +487,11 @@ class Store:
         removed in all, and how many of them were never processed; ``(0, 0)``
         when nothing is that old.
         """
-        raise NotImplementedError
 
-    # -- wake-ups ---------------------------------------------------------
-    def waiter(self, name):
-        """Return a :class:`Waiter` for new messages of ``name``.
+    def queryset(self, document: type) -> Any:
+        """A mongoengine queryset of ``document`` (Buffer, Window, Stream) over this store's data.
 
-        Stores with ``push_wakeups`` return one that wakes as soon as a message
-        is appended; the default just sleeps for the timeout.
+        Only where ``querysets`` is true; the default raises
+        :class:`~minibatch.errors.NotSupportedByStore`. Read-only until the caller writes through it.
         """
-        return Waiter(self, name)
+        raise NotSupportedByStore(f'mongoengine querysets need the MongoDB store, not {self.describe()}')

@@ -10,12 +10,16 @@ Every hot-path operation is one batch round trip: a window is a sorted
 makes ``update_many`` atomic per message: of two consumers racing for a
 message exactly one modifies it.
 """
+from __future__ import annotations
+
 import datetime
 import functools
 import itertools
 import logging
 import os
 import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import bson
@@ -25,8 +29,8 @@ from bson.raw_bson import RawBSONDocument
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
 
 from minibatch.errors import ConfigurationError, InvalidMessage, StoreUnavailable
-from minibatch.store.base import (AVAILABLE, CLAIMED, DEAD, DONE, RETRY, STATES, Message, Store, StreamInfo,
-                                  Waiter, WindowRecord, utcnow)
+from minibatch.store.base import (AVAILABLE, CLAIMED, DEAD, DONE, RETRY, STATES, Doc, Message, RecordId,
+                                  StatusPath, Store, StreamInfo, Waiter, WindowRecord, utcnow)
 
 logger = logging.getLogger(__name__)
 
@@ -35,13 +39,14 @@ DEFAULT_DATABASE = 'minibatch'
 DEFAULT_SERVER_SELECTION_TIMEOUT_MS = 5000
 ALIAS = 'minibatch'
 
-_aliases = {}          # (url, options) -> mongoengine alias used for it
-_alias_pids = {}       # alias -> pid that opened its client
+AliasKey = tuple[str, tuple[tuple[str, str], ...]]
+_aliases: dict[AliasKey, str] = {}   # (url, options) -> mongoengine alias used for it
+_alias_pids: dict[str, int] = {}     # alias -> pid that opened its client
 _alias_lock = threading.Lock()
 _private_aliases = itertools.count(1)
 
 
-def _alias_for(key):
+def _alias_for(key: AliasKey) -> str:
     """The alias of the client for ``key`` (call under ``_alias_lock``).
 
     Alias ``'minibatch'``, the one the Documents use (``Buffer.objects``), is
@@ -63,7 +68,7 @@ def _alias_for(key):
     return alias
 
 
-def redact(url):
+def redact(url: str) -> str:
     """``url`` without its password, safe for logs and error messages."""
     parts = urlsplit(url)
     if parts.password:
@@ -72,15 +77,20 @@ def redact(url):
     return url
 
 
-def _unavailable(store, exc):
+def _unavailable(store: MongoStore, exc: BaseException) -> StoreUnavailable:
     return StoreUnavailable(f'cannot reach MongoDB at {redact(store.url)} '
                             f'(waited {store.timeout_ms / 1000:g} s for a server): {exc}')
 
 
-def _translate_errors(method):
+_P = ParamSpec('_P')
+_R = TypeVar('_R')
+
+
+def _translate_errors(
+        method: Callable[Concatenate[MongoStore, _P], _R]) -> Callable[Concatenate[MongoStore, _P], _R]:
     """Turn "no server" into StoreUnavailable; other driver errors pass unchanged."""
     @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
+    def wrapper(self: MongoStore, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return method(self, *args, **kwargs)
         except pymongo.errors.ServerSelectionTimeoutError as exc:
@@ -96,19 +106,17 @@ BY_ID = [('_id', 1)]
 
 class MongoStore(Store):
     """Store on MongoDB (or any server speaking its wire protocol with the same semantics)."""
-    schemes = ('mongodb', 'mongodb+srv')
-    push_wakeups = True
     querysets = True
     # AutoReconnect covers a dropped connection and a failed server selection
     transient_errors = (ConnectionError, pymongo.errors.AutoReconnect)
 
-    def __init__(self, url, **options):
+    def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
         parts = urlsplit(url)
         self.database = parts.path.lstrip('/') or DEFAULT_DATABASE
         if '/' in self.database:
             raise ConfigurationError(f'bad MongoDB database name in {redact(url)!r}')
-        self.client_options = dict(options)
+        self.client_options: dict[str, Any] = dict(options)
         # the URL's own options win over our defaults (a keyword argument would override the URL)
         in_url = {key.lower(): value for key, value in parse_qsl(parts.query)}
         if 'serverselectiontimeoutms' not in in_url:
@@ -122,12 +130,12 @@ class MongoStore(Store):
         self.timeout_ms = int(self.client_options.get('serverSelectionTimeoutMS')
                               or in_url.get('serverselectiontimeoutms') or DEFAULT_SERVER_SELECTION_TIMEOUT_MS)
         # one client per URL and options: options given here must reach the driver
-        self._alias_key = (url, tuple(sorted((k, repr(v)) for k, v in self.client_options.items())))
-        self.alias = None  # chosen when connecting (see _alias_for)
+        self._alias_key: AliasKey = (url, tuple(sorted((k, repr(v)) for k, v in self.client_options.items())))
+        self.alias: str | None = None  # chosen when connecting (see _alias_for)
         self._indexed = False
 
     # -- connection -------------------------------------------------------
-    def connect(self):
+    def connect(self) -> Any:
         """Register the mongoengine alias (again, after a disconnect or a fork) and return the database."""
         pid = os.getpid()
         with _alias_lock:
@@ -146,13 +154,13 @@ class MongoStore(Store):
             _alias_pids[self.alias] = pid
             return me_connection.get_db(self.alias)
 
-    def _db(self):
-        if (_alias_pids.get(self.alias) == os.getpid() and self.alias in me_connection._dbs
-                and _aliases.get(self._alias_key) == self.alias):
+    def _db(self) -> Any:
+        if (self.alias is not None and _alias_pids.get(self.alias) == os.getpid()
+                and self.alias in me_connection._dbs and _aliases.get(self._alias_key) == self.alias):
             return me_connection._dbs[self.alias]
         return self.connect()
 
-    def queryset(self, document):
+    def queryset(self, document: Any) -> Any:
         """A mongoengine queryset of ``document`` (Buffer, Window, Stream) over this store's collection.
 
         Built on the collection itself rather than on a connection alias, so it
@@ -161,16 +169,16 @@ class MongoStore(Store):
         from mongoengine.queryset import QuerySet
         return QuerySet(document, self._db()[document._meta['collection']])
 
-    def _collections(self):
+    def _collections(self) -> tuple[Any, Any, Any]:
         db = self._db()
         if not self._indexed:
             self._ensure_indexes(db)
         return db['stream'], db['buffer'], db['window']
 
-    def _buffer(self):
+    def _buffer(self) -> Any:
         return self._collections()[1]
 
-    def _ensure_indexes(self, db):
+    def _ensure_indexes(self, db: Any) -> None:
         try:
             db['buffer'].create_index([('stream', 1), ('processed', 1), ('_id', 1)], name='mb_available')
             db['buffer'].create_index([('stream', 1), ('state', 1), ('lease', 1)], name='mb_state_lease')
@@ -185,27 +193,27 @@ class MongoStore(Store):
             raise _unavailable(self, exc) from exc
         self._indexed = True
 
-    def close(self):
+    def close(self) -> None:
         with _alias_lock:
-            if _alias_pids.get(self.alias) == os.getpid():
+            if self.alias is not None and _alias_pids.get(self.alias) == os.getpid():
                 me_connection.disconnect(self.alias)
                 _alias_pids.pop(self.alias, None)
                 if _aliases.get(self._alias_key) == self.alias:
                     del _aliases[self._alias_key]  # frees 'minibatch' for the next store that connects
         self._indexed = False
 
-    def describe(self):
+    def describe(self) -> str:
         return f'{redact(self.url)} (MongoDB, database {self.database!r})'
 
     # -- streams ----------------------------------------------------------
     @staticmethod
-    def _info(doc):
+    def _info(doc: Any) -> StreamInfo:
         return StreamInfo(name=doc['name'], created=doc.get('created'), last_read=doc.get('last_read'),
                           interval=doc.get('interval', 1.0), closed=doc.get('closed', False),
                           max_age=doc.get('max_age'), status=doc.get('status') or {})
 
     @_translate_errors
-    def ensure_stream(self, name, **defaults):
+    def ensure_stream(self, name: str, **defaults: Any) -> StreamInfo:
         streams = self._collections()[0]
         now = utcnow()
         updates = {k: defaults.pop(k) for k in ('interval', 'max_age') if defaults.get(k) is not None}
@@ -214,7 +222,7 @@ class MongoStore(Store):
                      **defaults}
         for key in updates:
             on_insert.pop(key, None)
-        update = {'$setOnInsert': on_insert}
+        update: dict[str, Any] = {'$setOnInsert': on_insert}
         if updates:
             update['$set'] = updates
         for _ in range(2):
@@ -231,20 +239,20 @@ class MongoStore(Store):
         return self._info(doc)
 
     @_translate_errors
-    def get_stream(self, name):
+    def get_stream(self, name: str) -> StreamInfo | None:
         doc = self._collections()[0].find_one({'name': name})
         return self._info(doc) if doc else None
 
     @_translate_errors
-    def list_streams(self):
+    def list_streams(self) -> list[StreamInfo]:
         return [self._info(doc) for doc in self._collections()[0].find({}).sort('name', 1)]
 
     @_translate_errors
-    def update_stream(self, name, **fields):
+    def update_stream(self, name: str, **fields: Any) -> None:
         self._collections()[0].update_one({'name': name}, {'$set': fields})
 
     @_translate_errors
-    def set_status(self, name, path, value):
+    def set_status(self, name: str, path: StatusPath, value: Any) -> None:
         field = 'status.' + '.'.join(self._check_status_path(path))
         update = {'$unset': {field: ''}} if value is None else {'$set': {field: value}}
         try:
@@ -253,13 +261,14 @@ class MongoStore(Store):
             raise InvalidMessage(f'status value cannot be stored: {exc}') from exc
 
     @_translate_errors
-    def compare_and_set_last_read(self, name, expected, new):
+    def compare_and_set_last_read(self, name: str, expected: datetime.datetime | None,
+                                  new: datetime.datetime) -> bool:
         result = self._collections()[0].update_one({'name': name, 'last_read': expected},
                                                    {'$set': {'last_read': new}})
         return result.modified_count == 1
 
     @_translate_errors
-    def delete_stream(self, name):
+    def delete_stream(self, name: str) -> None:
         streams, buffer, windows = self._collections()
         buffer.delete_many({'stream': name})
         windows.delete_many({'stream': name})
@@ -267,14 +276,14 @@ class MongoStore(Store):
         streams.delete_many({'name': name})
 
     @_translate_errors
-    def clear(self, name):
+    def clear(self, name: str) -> int:
         _, buffer, windows = self._collections()
         removed = buffer.delete_many({'stream': name}).deleted_count
         windows.delete_many({'stream': name})
         return removed
 
     # -- producing --------------------------------------------------------
-    def _encode(self, name, docs, now):
+    def _encode(self, name: str, docs: Sequence[Doc], now: datetime.datetime) -> list[RawBSONDocument]:
         raw = []
         for i, data in enumerate(docs):
             if not isinstance(data, dict):
@@ -289,11 +298,12 @@ class MongoStore(Store):
                                      f'message: {data!r:.200}') from exc
         return raw
 
-    def validate(self, docs):
-        self._encode('-', docs, utcnow())
+    def validate(self, docs: Iterable[Doc]) -> None:
+        self._encode('-', list(docs), utcnow())
 
     @_translate_errors
-    def append(self, name, docs):
+    def append(self, name: str, docs: Sequence[Doc]) -> list[RecordId]:
+        docs = self._batch(docs, 'append')
         if not docs:
             return []
         raw = self._encode(name, docs, utcnow())  # all encoded before anything is sent
@@ -305,10 +315,8 @@ class MongoStore(Store):
         return [doc['_id'] for doc in raw]
 
     @_translate_errors
-    def append_dead(self, name, docs, error):
-        if isinstance(docs, dict):
-            raise InvalidMessage('append_dead() takes a list of dicts, not a single dict')
-        docs = list(docs)
+    def append_dead(self, name: str, docs: Sequence[Doc], error: str) -> list[RecordId]:
+        docs = self._batch(docs, 'append_dead')
         if not docs:
             return []
         self._encode(name, docs, utcnow())  # validates the whole batch before anything is sent
@@ -320,14 +328,15 @@ class MongoStore(Store):
 
     # -- consuming --------------------------------------------------------
     @staticmethod
-    def _message(doc):
+    def _message(doc: Any) -> Message:
         return Message(id=doc['_id'], stream=doc['stream'], created=doc.get('created'), data=doc.get('data'),
                        state=doc.get('state', AVAILABLE if not doc.get('processed') else DONE),
                        attempts=doc.get('attempts', 0), error=doc.get('error'))
 
     @_translate_errors
-    def find_available(self, name, limit=None, until=None):
-        query = {'stream': name, 'processed': False}
+    def find_available(self, name: str, limit: int | None = None,
+                       until: datetime.datetime | None = None) -> list[Message]:
+        query: dict[str, Any] = {'stream': name, 'processed': False}
         if until is not None:
             query['created'] = {'$lt': until}
         cursor = self._buffer().find(query).sort('_id', 1)
@@ -336,7 +345,7 @@ class MongoStore(Store):
         return [self._message(doc) for doc in cursor]
 
     @_translate_errors
-    def claim(self, name, ids, token, lease):
+    def claim(self, name: str, ids: Sequence[RecordId | Message], token: str, lease: float) -> list[Message]:
         if not ids:
             return []
         known = {m.id: m for m in ids if isinstance(m, Message)}
@@ -354,17 +363,19 @@ class MongoStore(Store):
             claimed = [self._message(doc) for doc in buffer.find({'_id': {'$in': ids}, 'claim': token}, hint=BY_ID)]
         for message in claimed:
             message.state = CLAIMED
+            message.token = token
         claimed.sort(key=lambda m: m.id)
         return claimed
 
     @_translate_errors
-    def renew(self, name, token, lease):
+    def renew(self, name: str, token: str, lease: float) -> int:
         result = self._buffer().update_many({'stream': name, 'state': CLAIMED, 'claim': token},
                                             {'$set': {'lease': _after(lease)}})
         return result.matched_count
 
     @_translate_errors
-    def commit(self, name, token, ids, keep=False, window_id=None):
+    def commit(self, name: str, token: str | None, ids: Sequence[RecordId], keep: bool = False,
+               window_id: RecordId | None = None) -> int:
         query = {'_id': {'$in': list(ids)}, 'claim': token, 'state': CLAIMED}
         _, buffer, windows = self._collections()
         if not ids:
@@ -381,7 +392,8 @@ class MongoStore(Store):
         return count
 
     @_translate_errors
-    def release(self, name, token, ids, error=None, max_attempts=3, backoff=0.0):
+    def release(self, name: str, token: str, ids: Sequence[RecordId], error: object = None,
+                max_attempts: int = 3, backoff: float = 0.0) -> tuple[int, int]:
         buffer = self._buffer()
         query = {'_id': {'$in': list(ids)}, 'claim': token, 'state': CLAIMED}
         error = _error_text(error)
@@ -398,17 +410,18 @@ class MongoStore(Store):
         return retried, dead
 
     @_translate_errors
-    def unclaim(self, name, token, ids):
+    def unclaim(self, name: str, token: str, ids: Sequence[RecordId]) -> int:
         return self._buffer().update_many(
             {'_id': {'$in': list(ids)}, 'claim': token, 'state': CLAIMED},
             {'$set': {'state': AVAILABLE, 'processed': False}, '$unset': {'claim': '', 'lease': ''}},
             hint=BY_ID).modified_count
 
     @_translate_errors
-    def expire_leases(self, name, max_attempts=3):
+    def expire_leases(self, name: str, max_attempts: int = 3) -> int:
         buffer = self._buffer()
         now = utcnow()
-        to_available = {'$set': {'state': AVAILABLE, 'processed': False}, '$unset': {'claim': '', 'lease': ''}}
+        to_available: dict[str, Any] = {'$set': {'state': AVAILABLE, 'processed': False},
+                                        '$unset': {'claim': '', 'lease': ''}}
         changed = buffer.update_many({'stream': name, 'state': RETRY, 'lease': {'$lt': now}},
                                      to_available).modified_count
         expired = {'stream': name, 'state': CLAIMED, 'lease': {'$lt': now}}
@@ -424,38 +437,31 @@ class MongoStore(Store):
 
     # -- dead letters -----------------------------------------------------
     @_translate_errors
-    def dead_letters(self, name, limit=None):
-        cursor = self._buffer().find({'stream': name, 'state': DEAD}).sort('_id', 1)
-        return [self._message(doc) for doc in (cursor.limit(limit) if limit else cursor)]
-
-    @_translate_errors
-    def requeue(self, name, ids=None):
-        query, hint = {'stream': name, 'state': DEAD}, None
+    def requeue(self, name: str, ids: Iterable[RecordId] | None = None) -> int:
+        query: dict[str, Any] = {'stream': name, 'state': DEAD}
+        hint: list[tuple[str, int]] | None = None
         if ids is not None:
             query['_id'], hint = {'$in': list(ids)}, BY_ID
         return self._buffer().update_many(query, {'$set': {'state': AVAILABLE, 'processed': False, 'attempts': 0},
                                                   '$unset': {'error': '', 'failed': ''}}, hint=hint).modified_count
 
     @_translate_errors
-    def purge_dead(self, name, ids=None):
-        query, hint = {'stream': name, 'state': DEAD}, None
+    def purge_dead(self, name: str, ids: Iterable[RecordId] | None = None) -> int:
+        query: dict[str, Any] = {'stream': name, 'state': DEAD}
+        hint: list[tuple[str, int]] | None = None
         if ids is not None:
             query['_id'], hint = {'$in': list(ids)}, BY_ID
         return self._buffer().delete_many(query, hint=hint).deleted_count
 
     # -- windows ----------------------------------------------------------
     @_translate_errors
-    def save_window(self, name, data, query=None):
+    def save_window(self, name: str, data: list[Any], query: list[Any] | None = None) -> RecordId:
         doc = {'stream': name, 'created': utcnow(), 'data': data, 'processed': False, 'query': query or []}
         return self._collections()[2].insert_one(doc).inserted_id
 
     @_translate_errors
-    def mark_window(self, window_id, processed=True):
-        self._collections()[2].update_one({'_id': window_id}, {'$set': {'processed': processed}})
-
-    @_translate_errors
-    def windows(self, name, processed=None):
-        query = {'stream': name}
+    def windows(self, name: str, processed: bool | None = None) -> list[WindowRecord]:
+        query: dict[str, Any] = {'stream': name}
         if processed is not None:
             query['processed'] = processed
         return [WindowRecord(id=doc['_id'], stream=doc['stream'], created=doc.get('created'),
@@ -465,15 +471,15 @@ class MongoStore(Store):
 
     # -- inspection and housekeeping --------------------------------------
     @_translate_errors
-    def messages(self, name, state=None, limit=None):
-        query = {'stream': name}
+    def messages(self, name: str, state: str | None = None, limit: int | None = None) -> list[Message]:
+        query: dict[str, Any] = {'stream': name}
         if state is not None:
             query['state'] = state
         cursor = self._buffer().find(query).sort('_id', 1)
         return [self._message(doc) for doc in (cursor.limit(limit) if limit else cursor)]
 
     @_translate_errors
-    def counts(self, name):
+    def counts(self, name: str) -> dict[str, int]:
         _, buffer, windows = self._collections()
         counts = dict.fromkeys(STATES, 0)
         for row in buffer.aggregate([{'$match': {'stream': name}}, {'$group': {'_id': '$state', 'n': {'$sum': 1}}}]):
@@ -485,7 +491,7 @@ class MongoStore(Store):
         return counts
 
     @_translate_errors
-    def housekeep(self, name, max_age):
+    def housekeep(self, name: str, max_age: float) -> tuple[int, int]:
         cutoff = utcnow() - datetime.timedelta(seconds=max_age)
         streams, buffer, windows = self._collections()
         expired = buffer.delete_many({'stream': name, 'state': {'$in': [AVAILABLE, RETRY]},
@@ -499,7 +505,7 @@ class MongoStore(Store):
 
     # -- consumers --------------------------------------------------------
     @_translate_errors
-    def heartbeat(self, name, consumer, info):
+    def heartbeat(self, name: str, consumer: str, info: Mapping[str, Any]) -> None:
         record = {**dict(info), 'stream': name, 'consumer': str(consumer), 'seen': utcnow()}
         try:
             self._db()['consumer'].replace_one({'_id': f'{name}\x00{consumer}'}, record, upsert=True)
@@ -507,7 +513,7 @@ class MongoStore(Store):
             raise InvalidMessage(f'consumer info of {consumer!r} cannot be stored: {exc}') from exc
 
     @_translate_errors
-    def consumers(self, name):
+    def consumers(self, name: str) -> list[dict[str, Any]]:
         cursor = self._db()['consumer'].find({'stream': name}).sort('consumer', 1)
         records = []
         for doc in cursor:
@@ -517,12 +523,12 @@ class MongoStore(Store):
         return records
 
     @_translate_errors
-    def forget_consumers(self, name, older_than):
+    def forget_consumers(self, name: str, older_than: float) -> int:
         cutoff = utcnow() - datetime.timedelta(seconds=older_than)
         return self._db()['consumer'].delete_many({'stream': name, 'seen': {'$lt': cutoff}}).deleted_count
 
     # -- wake-ups ---------------------------------------------------------
-    def waiter(self, name):
+    def waiter(self, name: str) -> ChangeStreamWaiter:
         return ChangeStreamWaiter(self, name)
 
 
@@ -535,16 +541,20 @@ class ChangeStreamWaiter(Waiter):
     #: how long the server holds each getMore of the change stream (an event ends it at once):
     #: bounds the queries of an idle consumer to one per this period
     MAX_AWAIT_MS = 3000
+    # push wake-ups until the server turns out to have no change streams (see _watch);
+    # appends only: a retry or requeue coming due needs the consumer's own polls
+    supported = True
+    sees_all_changes = False
+    store: MongoStore
 
-    def __init__(self, store, stream):
+    def __init__(self, store: MongoStore, stream: str) -> None:
         super().__init__(store, stream)
         self._event = threading.Event()
         self._closed = threading.Event()
-        self.supported = True
         self._thread = threading.Thread(target=self._watch, name=f'minibatch-watch-{stream}', daemon=True)
         self._thread.start()
 
-    def _watch(self):
+    def _watch(self) -> None:
         pipeline = [{'$match': {'operationType': 'insert', 'fullDocument.stream': self.stream}}]
         while not self._closed.is_set():
             try:
@@ -562,28 +572,28 @@ class ChangeStreamWaiter(Waiter):
                 self._event.set()  # something may have been missed: let the consumer look
                 self._closed.wait(1.0)
 
-    def wait(self, timeout):
+    def wait(self, timeout: float) -> bool:
         if not self.supported:
             return super().wait(timeout)
         woke = self._event.wait(timeout)
         self._event.clear()
         return woke
 
-    def close(self):
+    def close(self) -> None:
         self._closed.set()
 
 
-def _after(seconds):
+def _after(seconds: float) -> datetime.datetime:
     return utcnow() + datetime.timedelta(seconds=seconds)
 
 
-def _error_text(error):
+def _error_text(error: object) -> str | None:
     if error is None or isinstance(error, str):
         return error
     return f'{type(error).__name__}: {error}'
 
 
-def _reset_document_collections():
+def _reset_document_collections() -> None:
     # mongoengine caches collection objects per Document class; after a
     # reconnect they would point at the old client
     from minibatch.models import Buffer, Stream, Window

@@ -10,6 +10,8 @@ transaction never fails half-way when upgrading from a read lock. Claims are a
 single ``UPDATE ... WHERE state='available' RETURNING``: SQLite serialises
 writers, so two consumers can never take the same message.
 """
+from __future__ import annotations
+
 import datetime
 import json
 import logging
@@ -18,11 +20,13 @@ import sqlite3
 import threading
 import time
 import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar, overload
 from urllib.parse import parse_qsl
 
 from minibatch.errors import ConfigurationError, InvalidMessage, StoreUnavailable
-from minibatch.store.base import (AVAILABLE, CLAIMED, DEAD, DONE, RETRY, STATES, Message, Store,
-                                  StreamInfo, Waiter, WindowRecord, utcnow)
+from minibatch.store.base import (AVAILABLE, CLAIMED, DEAD, DONE, RETRY, STATES, Doc, Message, RecordId,
+                                  StatusPath, Store, StreamInfo, Waiter, WindowRecord, utcnow)
 
 logger = logging.getLogger(__name__)
 
@@ -92,17 +96,18 @@ SYNCHRONOUS = ('OFF', 'NORMAL', 'FULL', 'EXTRA')
 OPTIONS = ('synchronous', 'timeout')
 LOCK_RETRIES = 5
 CHUNK = 500  # ids per IN (...) list, well below SQLite's bound-parameter limit
+_T = TypeVar('_T')
 
 # A connection inherited through fork() must never be closed in the child, not
 # even by garbage collection: closing it drops the child's POSIX locks on the
 # file, those of its own fresh connections included. So at fork the child parks
 # every inherited connection in _inherited, never to touch it again.
-_open = weakref.WeakSet()  # the _Holder of every connection this process opened
-_inherited = []
+_open: weakref.WeakSet[_Holder] = weakref.WeakSet()  # the _Holder of every connection this process opened
+_inherited: list[_Holder] = []
 _lock = threading.Lock()
 
 
-def _after_fork_in_child():
+def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()  # another thread may have held it at the fork
     _inherited.extend(_open)
@@ -113,7 +118,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # -- values ---------------------------------------------------------------
-def _ts(value):
+def _ts(value: datetime.datetime | float | None) -> float | None:
     """Naive-UTC datetime (or aware datetime, or epoch number) -> float epoch seconds."""
     if value is None or isinstance(value, (int, float)):
         return value
@@ -122,10 +127,19 @@ def _ts(value):
     return value.timestamp()
 
 
-_last_dt = (None, None)  # (epoch, datetime) of the last conversion: a batch shares one timestamp
+# (epoch, datetime) of the last conversion: a batch shares one timestamp
+_last_dt: tuple[float | None, datetime.datetime | None] = (None, None)
 
 
-def _dt(value):
+@overload
+def _dt(value: float) -> datetime.datetime: ...
+
+
+@overload
+def _dt(value: None) -> None: ...
+
+
+def _dt(value: float | None) -> datetime.datetime | None:
     """Float epoch seconds -> naive UTC datetime (microsecond precision, as written)."""
     global _last_dt
     if value is None:
@@ -138,14 +152,14 @@ def _dt(value):
     return converted
 
 
-def _encode_default(value):
+def _encode_default(value: object) -> dict[str, str]:
     # datetimes are tagged so that they come back as datetimes, not strings
     if isinstance(value, (datetime.datetime, datetime.date)):
         return {'$date': value.isoformat()}
     raise TypeError(f'{type(value).__name__} is not JSON serialisable')
 
 
-def _decode_hook(obj):
+def _decode_hook(obj: dict[str, Any]) -> Any:
     if len(obj) == 1 and isinstance(obj.get('$date'), str):
         text = obj['$date']
         try:
@@ -162,14 +176,14 @@ _encoder = json.JSONEncoder(default=_encode_default, separators=(',', ':'))
 _decoder = json.JSONDecoder(object_hook=_decode_hook)
 
 
-def dumps(value):
+def dumps(value: object) -> str:
     return _encoder.encode(value)
 
 
 _plain_decoder = json.JSONDecoder()
 
 
-def loads(text):
+def loads(text: str) -> Any:
     # the object hook costs a Python call per dict: skip it when no date can be inside
     return (_decoder if '"$date"' in text else _plain_decoder).decode(text)
 
@@ -177,7 +191,7 @@ def loads(text):
 _PLAIN = frozenset((str, int, float, bool, type(None)))
 
 
-def _is_plain(value, depth=0):
+def _is_plain(value: dict[Any, Any] | list[Any], depth: int = 0) -> bool:
     """Fast path of the check below: True if ``value`` (a dict or list) surely round-trips through JSON.
 
     Exact types only and a depth bound; anything unusual (subclasses, dates,
@@ -200,13 +214,13 @@ def _is_plain(value, depth=0):
     return True
 
 
-def _find_unserialisable(value, path, parents=()):
+def _find_unserialisable(value: object, path: str, parents: tuple[int, ...] = ()) -> tuple[str, str] | None:
     """Return (where, why) for the first part of ``value`` that JSON cannot carry faithfully, else None."""
     if isinstance(value, (dict, list, tuple)):
         if id(value) in parents:
             return path, 'a circular reference'
         parents = (*parents, id(value))
-        items = value.items() if isinstance(value, dict) else enumerate(value)
+        items: Iterable[tuple[Any, Any]] = value.items() if isinstance(value, dict) else enumerate(value)
         for key, item in items:
             # JSON would silently turn a non-str key into a str: refuse rather than alter the data
             if isinstance(value, dict) and not isinstance(key, str):
@@ -219,7 +233,7 @@ def _find_unserialisable(value, path, parents=()):
     return None
 
 
-def serialise(doc, index):
+def serialise(doc: object, index: int) -> str:
     """JSON text of message ``doc`` (number ``index`` of its batch), or InvalidMessage saying why not."""
     if not isinstance(doc, dict):
         raise InvalidMessage(f'message #{index} is not a dict: {doc!r} ({type(doc).__name__})')
@@ -232,19 +246,20 @@ def serialise(doc, index):
     return dumps(doc)
 
 
-def _is_locked(exc):
+def _is_locked(exc: BaseException) -> bool:
     text = str(exc).lower()
     return 'locked' in text or 'busy' in text
 
 
-def _chunks(ids):
+def _chunks(ids: Iterable[Any]) -> Iterator[list[int]]:
     # Message objects (as find_available returns them) are accepted wherever ids are
-    ids = [int(getattr(i, 'id', i)) for i in ids]
-    for start in range(0, len(ids), CHUNK):
-        yield ids[start:start + CHUNK]
+    keys = [int(getattr(i, 'id', i)) for i in ids]
+    for start in range(0, len(keys), CHUNK):
+        yield keys[start:start + CHUNK]
 
 
-def _on_token(conn, sql, params, name, token, ids):
+def _on_token(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...], name: str, token: str | None,
+              ids: Iterable[RecordId]) -> int:
     """Run ``sql`` (ending in a WHERE clause) on ``ids`` still claimed under ``token``; return the rowcount.
 
     (``+stream`` here and wherever ids are listed: without statistics the
@@ -259,17 +274,17 @@ def _on_token(conn, sql, params, name, token, ids):
     return count
 
 
-def _marks(ids):
+def _marks(ids: Sequence[object]) -> str:
     return ','.join('?' * len(ids))
 
 
-def _message(row, data=None):
+def _message(row: Sequence[Any], data: Doc | None = None) -> Message:
     id_, stream, created, text, state, attempts, error = row
     return Message(id=id_, stream=stream, created=_dt(created), data=loads(text) if data is None else data,
                    state=state, attempts=attempts, error=error)
 
 
-def _messages(rows):
+def _messages(rows: Sequence[Sequence[Any]]) -> list[Message]:
     """Message objects of ``rows``; their JSON decoded in one call when no date tag needs the hook."""
     texts = [row[3] for row in rows]
     if len(texts) > 1 and not any('"$date"' in text for text in texts):
@@ -277,13 +292,13 @@ def _messages(rows):
     return [_message(row) for row in rows]
 
 
-def _stream(row):
+def _stream(row: Sequence[Any]) -> StreamInfo:
     name, created, last_read, interval, closed, max_age, status = row
     return StreamInfo(name=name, created=_dt(created), last_read=_dt(last_read), interval=interval,
                       closed=bool(closed), max_age=max_age, status=json.loads(status or '{}'))
 
 
-def _stream_values(fields):
+def _stream_values(fields: Mapping[str, Any]) -> dict[str, Any]:
     unknown = set(fields) - set(STREAM_FIELDS)
     if unknown:
         raise ConfigurationError(f'unknown stream field(s) {", ".join(sorted(unknown))}; '
@@ -303,8 +318,8 @@ class _Holder:
     """A thread's connection; weak-referenceable (sqlite3.Connection is not) so close() can find it."""
     __slots__ = ('conn', 'pid', '__weakref__')
 
-    def __init__(self, conn):
-        self.conn = conn
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn: sqlite3.Connection | None = conn
         self.pid = os.getpid()
 
 
@@ -316,13 +331,11 @@ class SQLiteStore(Store):
     across processes. Ids come from AUTOINCREMENT: they only increase and are
     never reused.
     """
-    schemes = ('sqlite',)
-    push_wakeups = False
     querysets = False
     # the write lock held longer than busy timeout plus retries: worth waiting out
     transient_errors = (ConnectionError, sqlite3.OperationalError)
 
-    def __init__(self, url, **options):
+    def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
         rest = url.partition('://')[2]
         rest, _, query = rest.partition('?')
@@ -331,7 +344,7 @@ class SQLiteStore(Store):
             raise ConfigurationError(
                 f'{url!r} names no database file: use sqlite:///relative/path.db or '
                 f'sqlite:////absolute/path.db (an in-memory database cannot be shared between processes)')
-        settings = dict(parse_qsl(query))
+        settings: dict[str, Any] = dict(parse_qsl(query))
         settings.update(options)
         unknown = set(settings) - set(OPTIONS)
         if unknown:
@@ -347,12 +360,12 @@ class SQLiteStore(Store):
         # resolved now, so that a later chdir() does not move the database
         self.path = os.path.abspath(path)
         self._local = threading.local()
-        self._holders = weakref.WeakSet()
+        self._holders: weakref.WeakSet[_Holder] = weakref.WeakSet()
         self._ready = False
 
     # -- connections ------------------------------------------------------
-    def _conn(self):
-        holder = getattr(self._local, 'holder', None)
+    def _conn(self) -> sqlite3.Connection:
+        holder: _Holder | None = getattr(self._local, 'holder', None)
         if holder is not None and holder.conn is not None and holder.pid == os.getpid():
             return holder.conn
         conn = self._connect()
@@ -362,7 +375,7 @@ class SQLiteStore(Store):
             _open.add(holder)
         return conn
 
-    def _connect(self):
+    def _connect(self) -> sqlite3.Connection:
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             # isolation_level=None: autocommit; we issue BEGIN IMMEDIATE ourselves.
@@ -380,7 +393,7 @@ class SQLiteStore(Store):
             raise StoreUnavailable(f'cannot use {self.describe()}: {exc}') from exc
         return conn
 
-    def _init_schema(self, conn):
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
         # journal_mode=WAL is persistent in the file; readers then never block the writer
         mode = conn.execute('PRAGMA journal_mode=WAL').fetchone()[0]
         if mode.lower() != 'wal':
@@ -397,7 +410,7 @@ class SQLiteStore(Store):
             raise
         self._ready = True
 
-    def _write(self, work):
+    def _write(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``work(conn)`` in one BEGIN IMMEDIATE transaction and return its result.
 
         The busy timeout already waits for the write lock; a few more tries
@@ -421,8 +434,9 @@ class SQLiteStore(Store):
                     raise
                 logger.debug('%s locked, retrying (%s)', self.path, exc)
                 time.sleep(0.05 * 2 ** attempt)
+        raise AssertionError('unreachable: the last try returns or raises')
 
-    def _read(self, sql, params=()):
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         # fetchall() so that no statement stays open and pins an old WAL snapshot
         for attempt in range(LOCK_RETRIES):
             try:
@@ -431,9 +445,10 @@ class SQLiteStore(Store):
                 if not _is_locked(exc) or attempt == LOCK_RETRIES - 1:
                     raise
                 time.sleep(0.05 * 2 ** attempt)
+        raise AssertionError('unreachable: the last try returns or raises')
 
     # -- life cycle -------------------------------------------------------
-    def close(self):
+    def close(self) -> None:
         pid = os.getpid()
         with _lock:
             holders = [h for h in self._holders if h.pid == pid]
@@ -442,18 +457,18 @@ class SQLiteStore(Store):
             if conn is not None:
                 conn.close()
 
-    def describe(self):
+    def describe(self) -> str:
         return f'sqlite:///{self.path} (embedded)'
 
     # -- streams ----------------------------------------------------------
-    def ensure_stream(self, name, **defaults):
+    def ensure_stream(self, name: str, **defaults: Any) -> StreamInfo:
         values = _stream_values(defaults)
         created = values.get('created') or _ts(utcnow())
-        record = {'created': created, 'last_read': created, 'interval': 1.0, 'closed': 0,
+        record: dict[str, Any] = {'created': created, 'last_read': created, 'interval': 1.0, 'closed': 0,
                   'max_age': None, 'status': '{}'}
         record.update({k: v for k, v in values.items() if v is not None})
 
-        def work(conn):
+        def work(conn: sqlite3.Connection) -> Any:
             conn.execute(f'INSERT OR IGNORE INTO streams ({STREAM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)',
                          (name, record['created'], record['last_read'], record['interval'], record['closed'],
                           record['max_age'], record['status']))
@@ -463,14 +478,14 @@ class SQLiteStore(Store):
             return conn.execute(f'SELECT {STREAM_COLUMNS} FROM streams WHERE name = ?', (name,)).fetchone()
         return _stream(self._write(work))
 
-    def get_stream(self, name):
+    def get_stream(self, name: str) -> StreamInfo | None:
         rows = self._read(f'SELECT {STREAM_COLUMNS} FROM streams WHERE name = ?', (name,))
         return _stream(rows[0]) if rows else None
 
-    def list_streams(self):
+    def list_streams(self) -> list[StreamInfo]:
         return [_stream(row) for row in self._read(f'SELECT {STREAM_COLUMNS} FROM streams ORDER BY name')]
 
-    def update_stream(self, name, **fields):
+    def update_stream(self, name: str, **fields: Any) -> None:
         values = _stream_values(fields)
         if not values:
             return None
@@ -478,9 +493,9 @@ class SQLiteStore(Store):
         self._write(lambda conn: conn.execute(f'UPDATE streams SET {assignments} WHERE name = ?',
                                               (*values.values(), name)))
 
-    def set_status(self, name, path, value):
-        path = self._check_status_path(path)
-        where = '$' + ''.join(f'."{key}"' for key in path)
+    def set_status(self, name: str, path: StatusPath, value: Any) -> None:
+        where = '$' + ''.join(f'."{key}"' for key in self._check_status_path(path))
+        params: tuple[Any, ...]
         if value is None:
             sql, params = 'UPDATE streams SET status = json_remove(status, ?) WHERE name = ?', (where, name)
         else:
@@ -491,9 +506,11 @@ class SQLiteStore(Store):
             sql, params = 'UPDATE streams SET status = json_set(status, ?, json(?)) WHERE name = ?', (where, encoded, name)
         self._write(lambda conn: conn.execute(sql, params))
 
-    def compare_and_set_last_read(self, name, expected, new):
+    def compare_and_set_last_read(self, name: str, expected: datetime.datetime | None,
+                                  new: datetime.datetime) -> bool:
         # one conditional UPDATE: SQLite serialises writers, so one racer matches, the others see the new value.
         # Half a microsecond of tolerance absorbs float rounding of a datetime read back and passed in again.
+        params: tuple[Any, ...]
         if expected is None:
             sql, params = 'UPDATE streams SET last_read = ? WHERE name = ? AND last_read IS NULL', (_ts(new), name)
         else:
@@ -501,35 +518,32 @@ class SQLiteStore(Store):
             params = (_ts(new), name, _ts(expected))
         return self._write(lambda conn: conn.execute(sql, params).rowcount) == 1
 
-    def delete_stream(self, name):
-        def work(conn):
+    def delete_stream(self, name: str) -> None:
+        def work(conn: sqlite3.Connection) -> None:
             for table, column in (('buffer', 'stream'), ('windows', 'stream'), ('consumers', 'stream'),
                                   ('stream_counters', 'stream'), ('streams', 'name')):
                 conn.execute(f'DELETE FROM {table} WHERE {column} = ?', (name,))
         self._write(work)
 
-    def clear(self, name):
-        def work(conn):
+    def clear(self, name: str) -> int:
+        def work(conn: sqlite3.Connection) -> int:
             removed = conn.execute('DELETE FROM buffer WHERE stream = ?', (name,)).rowcount
             conn.execute('DELETE FROM windows WHERE stream = ?', (name,))
             return removed
         return self._write(work)
 
     # -- producing --------------------------------------------------------
-    def validate(self, docs):
+    def validate(self, docs: Iterable[Doc]) -> None:
         for i, doc in enumerate(docs):
             serialise(doc, i)
 
-    def append(self, name, docs):
-        if isinstance(docs, dict):
-            raise InvalidMessage('append() takes a list of dicts, not a single dict')
-        docs = list(docs)
+    def append(self, name: str, docs: Sequence[Doc]) -> list[RecordId]:
         # validate everything before the transaction: a bad document writes none of the batch
-        rows = [(name, serialise(doc, i)) for i, doc in enumerate(docs)]
+        rows = [(name, serialise(doc, i)) for i, doc in enumerate(self._batch(docs, 'append'))]
         if not rows:
             return []
 
-        def work(conn):
+        def work(conn: sqlite3.Connection) -> list[RecordId]:
             now = time.time()
             conn.executemany('INSERT INTO buffer (stream, created, data) VALUES (?, ?, ?)',
                              [(stream, now, data) for stream, data in rows])
@@ -538,14 +552,12 @@ class SQLiteStore(Store):
             return list(range(last - len(rows) + 1, last + 1))
         return self._write(work)
 
-    def append_dead(self, name, docs, error):
-        if isinstance(docs, dict):
-            raise InvalidMessage('append_dead() takes a list of dicts, not a single dict')
-        rows = [serialise(doc, i) for i, doc in enumerate(docs)]
+    def append_dead(self, name: str, docs: Sequence[Doc], error: str) -> list[RecordId]:
+        rows = [serialise(doc, i) for i, doc in enumerate(self._batch(docs, 'append_dead'))]
         if not rows:
             return []
 
-        def work(conn):
+        def work(conn: sqlite3.Connection) -> list[RecordId]:
             now = time.time()
             conn.executemany(f"INSERT INTO buffer (stream, created, data, state, processed, error)"
                              f" VALUES (?, ?, ?, '{DEAD}', 1, ?)",
@@ -555,8 +567,10 @@ class SQLiteStore(Store):
         return self._write(work)
 
     # -- consuming --------------------------------------------------------
-    def find_available(self, name, limit=None, until=None):
-        sql, params = f"SELECT {MESSAGE_COLUMNS} FROM buffer WHERE stream = ? AND state = '{AVAILABLE}'", [name]
+    def find_available(self, name: str, limit: int | None = None,
+                       until: datetime.datetime | None = None) -> list[Message]:
+        params: list[Any] = [name]
+        sql = f"SELECT {MESSAGE_COLUMNS} FROM buffer WHERE stream = ? AND state = '{AVAILABLE}'"
         if until is not None:
             sql += ' AND created < ?'
             params.append(_ts(until))
@@ -566,7 +580,7 @@ class SQLiteStore(Store):
             params.append(int(limit))
         return _messages(self._read(sql, params))
 
-    def claim(self, name, ids, token, lease):
+    def claim(self, name: str, ids: Sequence[RecordId | Message], token: str, lease: float) -> list[Message]:
         if not ids:
             return []
         until = time.time() + lease
@@ -574,8 +588,8 @@ class SQLiteStore(Store):
         known = {m.id: m for m in ids if isinstance(m, Message)}
         columns = 'id' if len(known) == len(ids) else MESSAGE_COLUMNS
 
-        def work(conn):
-            rows = []
+        def work(conn: sqlite3.Connection) -> list[Any]:
+            rows: list[Any] = []
             for chunk in _chunks(ids):
                 rows += conn.execute(
                     f"UPDATE buffer SET state = '{CLAIMED}', processed = 1, claim = ?, lease = ?"
@@ -589,32 +603,37 @@ class SQLiteStore(Store):
                 message.state = CLAIMED
         else:
             claimed = [_message(row) for row in rows]
+        for message in claimed:
+            message.token = token
         # RETURNING has no defined order
         return sorted(claimed, key=lambda m: m.id)
 
-    def _by_token(self, sql, params, name, token, ids):
+    def _by_token(self, sql: str, params: tuple[Any, ...], name: str, token: str,
+                  ids: Sequence[RecordId]) -> int:
         """Run ``sql`` (ending in a WHERE clause) on ``ids`` still claimed under ``token``; return the rowcount."""
         return self._write(lambda conn: _on_token(conn, sql, params, name, token, ids)) if ids else 0
 
-    def renew(self, name, token, lease):
+    def renew(self, name: str, token: str, lease: float) -> int:
         return self._write(lambda conn: conn.execute(
             f"UPDATE buffer SET lease = ? WHERE claim = ? AND stream = ? AND state = '{CLAIMED}'",
             (time.time() + lease, token, name)).rowcount)
 
-    def commit(self, name, token, ids, keep=False, window_id=None):
+    def commit(self, name: str, token: str | None, ids: Sequence[RecordId], keep: bool = False,
+               window_id: RecordId | None = None) -> int:
         if keep:
             sql = f"UPDATE buffer SET state = '{DONE}', processed = 1, claim = NULL, lease = NULL WHERE"
         else:
             sql = 'DELETE FROM buffer WHERE'
 
-        def work(conn):
+        def work(conn: sqlite3.Connection) -> int:
             count = _on_token(conn, sql, (), name, token, ids)
             if window_id is not None:
                 conn.execute('UPDATE windows SET processed = 1 WHERE id = ?', (int(window_id),))
             return count
         return self._write(work) if ids or window_id is not None else 0
 
-    def release(self, name, token, ids, error=None, max_attempts=3, backoff=0.0):
+    def release(self, name: str, token: str, ids: Sequence[RecordId], error: object = None,
+                max_attempts: int = 3, backoff: float = 0.0) -> tuple[int, int]:
         if not ids:
             return 0, 0
         now = time.time()
@@ -627,8 +646,8 @@ class SQLiteStore(Store):
                f" WHERE claim = ? AND +stream = ? AND state = '{CLAIMED}' AND id IN ")
         error = None if error is None else str(error)
 
-        def work(conn):
-            states = []
+        def work(conn: sqlite3.Connection) -> tuple[int, int]:
+            states: list[Any] = []
             for chunk in _chunks(ids):
                 states += conn.execute(
                     f'{sql} ({_marks(chunk)}) RETURNING state',
@@ -638,14 +657,14 @@ class SQLiteStore(Store):
             return len(states) - dead, dead
         return self._write(work)
 
-    def unclaim(self, name, token, ids):
+    def unclaim(self, name: str, token: str, ids: Sequence[RecordId]) -> int:
         return self._by_token(f"UPDATE buffer SET state = '{AVAILABLE}', processed = 0, claim = NULL, lease = NULL"
                               ' WHERE', (), name, token, ids)
 
-    def expire_leases(self, name, max_attempts=3):
+    def expire_leases(self, name: str, max_attempts: int = 3) -> int:
         now = time.time()
 
-        def work(conn):
+        def work(conn: sqlite3.Connection) -> int:
             # an abandoned claim counts as a failed delivery
             expired = conn.execute(
                 f"UPDATE buffer SET attempts = attempts + 1, error = 'lease expired', claim = NULL, lease = NULL,"
@@ -660,29 +679,26 @@ class SQLiteStore(Store):
         return self._write(work)
 
     # -- dead letters -----------------------------------------------------
-    def dead_letters(self, name, limit=None):
-        return self.messages(name, state=DEAD, limit=limit)
-
-    def _dead(self, sql, name, ids):
+    def _dead(self, sql: str, name: str, ids: Iterable[RecordId] | None) -> int:
         if ids is None:
             return self._write(lambda conn: conn.execute(f"{sql} WHERE stream = ? AND state = '{DEAD}'",
                                                          (name,)).rowcount)
         by_id = f"{sql} WHERE +stream = ? AND state = '{DEAD}'"  # by primary key: see _on_token
 
-        def work(conn):
+        def work(conn: sqlite3.Connection) -> int:
             return sum(conn.execute(f'{by_id} AND id IN ({_marks(chunk)})', (name, *chunk)).rowcount
                        for chunk in _chunks(ids))
         return self._write(work)
 
-    def requeue(self, name, ids=None):
+    def requeue(self, name: str, ids: Iterable[RecordId] | None = None) -> int:
         return self._dead(f"UPDATE buffer SET state = '{AVAILABLE}', processed = 0, attempts = 0, error = NULL,"
                           ' claim = NULL, lease = NULL', name, ids)
 
-    def purge_dead(self, name, ids=None):
+    def purge_dead(self, name: str, ids: Iterable[RecordId] | None = None) -> int:
         return self._dead('DELETE FROM buffer', name, ids)
 
     # -- windows ----------------------------------------------------------
-    def save_window(self, name, data, query=None):
+    def save_window(self, name: str, data: list[Any], query: list[Any] | None = None) -> RecordId:
         try:
             data_json, query_json = dumps(list(data)), dumps(list(query or []))
         except (TypeError, ValueError) as exc:
@@ -691,12 +707,9 @@ class SQLiteStore(Store):
             'INSERT INTO windows (stream, created, data, query) VALUES (?, ?, ?, ?)',
             (name, time.time(), data_json, query_json)).lastrowid)
 
-    def mark_window(self, window_id, processed=True):
-        self._write(lambda conn: conn.execute('UPDATE windows SET processed = ? WHERE id = ?',
-                                              (int(bool(processed)), int(window_id))))
-
-    def windows(self, name, processed=None):
-        sql, params = 'SELECT id, stream, created, data, processed, query FROM windows WHERE stream = ?', [name]
+    def windows(self, name: str, processed: bool | None = None) -> list[WindowRecord]:
+        params: list[Any] = [name]
+        sql = 'SELECT id, stream, created, data, processed, query FROM windows WHERE stream = ?'
         if processed is not None:
             sql += ' AND processed = ?'
             params.append(int(bool(processed)))
@@ -705,8 +718,9 @@ class SQLiteStore(Store):
                 for id_, stream, created, data, done, query in self._read(sql + ' ORDER BY id', params)]
 
     # -- inspection and housekeeping --------------------------------------
-    def messages(self, name, state=None, limit=None):
-        sql, params = f'SELECT {MESSAGE_COLUMNS} FROM buffer WHERE stream = ?', [name]
+    def messages(self, name: str, state: str | None = None, limit: int | None = None) -> list[Message]:
+        params: list[Any] = [name]
+        sql = f'SELECT {MESSAGE_COLUMNS} FROM buffer WHERE stream = ?'
         if state is not None:
             sql += ' AND state = ?'
             params.append(state)
@@ -716,7 +730,7 @@ class SQLiteStore(Store):
             params.append(int(limit))
         return [_message(row) for row in self._read(sql, params)]
 
-    def counts(self, name):
+    def counts(self, name: str) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
         counts.update(self._read('SELECT state, count(*) FROM buffer WHERE stream = ? GROUP BY state', (name,)))
         counts['windows'] = self._read('SELECT count(*) FROM windows WHERE stream = ?', (name,))[0][0]
@@ -724,10 +738,10 @@ class SQLiteStore(Store):
         counts['expired'] = expired[0][0] if expired else 0
         return counts
 
-    def housekeep(self, name, max_age):
+    def housekeep(self, name: str, max_age: float) -> tuple[int, int]:
         cutoff = time.time() - max_age
 
-        def work(conn):
+        def work(conn: sqlite3.Connection) -> tuple[int, int]:
             expired = conn.execute(f"DELETE FROM buffer WHERE stream = ? AND state IN ('{AVAILABLE}', '{RETRY}')"
                                    " AND created < ?", (name, cutoff)).rowcount
             done = conn.execute(f"DELETE FROM buffer WHERE stream = ? AND state = '{DONE}' AND created < ?",
@@ -742,7 +756,7 @@ class SQLiteStore(Store):
         return self._write(work)
 
     # -- consumers --------------------------------------------------------
-    def heartbeat(self, name, consumer, info):
+    def heartbeat(self, name: str, consumer: str, info: Mapping[str, Any]) -> None:
         try:
             info_json = dumps(dict(info))
         except (TypeError, ValueError) as exc:
@@ -751,17 +765,17 @@ class SQLiteStore(Store):
             'INSERT OR REPLACE INTO consumers (stream, id, seen, info) VALUES (?, ?, ?, ?)',
             (name, str(consumer), time.time(), info_json)))
 
-    def consumers(self, name):
+    def consumers(self, name: str) -> list[dict[str, Any]]:
         rows = self._read('SELECT id, seen, info FROM consumers WHERE stream = ? ORDER BY id', (name,))
         return [{**loads(info), 'id': cid, 'seen': _dt(seen)} for cid, seen, info in rows]
 
-    def forget_consumers(self, name, older_than):
+    def forget_consumers(self, name: str, older_than: float) -> int:
         cutoff = time.time() - older_than
         return self._write(lambda conn: conn.execute(
             'DELETE FROM consumers WHERE stream = ? AND seen < ?', (name, cutoff)).rowcount)
 
     # -- wake-ups ---------------------------------------------------------
-    def waiter(self, name):
+    def waiter(self, name: str) -> FileWaiter:
         return FileWaiter(self, name)
 
 
@@ -774,17 +788,18 @@ class FileWaiter(Waiter):
     wake-ups are allowed, missed ones are not.
     """
     poll = 0.005
-    #: every commit is seen, so a consumer may wait long between checks of the store
+    # every commit is seen, so a consumer may wait long between checks of the store
     supported = True
     sees_all_changes = True
+    store: SQLiteStore
 
-    def __init__(self, store, stream):
+    def __init__(self, store: SQLiteStore, stream: str) -> None:
         super().__init__(store, stream)
         self._seen = self._signature()
 
-    def _signature(self):
+    def _signature(self) -> list[object]:
         path = self.store.path
-        signature = []
+        signature: list[object] = []
         for suffix in ('', '-wal'):
             try:
                 st = os.stat(path + suffix)
@@ -798,7 +813,7 @@ class FileWaiter(Waiter):
             signature.append(None)
         return signature
 
-    def wait(self, timeout):
+    def wait(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while True:
             signature = self._signature()
