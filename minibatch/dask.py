@@ -9,7 +9,7 @@ window: it is retried and finally dead-lettered.
 import concurrent.futures
 import threading
 
-from minibatch.contrib.base import require
+from minibatch.errors import require
 
 
 class DaskExecutor(concurrent.futures.Executor):

@@ -6,6 +6,8 @@ already says what went wrong (``TypeError`` for a message that is not a dict,
 ``ValueError`` for a bad window size), the minibatch exception derives from it
 as well, so code written against the built-in types keeps working.
 """
+import importlib
+from types import ModuleType
 
 
 class MinibatchError(Exception):
@@ -46,3 +48,16 @@ class NotSupportedByStore(MinibatchError, NotImplementedError):
 
 class SinkError(MinibatchError, ConnectionError):
     """A sink could not deliver a window's result; the window fails, is retried, then dead-lettered."""
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """Import and return the optional driver ``module``, or raise MissingDependencyError naming the pip extra.
+
+    Lives here, at the bottom of the layers, so that every layer can ask for
+    an optional driver the same way.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{module} is not installed; install it with: pip install 'minibatch[{extra}]'") from exc

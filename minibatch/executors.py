@@ -83,7 +83,7 @@ def check_executor(executor=None, workers=None):
     if executor is None:
         return
     if _is_dask_address(executor):
-        from minibatch.contrib.base import require
+        from minibatch.errors import require
         require('distributed', 'dask')
         if not executor.split('://', 1)[1].strip('/'):
             raise ConfigurationError(f'executor {executor!r} names no Dask scheduler; use "dask://host:port"')

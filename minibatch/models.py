@@ -21,7 +21,7 @@ from bson import ObjectId
 from mongoengine import (BooleanField, DateTimeField, DictField, Document, DynamicField, FloatField, IntField,
                          ListField, StringField)
 
-from minibatch import retention
+from minibatch import bindings, retention
 from minibatch.errors import ConfigurationError, NotSupportedByStore
 from minibatch.store import get_store
 from minibatch.store.base import AVAILABLE, STATES, utcnow
@@ -436,3 +436,7 @@ class Stream(Document):
 
     def __repr__(self):
         return f'<Stream {self.name!r} on {self.store.describe()}>'
+
+
+# the engine hands these out (windows to functions, streams to emitters) without importing this module
+bindings.bind(stream=Stream, window=Window)

@@ -26,7 +26,7 @@ import uuid
 from minibatch.asyncio_executor import is_async
 from minibatch.errors import ConfigurationError, InvalidWindowSpec
 from minibatch.legacy import LegacyEmitterAPI
-from minibatch.models import Stream, Window
+from minibatch import bindings
 from minibatch.options import ConsumerOptions, refuse_unknown
 from minibatch.runner import Runner, summary
 from minibatch.store.base import Message, utcnow
@@ -84,7 +84,7 @@ class WindowEmitter(LegacyEmitterAPI):
                                        max_attempts=max_attempts, lease=lease, retry_backoff=retry_backoff,
                                        concurrency=concurrency)
         self._stream_arg = stream_name
-        self.stream_name = stream_name.name if isinstance(stream_name, Stream) else stream_name
+        self.stream_name = stream_name if isinstance(stream_name, str) else stream_name.name
         self.url = url
         self.cnx_kwargs = cnx_kwargs or {}
         #: the strategy's parameter: 1 by default (as in 0.6); a custom emitter given only size= sees it here
@@ -120,10 +120,11 @@ class WindowEmitter(LegacyEmitterAPI):
     def stream(self):
         """The :class:`~minibatch.models.Stream` this emitter consumes (created if needed)."""
         if self._stream is None:
-            if isinstance(self._stream_arg, Stream):
+            if not isinstance(self._stream_arg, str):  # a Stream object was given
                 self._stream = self._stream_arg
             else:
-                self._stream = Stream.get_or_create(self.stream_name, url=self.url, **self.cnx_kwargs)
+                self._stream = bindings.get('stream').get_or_create(self.stream_name, url=self.url,
+                                                                    **self.cnx_kwargs)
         return self._stream
 
     @property
@@ -217,7 +218,8 @@ class WindowEmitter(LegacyEmitterAPI):
     def emit(self, qs, query_args=None):
         """Record a window of the claimed messages ``qs`` and submit the function. Returns the Window."""
         data = [m.data for m in qs]
-        window = Window.for_data(self.stream_name, data, id=self.store.save_window(self.stream_name, data))
+        window = bindings.get('window').for_data(self.stream_name, data,
+                                                 id=self.store.save_window(self.stream_name, data))
         self.stats['windows'] += 1
         self.stats['messages'] += len(qs)
         self.runner.submit(qs, window)

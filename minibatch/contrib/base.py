@@ -17,24 +17,14 @@ fail with a :class:`~minibatch.errors.SinkError` the consumer retries.
 """
 import abc
 import base64
-import importlib
 import json
 import logging
 import threading
 from typing import Any
 
-from minibatch.errors import InvalidMessage, MinibatchError, MissingDependencyError, SinkError
+from minibatch.errors import InvalidMessage, MinibatchError, SinkError, require  # noqa: F401 (require: re-exported)
 
 logger = logging.getLogger('minibatch.contrib')
-
-
-def require(module, extra):
-    """Import and return ``module``, or raise MissingDependencyError naming the pip extra."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"{module} is not installed; install it with: pip install 'minibatch[{extra}]'") from exc
 
 
 class Source:

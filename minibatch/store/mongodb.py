@@ -595,7 +595,10 @@ def _error_text(error: object) -> str | None:
 
 def _reset_document_collections() -> None:
     # mongoengine caches collection objects per Document class; after a
-    # reconnect they would point at the old client
-    from minibatch.models import Buffer, Stream, Window
-    for document in (Buffer, Stream, Window):
-        document._collection = None
+    # reconnect they would point at the old client. The Documents on our alias
+    # (minibatch.models' and any of the user's) are found in mongoengine's
+    # registry, so the store need not import the models (layers point one way).
+    from mongoengine.base import _document_registry
+    for document in list(_document_registry.values()):
+        if getattr(document, '_meta', {}).get('db_alias') == ALIAS and hasattr(document, '_collection'):
+            document._collection = None
