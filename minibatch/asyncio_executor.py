@@ -31,7 +31,7 @@ class AsyncioExecutor(concurrent.futures.Executor):
     def __init__(self, max_workers: int | None = None):
         self._max_workers = max_workers or DEFAULT_CONCURRENCY
         self._loop = asyncio.new_event_loop()
-        self._running: set[concurrent.futures.Future] = set()
+        self._running: set[concurrent.futures.Future[Any]] = set()
         self._lock = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._run_loop, name='minibatch-asyncio', daemon=True)
@@ -41,7 +41,7 @@ class AsyncioExecutor(concurrent.futures.Executor):
         asyncio.set_event_loop(self._loop)
         self._loop.run_forever()
 
-    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
         with self._lock:
             if self._closed:
                 raise RuntimeError('cannot submit to an AsyncioExecutor that was shut down')
@@ -67,7 +67,7 @@ class AsyncioExecutor(concurrent.futures.Executor):
             self._loop.close()
 
 
-async def _call(fn: Callable, args: tuple, kwargs: dict) -> Any:
+async def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     result = fn(*args, **kwargs)
     if inspect.isawaitable(result):
         result = await result
@@ -86,7 +86,7 @@ class RunCoroutine:
     (``executor=`` given explicitly): each window then gets ``asyncio.run``.
     """
 
-    def __init__(self, fn: Callable):
+    def __init__(self, fn: Callable[..., Any]):
         self.fn = fn
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -73,7 +73,7 @@ def default_workers():
     return os.cpu_count() or 1
 
 
-def check_executor(executor=None, workers=None):
+def check_executor(executor: Any = None, workers: int | None = None) -> None:
     """Raise ConfigurationError for an ``executor=`` / ``workers=`` that :func:`make_executor` would refuse.
 
     Creates nothing, so ``@streaming`` can reject bad arguments where they are written.

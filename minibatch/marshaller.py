@@ -7,6 +7,7 @@ window costs only the pickling of its data.
 """
 import functools
 import hashlib
+from typing import Any, Callable
 
 import cloudpickle
 
@@ -42,6 +43,6 @@ def _load(key, payload):
     return fn
 
 
-def marshal(fn):
+def marshal(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Return ``fn`` wrapped so that it pickles by value (lambdas and closures included)."""
     return fn if isinstance(fn, MarshalledFunction) else MarshalledFunction(fn)

@@ -46,7 +46,7 @@ class ConsumerOptions:
     :raises InvalidWindowSpec: ``max_attempts``, ``lease`` or ``retry_backoff`` out of range
     :raises ConfigurationError: a bad ``executor``, ``workers`` or ``sink``
     """
-    processfn: Callable | None = None
+    processfn: Callable[..., Any] | None = None
     executor: Any = None
     workers: int | None = None
     keep: bool = False

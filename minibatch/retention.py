@@ -8,11 +8,14 @@ What is removed before it was processed is counted in the store (``expired``
 in ``stream.stats()`` and ``minibatch status``) and logged each round: a
 retention limit is a choice to drop data, never a silent one.
 """
+from __future__ import annotations
+
 import datetime
 import logging
 import threading
 
 from minibatch.errors import ConfigurationError
+from minibatch.store.base import Store
 
 logger = logging.getLogger('minibatch.housekeeping')
 
@@ -23,7 +26,7 @@ MIN_PERIOD = 0.05
 MAX_PERIOD = 60.0
 
 
-def max_age_seconds(max_age) -> float | None:
+def max_age_seconds(max_age: float | dict[str, float] | None) -> float | None:
     """``max_age`` as seconds: a number of seconds, or a dict of ``datetime.timedelta`` arguments.
 
     None stays None (no retention limit).
@@ -49,13 +52,14 @@ def max_age_seconds(max_age) -> float | None:
     return seconds
 
 
-def expire(store, name: str, max_age: float) -> int:
+def expire(store: Store, name: str, max_age: float) -> int:
     """One housekeeping round on stream ``name``: remove what is older than ``max_age`` seconds.
 
     Removes data (see ``Store.housekeep``); logs a warning when messages
     were removed unprocessed. Returns the number of records removed.
     """
     removed, expired = store.housekeep(name, max_age)
+    removed, expired = int(removed), int(expired)
     if expired:
         logger.warning('minibatch: max_age %gs removed %d unprocessed messages of stream %r '
                        '(stream.stats()["expired"] counts them)', max_age, expired, name)
@@ -67,7 +71,7 @@ def expire(store, name: str, max_age: float) -> int:
 class Housekeeper:
     """The background thread applying one stream's ``max_age`` in this process."""
 
-    def __init__(self, store, name: str, max_age: float):
+    def __init__(self, store: Store, name: str, max_age: float):
         self.store = store
         self.name = name
         self.max_age = max_age
@@ -90,11 +94,11 @@ class Housekeeper:
         self._stop.set()
 
 
-_housekeepers: dict = {}
+_housekeepers: dict[tuple[int, str], Housekeeper] = {}
 _lock = threading.Lock()
 
 
-def start(store, name: str, max_age: float) -> Housekeeper:
+def start(store: Store, name: str, max_age: float) -> Housekeeper:
     """Run housekeeping for ``name`` on ``store`` every so often; one thread per stream and store.
 
     Starting it again with another ``max_age`` changes the limit of the running thread.
@@ -110,7 +114,7 @@ def start(store, name: str, max_age: float) -> Housekeeper:
         return keeper
 
 
-def stop(store, name: str) -> bool:
+def stop(store: Store, name: str) -> bool:
     """Stop the housekeeping thread of ``name`` on ``store`` in this process; False if none ran."""
     with _lock:
         keeper = _housekeepers.pop((id(store), name), None)
@@ -120,7 +124,7 @@ def stop(store, name: str) -> bool:
     return True
 
 
-def running(store, name: str) -> bool:
+def running(store: Store, name: str) -> bool:
     """True while this process runs housekeeping for ``name`` on ``store``."""
     keeper = _housekeepers.get((id(store), name))
     return keeper is not None and keeper.thread.is_alive() and not keeper._stop.is_set()

@@ -29,25 +29,74 @@ import socket
 import threading
 import time
 import traceback
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, ClassVar, Protocol
 
 from minibatch import retention
 from minibatch.asyncio_executor import DEFAULT_CONCURRENCY, AsyncioExecutor, RunCoroutine, is_async
 from minibatch.executors import make_executor
 from minibatch.marshaller import marshal
-from minibatch.store.base import utcnow
-
-if TYPE_CHECKING:
-    from minibatch.window import WindowEmitter
+from minibatch.store.base import Message, Store, utcnow
 
 logger = logging.getLogger('minibatch.window')
+
+#: a window function's future, as the executors return it
+WindowFuture = concurrent.futures.Future[Any]
+
+
+class Strategy(Protocol):
+    """What the runner needs of the window strategy it runs: :class:`minibatch.window.WindowEmitter` is one.
+
+    The hooks are the strategy's (see docs/windows.rst); the attributes are
+    the consumer's options and its counters (``stats``).
+    """
+    MAX_POLL: ClassVar[float]
+    MAX_PUSH_WAIT: ClassVar[float]
+    STOP_GRACE: ClassVar[float]
+    HEARTBEAT: ClassVar[float]
+    STOP_CHECK: ClassVar[float]
+    stream_name: str
+    emitfn: Callable[..., Any] | None
+    executor_arg: Any
+    workers: int | None
+    concurrency: int | None
+    queue: Any
+    emit_empty: bool
+    sink: Any
+    lease: float
+    max_attempts: int
+    stats: dict[str, int]
+    consumer_id: str
+
+    @property
+    def stream(self) -> Any: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    def window_ready(self) -> tuple[bool, Any]: ...
+
+    def query(self, *args: Any) -> Any: ...
+
+    def process(self, qs: Any) -> list[Message]: ...
+
+    def emit(self, qs: list[Message], query_args: Any = None) -> Any: ...
+
+    def timestamp(self, *args: Any) -> Any: ...
+
+    def commit(self, qs: list[Message], window: Any) -> None: ...
+
+    def undo(self, qs: list[Message], window: Any = None, error: Any = None) -> None: ...
+
+    def sleep(self) -> None: ...
+
+    def due_in(self) -> float: ...
 
 
 class InFlight:
     """A window submitted to the executor and not yet settled."""
     __slots__ = ('messages', 'window', 'future', 'renewed', 'executor')
 
-    def __init__(self, messages: list, window: Any, future: concurrent.futures.Future, executor: Any = None):
+    def __init__(self, messages: list[Message], window: Any, future: WindowFuture, executor: Any = None):
         self.messages = messages
         self.window = window
         self.future = future
@@ -56,7 +105,7 @@ class InFlight:
 
     @property
     def token(self) -> str | None:
-        return self.messages[0].token if self.messages else None
+        return self.messages[0].token if self.messages else None  # one claim token per window
 
 
 class Runner:
@@ -67,7 +116,7 @@ class Runner:
     strategy (or a test) can change them where users configure consumers.
     """
 
-    def __init__(self, emitter: WindowEmitter):
+    def __init__(self, emitter: Strategy):
         self.em = emitter
         self.executor: Any = None
         self.capacity = 0
@@ -75,7 +124,7 @@ class Runner:
         self.waiter: Any = None
         self.stop_event = threading.Event()
         self._owns_executor = False
-        self._call: Callable | None = None
+        self._call: Callable[..., Any] | None = None
         self._idle = 0.01
         self._next_expiry = 0.0
         self._next_housekeeping = 0.0
@@ -85,12 +134,12 @@ class Runner:
         self._last_beat = (0.0, 0)  # (monotonic time, processed) at the last heartbeat, for the rate
 
     @property
-    def store(self):
+    def store(self) -> Store:
         return self.em.store
 
     @property
     def name(self) -> str:
-        return self.em.stream_name
+        return str(self.em.stream_name)
 
     # -- resources --------------------------------------------------------
     def setup(self, waiter: bool = True) -> None:
@@ -105,7 +154,7 @@ class Runner:
             plan = make_executor(executor, workers)
             self.executor, self.capacity, self._owns_executor = plan.executor, plan.capacity, plan.owned
             call = marshal(emitfn) if (plan.ships_functions and emitfn) else emitfn
-            if coroutine and not isinstance(plan.executor, AsyncioExecutor):
+            if coroutine and call is not None and not isinstance(plan.executor, AsyncioExecutor):
                 call = RunCoroutine(call)  # another executor was asked for: each call runs its own loop
             self._call = call
         if waiter and self.waiter is None:
@@ -189,7 +238,7 @@ class Runner:
         return True
 
     # -- windows in flight ------------------------------------------------
-    def submit(self, messages: list, window: Any) -> concurrent.futures.Future:
+    def submit(self, messages: list[Message], window: Any) -> WindowFuture:
         """Run the emitter's function on ``window`` and hold ``messages`` until it settles.
 
         If the function cannot even be started (pool broken twice, Ctrl-C in an
@@ -199,7 +248,7 @@ class Runner:
         if self.executor is None:
             self.setup(waiter=False)
         if self.em.emitfn is None:
-            future: concurrent.futures.Future = concurrent.futures.Future()
+            future: WindowFuture = concurrent.futures.Future()
             future.set_result(None)
         else:
             try:
@@ -215,7 +264,7 @@ class Runner:
         self.inflight.append(InFlight(messages, window, future, self.executor))
         return future
 
-    def give_back(self, messages: list) -> None:
+    def give_back(self, messages: list[Message]) -> None:
         """Make claimed ``messages`` available again, untouched (no attempt counted)."""
         if messages:
             self.settle_call(self.store.unclaim, self.name, messages[0].token, [m.id for m in messages])
@@ -260,7 +309,7 @@ class Runner:
             self.settle_call(em.commit, flight.messages, flight.window)
         self.inflight.remove(flight)
 
-    def settle_call(self, fn: Callable, *args: Any) -> Any:
+    def settle_call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Call ``fn(*args)``, retrying while the store is unreachable, until the lease would have run out.
 
         Settling must survive a short outage; after the lease the messages are
@@ -297,8 +346,9 @@ class Runner:
         """Renew the lease of every in-flight window every third of the lease."""
         now = time.monotonic()
         for flight in self.inflight:
-            if now - flight.renewed > self.em.lease / 3 and flight.messages:
-                held = self.store.renew(self.name, flight.token, self.em.lease)
+            token = flight.token
+            if now - flight.renewed > self.em.lease / 3 and token is not None:
+                held = self.store.renew(self.name, token, self.em.lease)
                 flight.renewed = now
                 if not held:
                     logger.warning('minibatch: lost the lease of a running window on %r', self.name)
@@ -401,7 +451,7 @@ class Runner:
             return None
         previous = signal.getsignal(signal.SIGTERM)
 
-        def on_sigterm(signum, frame):
+        def on_sigterm(signum: int, frame: Any) -> None:
             self.stop_event.set()
         signal.signal(signal.SIGTERM, on_sigterm)
         return lambda: signal.signal(signal.SIGTERM, previous)
