@@ -29,84 +29,16 @@ import socket
 import threading
 import time
 import traceback
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, Callable
 
 from minibatch import retention
 from minibatch.asyncio_executor import DEFAULT_CONCURRENCY, AsyncioExecutor, RunCoroutine, is_async
 from minibatch.executors import make_executor
 from minibatch.marshaller import marshal
+from minibatch.inflight import InFlight, Strategy, WindowFuture, sink_payload, summary
 from minibatch.store.base import Message, Store, utcnow
 
 logger = logging.getLogger('minibatch.window')
-
-#: a window function's future, as the executors return it
-WindowFuture = concurrent.futures.Future[Any]
-
-
-class Strategy(Protocol):
-    """What the runner needs of the window strategy it runs: :class:`minibatch.window.WindowEmitter` is one.
-
-    The hooks are the strategy's (see docs/windows.rst); the attributes are
-    the consumer's options and its counters (``stats``).
-    """
-    MAX_POLL: ClassVar[float]
-    MAX_PUSH_WAIT: ClassVar[float]
-    STOP_GRACE: ClassVar[float]
-    HEARTBEAT: ClassVar[float]
-    STOP_CHECK: ClassVar[float]
-    stream_name: str
-    emitfn: Callable[..., Any] | None
-    executor_arg: Any
-    workers: int | None
-    concurrency: int | None
-    queue: Any
-    emit_empty: bool
-    sink: Any
-    lease: float
-    max_attempts: int
-    stats: dict[str, int]
-    consumer_id: str
-
-    @property
-    def stream(self) -> Any: ...
-
-    @property
-    def store(self) -> Store: ...
-
-    def window_ready(self) -> tuple[bool, Any]: ...
-
-    def query(self, *args: Any) -> Any: ...
-
-    def process(self, qs: Any) -> list[Message]: ...
-
-    def emit(self, qs: list[Message], query_args: Any = None) -> Any: ...
-
-    def timestamp(self, *args: Any) -> Any: ...
-
-    def commit(self, qs: list[Message], window: Any) -> None: ...
-
-    def undo(self, qs: list[Message], window: Any = None, error: Any = None) -> None: ...
-
-    def sleep(self) -> None: ...
-
-    def due_in(self) -> float: ...
-
-
-class InFlight:
-    """A window submitted to the executor and not yet settled."""
-    __slots__ = ('messages', 'window', 'future', 'renewed', 'executor')
-
-    def __init__(self, messages: list[Message], window: Any, future: WindowFuture, executor: Any = None):
-        self.messages = messages
-        self.window = window
-        self.future = future
-        self.executor = executor  # the pool it runs on, to tell a broken pool from its replacement
-        self.renewed = time.monotonic()
-
-    @property
-    def token(self) -> str | None:
-        return self.messages[0].token if self.messages else None  # one claim token per window
-
 
 class Runner:
     """Runs one emitter's rounds; owns its executor, in-flight windows, waiter and heartbeats.
@@ -455,18 +387,3 @@ class Runner:
             self.stop_event.set()
         signal.signal(signal.SIGTERM, on_sigterm)
         return lambda: signal.signal(signal.SIGTERM, previous)
-
-
-def sink_payload(result: Any, window: Any) -> Any:
-    """What the sink gets, the seed's convention: the function's return value, or the window data if None."""
-    if result is None:
-        return window.data
-    if isinstance(result, type(window)):  # the function returned its (or a) window
-        return result.data
-    return result
-
-
-def summary(error: Any) -> str:
-    """The last line of an error or traceback text: what a log line needs."""
-    text = str(error).strip().splitlines()
-    return text[-1] if text else repr(error)
