@@ -110,6 +110,9 @@ def report(stream, consumer='c1', **info):
 
 def test_status_table_shows_the_figures_of_stream_stats(store_url):
     stream = mb.stream('cli-status', url=store_url)
+    stream.append([{'i': i} for i in range(2)])
+    time.sleep(0.02)
+    assert stream.housekeep(max_age=0.01) == 2  # 2 expired unprocessed, shown as such
     stream.append([{'i': i} for i in range(3)])
     stream.reject({'bad': 1}, 'not JSON')
     report(stream)
@@ -118,10 +121,11 @@ def test_status_table_shows_the_figures_of_stream_stats(store_url):
     assert result.stdout.startswith(f'store: {stream.store.describe()}\n')
     row = table_rows(result.stdout)['cli-status']
     stats = stream.stats()
-    assert stats['backlog'] == 3 and stats['processed'] == 12  # the figures below are not all zero
+    # the figures below are not all zero
+    assert stats['backlog'] == 3 and stats['processed'] == 12 and stats['expired'] == 2
     for header, key in (('backlog', 'backlog'), ('in_flight', 'in_flight'), ('processed', 'processed'),
-                        ('failed', 'failed'), ('dead', 'dead'), ('consumers', 'consumers_alive'),
-                        ('windows', 'windows')):
+                        ('failed', 'failed'), ('dead', 'dead'), ('expired', 'expired'),
+                        ('consumers', 'consumers_alive'), ('windows', 'windows')):
         assert int(row[header]) == stats[key], (header, result.stdout)
     assert float(row['rate/s']) == stats['rate'] == 2.5
 
