@@ -9,93 +9,34 @@ Every hot-path operation is one batch round trip: a window is a sorted
 ``findAndModify`` per message. Claims filter on ``state: 'available'``, which
 makes ``update_many`` atomic per message: of two consumers racing for a
 message exactly one modifies it.
+
+This module holds the queries. Connecting (URL, client options, the
+mongoengine alias, reconnecting after a fork) is in
+:mod:`minibatch.store.mongodb_connection`; the change-stream waiter that wakes
+idle consumers is in :mod:`minibatch.store.mongodb_waiter`. Their public names
+(``ChangeStreamWaiter``, ``redact``, the defaults) stay importable from here.
 """
 from __future__ import annotations
 
 import datetime
-import functools
-import itertools
 import logging
-import os
-import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Concatenate, ParamSpec, TypeVar
-from urllib.parse import parse_qsl, urlsplit
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import bson
-import mongoengine.connection as me_connection
 import pymongo
 from bson.raw_bson import RawBSONDocument
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
-from minibatch.errors import ConfigurationError, InvalidMessage, StoreUnavailable
+from minibatch.errors import InvalidMessage
 from minibatch.store.base import (AVAILABLE, CLAIMED, DEAD, DONE, RETRY, STATES, Doc, Message, RecordId,
-                                  StatusPath, Store, StreamInfo, Waiter, WindowRecord, utcnow)
+                                  StatusPath, StreamInfo, WindowRecord, utcnow)
+from minibatch.store.mongodb_connection import (ALIAS, DEFAULT_DATABASE,  # noqa: F401 (re-exported)
+                                                DEFAULT_SERVER_SELECTION_TIMEOUT_MS, MongoConnection,
+                                                _translate_errors, _unavailable, redact)
+from minibatch.store.mongodb_waiter import ChangeStreamWaiter
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_DATABASE = 'minibatch'
-#: fail within this time when the server cannot be reached, instead of pymongo's 30 s
-DEFAULT_SERVER_SELECTION_TIMEOUT_MS = 5000
-ALIAS = 'minibatch'
-
-AliasKey = tuple[str, tuple[tuple[str, str], ...]]
-_aliases: dict[AliasKey, str] = {}   # (url, options) -> mongoengine alias used for it
-_alias_pids: dict[str, int] = {}     # alias -> pid that opened its client
-_alias_lock = threading.Lock()
-_private_aliases = itertools.count(1)
-
-
-def _alias_for(key: AliasKey) -> str:
-    """The alias of the client for ``key`` (call under ``_alias_lock``).
-
-    Alias ``'minibatch'``, the one the Documents use (``Buffer.objects``), is
-    taken by any client that connects while no connection is registered under
-    it: the first store of the process, and again after the store holding it
-    closed or the user called ``mongoengine.disconnect(alias='minibatch')``.
-    Other clients get a private alias.
-    """
-    alias = _aliases.get(key)
-    if alias != ALIAS and ALIAS not in me_connection._connection_settings:
-        for other, other_alias in list(_aliases.items()):
-            if other_alias == ALIAS:
-                del _aliases[other]  # its holder disconnected: it reconnects under a private alias
-        if alias is not None and alias in me_connection._connection_settings:
-            me_connection.disconnect(alias)  # our old private client, replaced by the shared one
-        alias = _aliases[key] = ALIAS
-    elif alias is None:
-        alias = _aliases[key] = f'{ALIAS}-{next(_private_aliases)}'
-    return alias
-
-
-def redact(url: str) -> str:
-    """``url`` without its password, safe for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(':' + parts.password + '@', ':***@')
-        return parts._replace(netloc=netloc).geturl()
-    return url
-
-
-def _unavailable(store: MongoStore, exc: BaseException) -> StoreUnavailable:
-    return StoreUnavailable(f'cannot reach MongoDB at {redact(store.url)} '
-                            f'(waited {store.timeout_ms / 1000:g} s for a server): {exc}')
-
-
-_P = ParamSpec('_P')
-_R = TypeVar('_R')
-
-
-def _translate_errors(
-        method: Callable[Concatenate[MongoStore, _P], _R]) -> Callable[Concatenate[MongoStore, _P], _R]:
-    """Turn "no server" into StoreUnavailable; other driver errors pass unchanged."""
-    @functools.wraps(method)
-    def wrapper(self: MongoStore, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return method(self, *args, **kwargs)
-        except pymongo.errors.ServerSelectionTimeoutError as exc:
-            raise _unavailable(self, exc) from exc
-    return wrapper
 
 
 # Operations on listed messages look them up by _id: a planner may otherwise walk
@@ -104,62 +45,22 @@ def _translate_errors(
 BY_ID = [('_id', 1)]
 
 
-class MongoStore(Store):
-    """Store on MongoDB (or any server speaking its wire protocol with the same semantics)."""
+class MongoStore(MongoConnection):
+    """Store on MongoDB (or any server speaking its wire protocol with the same semantics).
+
+    Connecting (the URL, the client, the mongoengine alias) is inherited from
+    :class:`~minibatch.store.mongodb_connection.MongoConnection`; this class
+    holds the queries.
+    """
     querysets = True
     # AutoReconnect covers a dropped connection and a failed server selection
     transient_errors = (ConnectionError, pymongo.errors.AutoReconnect)
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
-        parts = urlsplit(url)
-        self.database = parts.path.lstrip('/') or DEFAULT_DATABASE
-        if '/' in self.database:
-            raise ConfigurationError(f'bad MongoDB database name in {redact(url)!r}')
-        self.client_options: dict[str, Any] = dict(options)
-        # the URL's own options win over our defaults (a keyword argument would override the URL)
-        in_url = {key.lower(): value for key, value in parse_qsl(parts.query)}
-        if 'serverselectiontimeoutms' not in in_url:
-            self.client_options.setdefault('serverSelectionTimeoutMS', DEFAULT_SERVER_SELECTION_TIMEOUT_MS)
-        if 'uuidrepresentation' not in in_url:
-            self.client_options.setdefault('uuidRepresentation', 'standard')
-        if parts.username and 'authsource' not in in_url and not parts.scheme.endswith('+srv'):
-            # as minibatch 0.6: users authenticate against 'admin' unless the URL says otherwise
-            # (pymongo alone would use the URL's database); +srv URLs get it from DNS
-            self.client_options.setdefault('authSource', 'admin')
-        self.timeout_ms = int(self.client_options.get('serverSelectionTimeoutMS')
-                              or in_url.get('serverselectiontimeoutms') or DEFAULT_SERVER_SELECTION_TIMEOUT_MS)
-        # one client per URL and options: options given here must reach the driver
-        self._alias_key: AliasKey = (url, tuple(sorted((k, repr(v)) for k, v in self.client_options.items())))
-        self.alias: str | None = None  # chosen when connecting (see _alias_for)
         self._indexed = False
 
-    # -- connection -------------------------------------------------------
-    def connect(self) -> Any:
-        """Register the mongoengine alias (again, after a disconnect or a fork) and return the database."""
-        pid = os.getpid()
-        with _alias_lock:
-            self.alias = _alias_for(self._alias_key)  # a new one if close() gave it up
-            if _alias_pids.get(self.alias) not in (None, pid):
-                # inherited from the parent process: drop the references without
-                # closing, since closing would end sessions on sockets the parent still uses
-                me_connection._connections.pop(self.alias, None)
-                me_connection._dbs.pop(self.alias, None)
-                me_connection._connection_settings.pop(self.alias, None)
-                _reset_document_collections()
-            if self.alias not in me_connection._connection_settings:
-                me_connection.register_connection(self.alias, host=self.url, db=self.database,
-                                                  **self.client_options)
-                _reset_document_collections()
-            _alias_pids[self.alias] = pid
-            return me_connection.get_db(self.alias)
-
-    def _db(self) -> Any:
-        if (self.alias is not None and _alias_pids.get(self.alias) == os.getpid()
-                and self.alias in me_connection._dbs and _aliases.get(self._alias_key) == self.alias):
-            return me_connection._dbs[self.alias]
-        return self.connect()
-
+    # -- collections ------------------------------------------------------
     def queryset(self, document: Any) -> Any:
         """A mongoengine queryset of ``document`` (Buffer, Window, Stream) over this store's collection.
 
@@ -194,16 +95,8 @@ class MongoStore(Store):
         self._indexed = True
 
     def close(self) -> None:
-        with _alias_lock:
-            if self.alias is not None and _alias_pids.get(self.alias) == os.getpid():
-                me_connection.disconnect(self.alias)
-                _alias_pids.pop(self.alias, None)
-                if _aliases.get(self._alias_key) == self.alias:
-                    del _aliases[self._alias_key]  # frees 'minibatch' for the next store that connects
-        self._indexed = False
-
-    def describe(self) -> str:
-        return f'{redact(self.url)} (MongoDB, database {self.database!r})'
+        super().close()
+        self._indexed = False  # a new client (or database) gets its indexes checked again
 
     # -- streams ----------------------------------------------------------
     @staticmethod
@@ -532,57 +425,6 @@ class MongoStore(Store):
         return ChangeStreamWaiter(self, name)
 
 
-class ChangeStreamWaiter(Waiter):
-    """Wakes on inserts into the stream, via a MongoDB change stream watched in a thread.
-
-    Servers without change streams (a standalone mongod) make the thread exit
-    after one try; ``wait()`` then just sleeps, and the consumer polls.
-    """
-    #: how long the server holds each getMore of the change stream (an event ends it at once):
-    #: bounds the queries of an idle consumer to one per this period
-    MAX_AWAIT_MS = 3000
-    # push wake-ups until the server turns out to have no change streams (see _watch);
-    # appends only: a retry or requeue coming due needs the consumer's own polls
-    supported = True
-    sees_all_changes = False
-    store: MongoStore
-
-    def __init__(self, store: MongoStore, stream: str) -> None:
-        super().__init__(store, stream)
-        self._event = threading.Event()
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name=f'minibatch-watch-{stream}', daemon=True)
-        self._thread.start()
-
-    def _watch(self) -> None:
-        pipeline = [{'$match': {'operationType': 'insert', 'fullDocument.stream': self.stream}}]
-        while not self._closed.is_set():
-            try:
-                with self.store._buffer().watch(pipeline, max_await_time_ms=self.MAX_AWAIT_MS) as changes:
-                    while not self._closed.is_set():
-                        if changes.try_next() is not None:
-                            self._event.set()
-            except OperationFailure as exc:
-                logger.info('minibatch: change streams unavailable on %s (%s); polling instead',
-                            self.store.describe(), exc)
-                self.supported = False
-                return
-            except (ConnectionFailure, PyMongoError, StoreUnavailable) as exc:
-                logger.debug('minibatch: change stream interrupted (%s); retrying', exc)
-                self._event.set()  # something may have been missed: let the consumer look
-                self._closed.wait(1.0)
-
-    def wait(self, timeout: float) -> bool:
-        if not self.supported:
-            return super().wait(timeout)
-        woke = self._event.wait(timeout)
-        self._event.clear()
-        return woke
-
-    def close(self) -> None:
-        self._closed.set()
-
-
 def _after(seconds: float) -> datetime.datetime:
     return utcnow() + datetime.timedelta(seconds=seconds)
 
@@ -591,14 +433,3 @@ def _error_text(error: object) -> str | None:
     if error is None or isinstance(error, str):
         return error
     return f'{type(error).__name__}: {error}'
-
-
-def _reset_document_collections() -> None:
-    # mongoengine caches collection objects per Document class; after a
-    # reconnect they would point at the old client. The Documents on our alias
-    # (minibatch.models' and any of the user's) are found in mongoengine's
-    # registry, so the store need not import the models (layers point one way).
-    from mongoengine.base import _document_registry
-    for document in list(_document_registry.values()):
-        if getattr(document, '_meta', {}).get('db_alias') == ALIAS and hasattr(document, '_collection'):
-            document._collection = None
