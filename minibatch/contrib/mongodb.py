@@ -7,9 +7,10 @@
 * :class:`MongoSink` writes what a consumer returns into a collection.
 
 Both sources remember where they stopped, in the ``status`` of the stream they
-feed (``stream.status['checkpoints']``), so a new source object — after a
-restart of the process, say — continues after the last document or change it
-appended: it neither appends it again nor skips what came in meanwhile. The
+feed (``stream.status['checkpoints']``, kept by
+:class:`~minibatch.contrib.mongodb_checkpoint.StreamCheckpoint`), so a new
+source object — after a restart of the process, say — continues after the
+last document or change it appended: it neither appends it again nor skips what came in meanwhile. The
 position is written right *after* the append has been acknowledged, so a crash
 between the two repeats that one append when the source comes back (at least
 once), and never loses one.
@@ -32,6 +33,7 @@ from pymongo import ReplaceOne
 from pymongo.write_concern import WriteConcern
 
 from minibatch.contrib.base import Sink, Source
+from minibatch.contrib.mongodb_checkpoint import StreamCheckpoint
 from minibatch.errors import ConfigurationError, InvalidMessage, SinkError
 
 logger = logging.getLogger('minibatch.contrib')
@@ -84,43 +86,6 @@ def json_safe(value):
 
 def _collection_name(collection):
     return f'{collection.database.name}.{collection.name}'
-
-
-# -- positions -------------------------------------------------------------
-class StreamCheckpoint:
-    """Where one source stopped, kept in the ``status`` of the stream it feeds.
-
-    The status holds ``{'checkpoints': {key: {'position': ..., 'saved': ...}}}``;
-    ``position`` is MongoDB extended JSON, so an ObjectId, a datetime or a
-    resume token comes back exactly as it was saved, and any store can keep it.
-
-    Saving changes only this source's entry, atomically in the store
-    (``store.set_status``), so sources of the same stream in different
-    processes never set each other back.
-    """
-    FIELD = 'checkpoints'
-
-    def __init__(self, key):
-        # '.' and '$' are not welcome in MongoDB field names
-        self.key = key.replace('%', '%25').replace('.', '%2E').replace('$', '%24')
-
-    def load(self, stream):
-        """The saved position (any BSON value), or None if there is none. Reads the store."""
-        info = stream.store.get_stream(stream.name)
-        record = ((info.status or {}).get(self.FIELD) or {}).get(self.key) if info else None
-        if not record:
-            return None
-        return json_util.loads(record['position'])['v']
-
-    def save(self, stream, position):
-        """Store ``position``; one acknowledged write. Raises when the store fails."""
-        record = {'position': json_util.dumps({'v': position}, json_options=json_util.CANONICAL_JSON_OPTIONS),
-                  'saved': datetime.datetime.now(datetime.timezone.utc).isoformat()}
-        stream.store.set_status(stream.name, (self.FIELD, self.key), record)
-
-    def clear(self, stream):
-        """Forget the saved position (no-op when there is none)."""
-        stream.store.set_status(stream.name, (self.FIELD, self.key), None)
 
 
 class _CheckpointedSource(Source):
