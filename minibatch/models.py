@@ -11,25 +11,20 @@ Window objects are plain in-memory instances (never saved), and the
 mongoengine query API (``Stream.objects``, querysets from ``buffer()``) is not
 available.
 """
-import atexit
 import logging
 import threading
-import time
-import weakref
 
 from bson import ObjectId
 from mongoengine import (BooleanField, DateTimeField, DictField, Document, DynamicField, FloatField, IntField,
                          ListField, StringField)
 
-from minibatch import bindings, retention
+from minibatch import batching, bindings, retention
 from minibatch.errors import ConfigurationError, NotSupportedByStore
 from minibatch.store import get_store
 from minibatch.store.base import AVAILABLE, STATES, utcnow
 
 logger = logging.getLogger(__name__)
 
-#: seconds after which a partly filled append batch is written anyway
-FLUSH_INTERVAL = 0.5
 
 
 class Buffer(Document):
@@ -95,9 +90,6 @@ class Window(Document):
         return window
 
 
-_batching_streams = weakref.WeakSet()
-
-
 class Records(list):
     """A list of records that also answers ``count()`` with its length, as a queryset does."""
 
@@ -109,16 +101,6 @@ def _refuse_filters(store, filters):
     if filters:
         raise NotSupportedByStore(f'filters {", ".join(sorted(filters))} need the MongoDB store (querysets); '
                                   f'{store.describe()} takes processed= and limit= only')
-
-
-@atexit.register
-def _flush_all_at_exit():
-    # an unflushed batch at interpreter exit would be silent loss
-    for stream in list(_batching_streams):
-        try:
-            stream.flush()
-        except Exception:
-            logger.exception('minibatch: could not flush stream %r at exit', stream.name)
 
 
 class Stream(Document):
@@ -185,7 +167,7 @@ class Stream(Document):
         stream._flusher = None
         stream._sources = []
         if batchsize > 1:
-            _batching_streams.add(stream)
+            batching.register(stream)
         return stream
 
     @property
@@ -239,28 +221,9 @@ class Stream(Document):
 
     def _ensure_flusher(self):
         # one daemon thread per batching stream, so a partial batch is written
-        # within FLUSH_INTERVAL even if the producer goes quiet
-        if self._flusher is not None and self._flusher.is_alive():
-            return
-        ref = weakref.ref(self)
-
-        def run():
-            while True:
-                time.sleep(FLUSH_INTERVAL)
-                stream = ref()
-                if stream is None:
-                    return
-                try:
-                    stream.flush()
-                except Exception:
-                    logger.exception('minibatch: background flush of stream %r failed; will retry', stream.name)
-                if not stream._batch:
-                    stream._flusher = None
-                    return
-                del stream
-
-        self._flusher = threading.Thread(target=run, name=f'minibatch-flush-{self.name}', daemon=True)
-        self._flusher.start()
+        # within batching.FLUSH_INTERVAL even if the producer goes quiet
+        if self._flusher is None or not self._flusher.is_alive():
+            self._flusher = batching.start_flusher(self)
 
     # -- sources ----------------------------------------------------------
     @property
@@ -276,7 +239,7 @@ class Stream(Document):
             self.flush()
         self._batchsize = size
         if size > 1:
-            _batching_streams.add(self)
+            batching.register(self)
 
     def ensure_initialized(self):
         """Kept from 0.6, where a new stream was opened in a second step; here a stream is ready when created."""

@@ -144,8 +144,8 @@ def test_partial_batch_is_flushed_at_interpreter_exit(store_url):
     name = name_of()
     script = textwrap.dedent(f"""
         import minibatch as mb
-        import minibatch.models
-        minibatch.models.FLUSH_INTERVAL = 3600  # only the exit hook may write the batch
+        import minibatch.batching
+        minibatch.batching.FLUSH_INTERVAL = 3600  # only the exit hook may write the batch
         stream = mb.stream({name!r}, url={store_url!r}, batchsize=100)
         for i in range(5):
             stream.append({{'i': i}})
