@@ -218,8 +218,13 @@ class WindowEmitter(LegacyEmitterAPI):
     def emit(self, qs, query_args=None):
         """Record a window of the claimed messages ``qs`` and submit the function. Returns the Window."""
         data = [m.data for m in qs]
-        window = bindings.get('window').for_data(self.stream_name, data,
-                                                 id=self.store.save_window(self.stream_name, data))
+        if self.keep:
+            window = bindings.get('window').for_data(self.stream_name, data,
+                                                     id=self.store.save_window(self.stream_name, data))
+        else:
+            # no record yet: commit() writes it, without a copy of data the commit deletes (one write less)
+            window = bindings.get('window').for_data(self.stream_name, data)
+            window._record_at_commit = True
         self.stats['windows'] += 1
         self.stats['messages'] += len(qs)
         self.runner.submit(qs, window)
@@ -228,7 +233,13 @@ class WindowEmitter(LegacyEmitterAPI):
     def commit(self, qs, window):
         """The window succeeded: remove (or keep, with ``keep=True``) its messages; mark the window processed."""
         token = qs[0].token if qs else None
-        done = self.store.commit(self.stream_name, token, [m.id for m in qs], keep=self.keep, window_id=window.id)
+        if getattr(window, '_record_at_commit', False):
+            done, window.id = self.store.commit_window(self.stream_name, token, [m.id for m in qs], keep=self.keep,
+                                                       data=list(window.data) if self.keep else None)
+            window._record_at_commit = False
+        else:
+            done = self.store.commit(self.stream_name, token, [m.id for m in qs], keep=self.keep,
+                                     window_id=window.id)
         if done < len(qs):
             logger.warning('minibatch: %d of %d messages of a window on %r were no longer held '
                            '(lease expired); they may be delivered again', len(qs) - done, len(qs),

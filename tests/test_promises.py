@@ -417,3 +417,72 @@ def test_a_claim_holds_for_the_lease_given(store):
     assert seen >= before + lease - EPSILON, \
         f'available again {seen - before:.3f}s after a claim of {lease}s'
     assert (state_of(store, name, mid).state, state_of(store, name, mid).attempts) == (AVAILABLE, 1)
+
+
+# -- window records: written with the commit when keep=False (issue 11, part 6) ----------------
+def test_keep_false_delivers_each_message_once_and_records_each_window_at_its_commit(store_url):
+    name = 'record-at-commit'
+    stream = mb.stream(name, url=store_url)
+    stream.append([{'i': i} for i in range(10)])
+    seen, ids_seen = [], []
+
+    def fn(window):
+        seen.extend(m['i'] for m in window.data)
+        ids_seen.append(window.id)
+    em = mb.streaming(name, size=2, url=store_url, executor='inline').make(fn)
+    for _ in range(5):
+        em.run(blocking=False)
+    assert sorted(seen) == list(range(10))  # each exactly once
+    records = list(stream.window())
+    assert len(records) == 5 and all(w.processed for w in records)
+    assert all(w.data == [] for w in records)  # the data is not stored a second time
+    assert em.stats['windows'] == 5 and stream.stats()['windows'] == 5
+    assert stream.stats()['available'] == 0 and stream.buffer() == []
+    assert not set(ids_seen) & {w.id for w in records}  # the record did not exist while the function ran
+
+
+def test_keep_false_failed_window_leaves_no_record_and_is_delivered_again(store_url):
+    name = 'record-at-commit-fails'
+    stream = mb.stream(name, url=store_url)
+    stream.append([{'i': 0}, {'i': 1}])
+    calls = []
+
+    def flaky(window):
+        calls.append([m['i'] for m in window.data])
+        if len(calls) == 1:
+            raise ValueError('first attempt fails')
+    em = mb.streaming(name, size=2, url=store_url, executor='inline', retry_backoff=0).make(flaky)
+    em.run(blocking=False)
+    assert list(stream.window()) == [] and stream.stats()['available'] == 2
+    em.run(blocking=False)
+    assert calls == [[0, 1], [0, 1]]
+    assert [w.processed for w in stream.window()] == [True]
+    assert stream.stats()['available'] == 0
+
+
+def test_keep_true_still_records_the_window_with_its_data_when_emitted(store_url):
+    name = 'record-at-emit'
+    stream = mb.stream(name, url=store_url)
+    stream.append([{'i': 0}, {'i': 1}])
+    during = []
+    em = mb.streaming(name, size=2, keep=True, url=store_url, executor='inline').make(
+        lambda window: during.append([(w.data, w.processed) for w in stream.window()]))
+    em.run(blocking=False)
+    assert during == [[([{'i': 0}, {'i': 1}], False)]]
+    assert [(w.data, w.processed) for w in stream.window()] == [([{'i': 0}, {'i': 1}], True)]
+
+
+def test_on_sqlite_a_window_costs_two_write_transactions(tmp_path):
+    url = f'sqlite:///{tmp_path}/two-writes.db'
+    name = 'two-writes'
+    stream = mb.stream(name, url=url)
+    stream.append([{'i': i} for i in range(4)])
+    # lease=600: the next look for expired leases (a write) is due 5 s after the first round's
+    em = mb.streaming(name, size=2, url=url, executor='inline', lease=600).make(lambda window: None)
+    em.run(blocking=False)  # the first round also expires leases: not counted
+    statements = []
+    em.store.db.conn().set_trace_callback(statements.append)  # the inline consumer's thread and connection
+    em.run(blocking=False)
+    assert sum(1 for sql in statements if sql.startswith('BEGIN')) == 2  # the claim, the commit with the record
+    assert stream.stats()['available'] == 0
+    assert [w.processed for w in stream.window()] == [True, True]

@@ -311,6 +311,33 @@ def test_commit_marks_its_window_processed(store):
     assert [(w.id, w.processed) for w in store.windows(S)] == [(window, True), (other, False)]
 
 
+def test_commit_window_commits_and_records_a_processed_window_without_copying_the_data(store):
+    tok, ids = claimed(store, 3)
+    other = store.append(S, [{'i': 99}])
+    committed, window = store.commit_window(S, tok, ids)
+    assert committed == 3
+    assert [m.id for m in store.messages(S)] == other
+    assert [(w.id, w.data, w.processed) for w in store.windows(S)] == [(window, [], True)]
+    assert store.counts(S)['windows'] == 1
+
+
+def test_commit_window_keep_records_the_data_given(store):
+    tok, ids = claimed(store, 2)
+    committed, window = store.commit_window(S, tok, ids, keep=True, data=[{'i': 0}, {'i': 1}])
+    assert committed == 2 and set(states(store).values()) == {DONE}
+    assert [(w.id, w.data, w.processed) for w in store.windows(S)] == [(window, [{'i': 0}, {'i': 1}], True)]
+
+
+def test_commit_window_of_a_lost_claim_commits_nothing_but_still_records_the_window(store):
+    tok, ids = claimed(store, 2)
+    rival = token()
+    assert store.commit_window(S, rival, ids)[0] == 0  # not held under this token
+    assert set(states(store).values()) == {CLAIMED}
+    assert [w.processed for w in store.windows(S)] == [True]
+    assert store.commit_window(S, tok, [])[0] == 0  # nothing to commit: the record only
+    assert len(store.windows(S, processed=True)) == 2
+
+
 def test_commit_keep_marks_done(store):
     tok, ids = claimed(store, 3)
     assert store.commit(S, tok, ids, keep=True) == 3

@@ -345,6 +345,25 @@ class Store(abc.ABC):
         messages committed (0 for empty ``ids``).
         """
 
+    def commit_window(self, name: str, token: str | None, ids: Sequence[RecordId], keep: bool = False,
+                      data: list[Any] | None = None) -> tuple[int, RecordId]:
+        """Commit a window that has no record yet, as :meth:`commit` does, and record it as processed.
+
+        For windows emitted without a record (``keep=False``: see
+        ``WindowEmitter.emit``). ``data`` None records the window without its
+        data (``data`` []), which is not copied a second time. The record is
+        written whatever the count committed, as ``commit(window_id=...)``
+        marks it. Returns ``(committed, window_id)``: the number of messages
+        committed and the new record's id.
+
+        Optional: the default is ``save_window`` then ``commit(window_id=...)``
+        (the round trips of a window recorded when emitted); a store with
+        transactions overrides it to write the record in the commit's
+        transaction (SQLite), so that a window costs two writes: claim, commit.
+        """
+        window_id = self.save_window(name, [] if data is None else data)
+        return self.commit(name, token, ids, keep=keep, window_id=window_id), window_id
+
     @abc.abstractmethod
     def release(self, name: str, token: str, ids: Sequence[RecordId], error: object = None,
                 max_attempts: int = 3, backoff: float = 0.0) -> tuple[int, int]:

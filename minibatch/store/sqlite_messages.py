@@ -1,0 +1,146 @@
+"""The embedded store's message life cycle: the SQL that claims, commits, releases and expires messages.
+
+Each function runs inside a write transaction its caller opened
+(:meth:`~minibatch.store.sqlite_connection.Database.write`), on one connection,
+so that the store can put several of them in one transaction (a commit and its
+window record). States and their meaning: :mod:`minibatch.store.base`.
+
+Operations on listed messages filter with ``+stream``: without statistics the
+planner would otherwise walk the stream's whole index instead of looking up the
+ids by primary key, which made a claim cost O(stream length).
+"""
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from minibatch.store.base import AVAILABLE, CLAIMED, DEAD, DONE, RETRY, Message, RecordId
+
+CHUNK = 500  # ids per IN (...) list, well below SQLite's bound-parameter limit
+
+UNCLAIM = f"UPDATE buffer SET state = '{AVAILABLE}', processed = 0, claim = NULL, lease = NULL WHERE"
+REQUEUE = (f"UPDATE buffer SET state = '{AVAILABLE}', processed = 0, attempts = 0, error = NULL,"
+           ' claim = NULL, lease = NULL')
+PURGE = 'DELETE FROM buffer'
+
+
+def chunks(ids: Iterable[Any]) -> Iterator[list[int]]:
+    # Message objects (as find_available returns them) are accepted wherever ids are
+    keys = ids if type(ids) is list and all(type(i) is int for i in ids) else [int(getattr(i, 'id', i)) for i in ids]
+    for start in range(0, len(keys), CHUNK):
+        yield keys[start:start + CHUNK]
+
+
+def marks(ids: Sequence[object]) -> str:
+    return ','.join('?' * len(ids))
+
+
+def claim(conn: sqlite3.Connection, name: str, ids: Iterable[Any], token: str, until: float,
+          columns: str) -> list[Any]:
+    """Claim the still available messages among ``ids``; return their ``columns`` (in no defined order)."""
+    rows: list[Any] = []
+    for chunk in chunks(ids):
+        rows += conn.execute(
+            f"UPDATE buffer SET state = '{CLAIMED}', processed = 1, claim = ?, lease = ?"
+            f" WHERE +stream = ? AND state = '{AVAILABLE}' AND id IN ({marks(chunk)})"
+            f' RETURNING {columns}', (token, until, name, *chunk)).fetchall()
+    return rows
+
+
+def claim_known(conn: sqlite3.Connection, name: str, messages: Sequence[Message], token: str,
+                until: float) -> set[RecordId] | None:
+    """Claim the still available ``messages``; return None if all were claimed, else the ids that were."""
+    ids = [m.id for m in messages]
+    sql = (f"UPDATE buffer SET state = '{CLAIMED}', processed = 1, claim = ?, lease = ?"
+           f" WHERE +stream = ? AND state = '{AVAILABLE}' AND id IN ")
+    count = 0
+    for chunk in chunks(ids):
+        count += conn.execute(f'{sql}({marks(chunk)})', (token, until, name, *chunk)).rowcount
+    if count == len(ids):
+        return None  # the usual case: no RETURNING rows to fetch and match
+    held: set[RecordId] = set()
+    for chunk in chunks(ids):  # some were taken by others: which are ours (still in the transaction)
+        held.update(row[0] for row in conn.execute(
+            f'SELECT id FROM buffer WHERE claim = ? AND lease = ? AND id IN ({marks(chunk)})', (token, until, *chunk)))
+    return held
+
+
+def on_token(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...], name: str, token: str | None,
+             ids: Iterable[RecordId]) -> int:
+    """Run ``sql`` (ending in a WHERE clause) on ``ids`` still claimed under ``token``; return the rowcount."""
+    count = 0
+    for chunk in chunks(ids):
+        count += conn.execute(
+            f"{sql} claim = ? AND +stream = ? AND state = '{CLAIMED}' AND id IN ({marks(chunk)})",
+            (*params, token, name, *chunk)).rowcount
+    return count
+
+
+def renew(conn: sqlite3.Connection, name: str, token: str, until: float) -> int:
+    return conn.execute(f"UPDATE buffer SET lease = ? WHERE claim = ? AND stream = ? AND state = '{CLAIMED}'",
+                        (until, token, name)).rowcount
+
+
+def commit(conn: sqlite3.Connection, name: str, token: str | None, ids: Sequence[RecordId], keep: bool) -> int:
+    """Delete the messages still held under ``token`` (or mark them done, with ``keep``); return the count."""
+    if keep:
+        sql = f"UPDATE buffer SET state = '{DONE}', processed = 1, claim = NULL, lease = NULL WHERE"
+    else:
+        sql = 'DELETE FROM buffer WHERE'
+    return on_token(conn, sql, (), name, token, ids) if ids else 0
+
+
+def release(conn: sqlite3.Connection, name: str, token: str, ids: Sequence[RecordId], error: str | None,
+            max_attempts: int, backoff: float, now: float) -> tuple[int, int]:
+    """Count a failed attempt: retry after ``backoff`` (at once if 0) or dead-letter; return (retried, dead)."""
+    # SET expressions see the old row, so "attempts + 1" is the new attempt count throughout
+    later = f"CASE WHEN ? > 0 THEN '{RETRY}' ELSE '{AVAILABLE}' END"
+    new_state = f"CASE WHEN attempts + 1 >= ? THEN '{DEAD}' ELSE {later} END"
+    sql = (f'UPDATE buffer SET attempts = attempts + 1, error = ?, claim = NULL, state = {new_state},'
+           f' processed = CASE WHEN attempts + 1 < ? AND ? <= 0 THEN 0 ELSE 1 END,'
+           f' lease = CASE WHEN attempts + 1 < ? AND ? > 0 THEN ? ELSE NULL END'
+           f" WHERE claim = ? AND +stream = ? AND state = '{CLAIMED}' AND id IN ")
+    states: list[Any] = []
+    for chunk in chunks(ids):
+        states += conn.execute(
+            f'{sql} ({marks(chunk)}) RETURNING state',
+            (error, max_attempts, backoff, max_attempts, backoff, max_attempts, backoff, now + backoff,
+             token, name, *chunk)).fetchall()
+    dead = sum(1 for (state,) in states if state == DEAD)
+    return len(states) - dead, dead
+
+
+def expire(conn: sqlite3.Connection, name: str, max_attempts: int, now: float) -> int:
+    """Make expired claims (one attempt counted) and retries whose backoff is over available again."""
+    # an abandoned claim counts as a failed delivery
+    expired = conn.execute(
+        f"UPDATE buffer SET attempts = attempts + 1, error = 'lease expired', claim = NULL, lease = NULL,"
+        f" state = CASE WHEN attempts + 1 >= ? THEN '{DEAD}' ELSE '{AVAILABLE}' END,"
+        f' processed = CASE WHEN attempts + 1 >= ? THEN 1 ELSE 0 END'
+        f" WHERE stream = ? AND state = '{CLAIMED}' AND lease < ?",
+        (max_attempts, max_attempts, name, now)).rowcount
+    backed_off = conn.execute(
+        f"UPDATE buffer SET state = '{AVAILABLE}', processed = 0, lease = NULL"
+        f" WHERE stream = ? AND state = '{RETRY}' AND lease <= ?", (name, now)).rowcount
+    return expired + backed_off
+
+
+def on_dead(conn: sqlite3.Connection, sql: str, name: str, ids: Iterable[RecordId] | None) -> int:
+    """Run ``sql`` (REQUEUE, PURGE) on the dead letters of ``name`` among ``ids`` (None: all); return the count."""
+    if ids is None:
+        return conn.execute(f"{sql} WHERE stream = ? AND state = '{DEAD}'", (name,)).rowcount
+    by_id = f"{sql} WHERE +stream = ? AND state = '{DEAD}'"
+    return sum(conn.execute(f'{by_id} AND id IN ({marks(chunk)})', (name, *chunk)).rowcount
+               for chunk in chunks(ids))
+
+
+def insert_window(conn: sqlite3.Connection, name: str, now: float, data: str, query: str = '[]',
+                  processed: bool = False) -> RecordId:
+    """Write a window record (``data`` and ``query`` as JSON text); return its id."""
+    return conn.execute('INSERT INTO windows (stream, created, data, query, processed) VALUES (?, ?, ?, ?, ?)',
+                        (name, now, data, query, int(processed))).lastrowid
+
+
+def mark_window(conn: sqlite3.Connection, window_id: RecordId) -> None:
+    conn.execute('UPDATE windows SET processed = 1 WHERE id = ?', (int(window_id),))

@@ -1,0 +1,196 @@
+"""How the embedded store writes values: JSON text, epoch seconds, and rows back into records.
+
+Messages are JSON text in SQLite; datetimes in them are tagged (``{"$date": ...}``)
+so that they come back as datetimes. A message is checked before its batch is
+written (:func:`serialise`), so a bad one writes nothing. Times are float epoch
+seconds in the file and naive UTC datetimes in the contract.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, overload
+
+from minibatch.errors import ConfigurationError, InvalidMessage
+from minibatch.store.base import AVAILABLE, Doc, Message, StreamInfo
+
+STREAM_FIELDS = ('created', 'last_read', 'interval', 'closed', 'max_age', 'status')
+STREAM_COLUMNS = 'name, ' + ', '.join(STREAM_FIELDS)
+MESSAGE_COLUMNS = 'id, stream, created, data, state, attempts, error'
+#: what find_available reads: the rest is the same for every available message of a stream
+AVAILABLE_COLUMNS = 'id, created, data, attempts, error'
+
+
+def to_epoch(value: datetime.datetime | float | None) -> float | None:
+    """Naive-UTC datetime (or aware datetime, or epoch number) -> float epoch seconds."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.timezone.utc)
+    return value.timestamp()
+
+
+# (epoch, datetime) of the last conversion: a batch shares one timestamp
+_last_datetime: tuple[float | None, datetime.datetime | None] = (None, None)
+
+
+@overload
+def to_datetime(value: float) -> datetime.datetime: ...
+
+
+@overload
+def to_datetime(value: None) -> None: ...
+
+
+def to_datetime(value: float | None) -> datetime.datetime | None:
+    """Float epoch seconds -> naive UTC datetime (microsecond precision, as written)."""
+    global _last_datetime
+    if value is None:
+        return None
+    last = _last_datetime  # one read of an immutable pair: safe across threads
+    if value == last[0]:
+        return last[1]
+    converted = datetime.datetime.fromtimestamp(value, datetime.timezone.utc).replace(tzinfo=None)
+    _last_datetime = (value, converted)
+    return converted
+
+
+def _encode_default(value: object) -> dict[str, str]:
+    # datetimes are tagged so that they come back as datetimes, not strings
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return {'$date': value.isoformat()}
+    raise TypeError(f'{type(value).__name__} is not JSON serialisable')
+
+
+def _decode_hook(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and isinstance(obj.get('$date'), str):
+        text = obj['$date']
+        try:
+            if 'T' in text:
+                return datetime.datetime.fromisoformat(text)
+            return datetime.date.fromisoformat(text)
+        except ValueError:
+            pass  # a user dict that merely looks like ours: keep it as it is
+    return obj
+
+
+# made once: json.dumps() with options builds a new encoder on every call
+_encoder = json.JSONEncoder(default=_encode_default, separators=(',', ':'))
+_decoder = json.JSONDecoder(object_hook=_decode_hook)
+
+
+def dumps(value: object) -> str:
+    return _encoder.encode(value)
+
+
+_plain_decoder = json.JSONDecoder()
+
+
+def loads(text: str) -> Any:
+    # the object hook costs a Python call per dict: skip it when no date can be inside
+    return (_decoder if '"$date"' in text else _plain_decoder).decode(text)
+
+
+_PLAIN = frozenset((str, int, float, bool, type(None)))
+
+
+def _is_plain(value: dict[Any, Any] | list[Any], depth: int = 0) -> bool:
+    """Fast path of the check below: True if ``value`` (a dict or list) surely round-trips through JSON.
+
+    Exact types only and a depth bound; anything unusual (subclasses, dates,
+    deep or circular data) returns False and gets the thorough check.
+    """
+    if depth > 32:
+        return False
+    if type(value) is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                return False
+            kind = type(item)
+            if kind not in _PLAIN and not ((kind is dict or kind is list) and _is_plain(item, depth + 1)):
+                return False
+        return True
+    for item in value:
+        kind = type(item)
+        if kind not in _PLAIN and not ((kind is dict or kind is list) and _is_plain(item, depth + 1)):
+            return False
+    return True
+
+
+def _find_unserialisable(value: object, path: str, parents: tuple[int, ...] = ()) -> tuple[str, str] | None:
+    """Return (where, why) for the first part of ``value`` that JSON cannot carry faithfully, else None."""
+    if isinstance(value, (dict, list, tuple)):
+        if id(value) in parents:
+            return path, 'a circular reference'
+        parents = (*parents, id(value))
+        items: Iterable[tuple[Any, Any]] = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            # JSON would silently turn a non-str key into a str: refuse rather than alter the data
+            if isinstance(value, dict) and not isinstance(key, str):
+                return f'{path} key {key!r}', f'keys must be str, not {type(key).__name__}'
+            found = _find_unserialisable(item, f'{path}[{key!r}]', parents)
+            if found:
+                return found
+    elif not isinstance(value, (str, int, float, type(None), datetime.date)):
+        return f'{path} = {value!r}', f'{type(value).__name__} is not serialisable'
+    return None
+
+
+def serialise(doc: object, index: int) -> str:
+    """JSON text of message ``doc`` (number ``index`` of its batch), or InvalidMessage saying why not."""
+    if not isinstance(doc, dict):
+        raise InvalidMessage(f'message #{index} is not a dict: {doc!r} ({type(doc).__name__})')
+    if type(doc) is dict and _is_plain(doc):
+        return dumps(doc)
+    found = _find_unserialisable(doc, 'message')
+    if found:
+        where, why = found
+        raise InvalidMessage(f'message #{index} cannot be stored: {where} ({why})')
+    return dumps(doc)
+
+
+
+def message_of(row: Sequence[Any], data: Doc | None = None) -> Message:
+    id_, stream, created, text, state, attempts, error = row
+    return Message(id=id_, stream=stream, created=to_datetime(created), data=loads(text) if data is None else data,
+                   state=state, attempts=attempts, error=error)
+
+
+def available_messages_of(name: str, rows: Sequence[Sequence[Any]]) -> list[Message]:
+    """Available messages of stream ``name`` from rows of AVAILABLE_COLUMNS; the JSON decoded in one call.
+
+    The hot path of every consumer: no call per message but the constructor,
+    and the columns every row shares (stream, state) not read at all.
+    """
+    texts = [row[2] for row in rows]
+    if len(texts) > 1 and not any('"$date"' in text for text in texts):
+        docs = _plain_decoder.decode('[' + ','.join(texts) + ']')
+    else:
+        docs = [loads(text) for text in texts]
+    return [Message(id=id_, stream=name, created=to_datetime(created), data=doc, state=AVAILABLE, attempts=attempts,
+                    error=error)
+            for (id_, created, _, attempts, error), doc in zip(rows, docs)]
+
+
+def stream_of(row: Sequence[Any]) -> StreamInfo:
+    name, created, last_read, interval, closed, max_age, status = row
+    return StreamInfo(name=name, created=to_datetime(created), last_read=to_datetime(last_read), interval=interval,
+                      closed=bool(closed), max_age=max_age, status=json.loads(status or '{}'))
+
+
+def stream_values(fields: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = set(fields) - set(STREAM_FIELDS)
+    if unknown:
+        raise ConfigurationError(f'unknown stream field(s) {", ".join(sorted(unknown))}; '
+                                 f'known: {", ".join(STREAM_FIELDS)}')
+    values = dict(fields)
+    for key in ('created', 'last_read'):
+        if key in values:
+            values[key] = to_epoch(values[key])
+    if 'closed' in values:
+        values['closed'] = int(bool(values['closed']))
+    if 'status' in values:
+        values['status'] = json.dumps(values['status'] or {}, default=str)
+    return values
+
