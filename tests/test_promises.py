@@ -437,7 +437,7 @@ def test_keep_false_delivers_each_message_once_and_records_each_window_at_its_co
     assert len(records) == 5 and all(w.processed for w in records)
     assert all(w.data == [] for w in records)  # the data is not stored a second time
     assert em.stats['windows'] == 5 and stream.stats()['windows'] == 5
-    assert stream.stats()['available'] == 0 and stream.buffer() == []
+    assert stream.stats()['available'] == 0 and list(stream.buffer()) == []
     assert not set(ids_seen) & {w.id for w in records}  # the record did not exist while the function ran
 
 
