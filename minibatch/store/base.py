@@ -36,113 +36,18 @@ from __future__ import annotations
 
 import abc
 import datetime
-import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, ClassVar
 
 from minibatch.errors import ConfigurationError, InvalidMessage, NotSupportedByStore
 
-#: message states; ``processed`` is ``state != AVAILABLE``
-AVAILABLE = 'available'
-CLAIMED = 'claimed'
-RETRY = 'retry'
-DONE = 'done'
-DEAD = 'dead'
-STATES = (AVAILABLE, CLAIMED, RETRY, DONE, DEAD)
+# the records and the waiter are re-exported here: the contract is reached as minibatch.store.base.X
+__all__ = ['AVAILABLE', 'CLAIMED', 'DEAD', 'DONE', 'RETRY', 'STATES', 'Doc', 'Message', 'RecordId', 'StatusPath',
+           'StreamInfo', 'WindowRecord', 'utcnow', 'Waiter', 'Store']
 
-#: A message or window id, opaque to the core: an ``int`` on SQLite, a
-#: ``bson.ObjectId`` on MongoDB. Ids compare in append order within one store.
-RecordId: TypeAlias = Any
-#: A message as appended: a dict of plain values (see docs/streams.rst).
-Doc: TypeAlias = dict[str, Any]
-#: A key of a stream's ``status`` dict, or a path of keys into nested dicts.
-StatusPath: TypeAlias = str | Sequence[str]
-
-
-def utcnow() -> datetime.datetime:
-    """The current time as a naive UTC datetime (the convention of the original minibatch)."""
-    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
-
-
-@dataclass
-class Message:
-    """One message of a stream as a store returns it.
-
-    ``data`` is the dict that was appended. ``attempts`` counts failed or
-    abandoned deliveries; ``error`` is the last failure (set on retry and dead).
-    ``token`` is the claim a message returned by :meth:`Store.claim` is held
-    under (None otherwise); it takes no part in comparisons.
-    """
-    id: RecordId
-    stream: str
-    created: datetime.datetime
-    data: Doc
-    state: str = AVAILABLE
-    attempts: int = 0
-    error: str | None = None
-    token: str | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def processed(self) -> bool:
-        """False exactly while the message is available (the original minibatch's flag)."""
-        return self.state != AVAILABLE
-
-
-@dataclass
-class StreamInfo:
-    """The metadata record of a stream."""
-    name: str
-    created: datetime.datetime
-    last_read: datetime.datetime | None
-    interval: float = 1.0
-    closed: bool = False
-    max_age: float | None = None
-    status: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class WindowRecord:
-    """One emitted window as a store keeps it."""
-    id: RecordId
-    stream: str
-    created: datetime.datetime
-    data: list[Any]
-    processed: bool = False
-    query: list[Any] = field(default_factory=list)
-
-
-class Waiter:
-    """Blocks until a stream may have new messages.
-
-    The default implementation only sleeps: it is what a store without push
-    wake-ups gives. ``wait()`` returning True means "something changed, look
-    now"; False means the timeout passed. A spurious True is allowed, a missed
-    change is not (callers poll on timeout anyway).
-
-    The two capability attributes are read by the consumer loop to choose how
-    long it may wait between looks at the store. A waiter may clear them on
-    itself once it finds the server cannot push after all.
-    """
-    supported: bool = False
-    """The waiter does push wake-ups: ``wait()`` returns soon after a message is
-    appended, so a consumer may wait long between polls."""
-    sees_all_changes: bool = False
-    """It wakes on every change that can make messages available (inserts, and
-    updates such as retries and requeues), not only on appends, so no
-    follow-up polls are needed after a wake-up."""
-
-    def __init__(self, store: Store, stream: str) -> None:
-        self.store = store
-        self.stream = stream
-
-    def wait(self, timeout: float) -> bool:
-        """Block up to ``timeout`` seconds; True if the stream may have changed, False on timeout."""
-        time.sleep(timeout)
-        return False
-
-    def close(self) -> None:
-        """Stop watching (threads, cursors). Idempotent; ``wait()`` must not be called afterwards."""
+from minibatch.store.records import (AVAILABLE, CLAIMED, DEAD, DONE, RETRY, STATES, Doc,  # noqa: F401,E402
+                                     Message, RecordId, StatusPath, StreamInfo, WindowRecord, utcnow)
+from minibatch.store.waiting import Waiter  # noqa: E402 (re-exported: part of the contract)
 
 
 class Store(abc.ABC):
