@@ -1,6 +1,7 @@
 """Small helpers shared by the test modules."""
 import signal
 import socket
+import threading
 import time
 
 
@@ -58,3 +59,15 @@ def default_sigint():
     SIGXFZ and SIGXFSZ, so this puts SIGINT back to its default before the exec.
     """
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+class ListSink:
+    """A sink collecting what it is given, in the process that runs the emitter (thread-safe)."""
+
+    def __init__(self):
+        self.items = []
+        self._lock = threading.Lock()
+
+    def put(self, message):
+        with self._lock:
+            self.items.append(message)

@@ -21,7 +21,7 @@ import pytest
 import minibatch as mb
 from minibatch import Buffer, CountWindow, Stream, WindowEmitter, streaming
 from minibatch.store.base import STATES
-from tests.helpers import wait_until
+from tests.helpers import ListSink, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,18 +32,6 @@ def name_of(prefix='s'):
 
 def is_mongo(url):
     return url.startswith('mongodb')
-
-
-class ListSink:
-    """A sink collecting what it is given, in the process that runs the emitter."""
-
-    def __init__(self):
-        self.items = []
-        self._lock = threading.Lock()
-
-    def put(self, message):
-        with self._lock:
-            self.items.append(message)
 
 
 class Collector:

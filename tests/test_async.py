@@ -10,21 +10,11 @@ import pytest
 
 import minibatch as mb
 from minibatch.errors import ConfigurationError
-from tests.helpers import wait_until
+from tests.helpers import ListSink, wait_until
 
 
 def name_of(prefix='async'):
     return f'{prefix}-{uuid.uuid4().hex[:8]}'
-
-
-class ListSink:
-    def __init__(self):
-        self.items = []
-        self._lock = threading.Lock()
-
-    def put(self, data):
-        with self._lock:
-            self.items.append(data)
 
 
 def run_until(em, condition, timeout=30):

@@ -14,19 +14,11 @@ import pytest
 import minibatch as mb
 from minibatch import CountWindow, FixedTimeWindow, RelaxedTimeWindow, Stream, WindowEmitter, retention, streaming
 from minibatch.errors import ConfigurationError
-from tests.helpers import wait_until
+from tests.helpers import ListSink, wait_until
 
 
 def name_of(prefix='compat'):
     return f'{prefix}-{uuid.uuid4().hex[:8]}'
-
-
-class ListSink:
-    def __init__(self):
-        self.items = []
-
-    def put(self, data):
-        self.items.append(data)
 
 
 class Windows:

@@ -8,7 +8,6 @@ import sqlite3
 import threading
 import time
 
-import pytest
 
 import minibatch as mb
 from minibatch.store.base import AVAILABLE, CLAIMED, RETRY
