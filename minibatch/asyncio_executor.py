@@ -68,10 +68,22 @@ class AsyncioExecutor(concurrent.futures.Executor):
 
 
 async def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    result = fn(*args, **kwargs)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
+    try:
+        result = fn(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+    except SystemExit as exc:
+        # asyncio lets SystemExit stop the whole loop; here it is one window's failure
+        raise WindowExit(exc.code) from exc
+
+
+class WindowExit(Exception):
+    """The window function called ``sys.exit()``: a failed attempt of its window, not the consumer's end."""
+
+    def __init__(self, code: object):
+        super().__init__(f'the window function called sys.exit({code!r})')
+        self.code = code
 
 
 def is_async(fn: Any) -> bool:

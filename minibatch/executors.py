@@ -30,9 +30,10 @@ class LocalExecutor(concurrent.futures.Executor):
         future = concurrent.futures.Future()
         try:
             future.set_result(fn(*args, **kwargs))
-        except Exception as exc:  # the window failed; the consumer decides what that means
+        except KeyboardInterrupt:
+            raise  # Ctrl-C stops the consumer; it is not a window failure
+        except BaseException as exc:  # sys.exit() in the function included: the window failed, the consumer goes on
             future.set_exception(exc)
-        # KeyboardInterrupt and SystemExit propagate: they stop the consumer, they are not window failures
         return future
 
     def shutdown(self, wait=True, **kwargs):

@@ -230,7 +230,9 @@ class Runner:
             result = flight.future.result()
             if em.sink is not None:
                 em.sink.put(sink_payload(result, flight.window))
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit from the function too: a failed attempt, not the consumer's end
             if isinstance(exc, concurrent.futures.BrokenExecutor):
                 error = (f'{type(exc).__name__}: the worker process died while running this window '
                          f'(killed, out of memory or crashed): {exc}')

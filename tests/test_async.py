@@ -107,3 +107,21 @@ def test_concurrency_is_refused_for_a_plain_function_and_when_out_of_range(store
         pass
     with pytest.raises(ConfigurationError, match='concurrency'):
         mb.make_emitter(name_of(), fn, size=1, url=store_url, concurrency=0)
+
+
+def test_sys_exit_in_an_async_function_is_a_failed_attempt(store_url):
+    import sys
+    name = name_of()
+    stream = mb.stream(name, url=store_url)
+    stream.append([{'exit': True}, {'exit': False}])
+    sink = ListSink()
+
+    async def fn(window):
+        if window.data[0]['exit']:
+            sys.exit(3)
+        return window.data
+
+    em = mb.make_emitter(name, fn, size=1, url=store_url, sink=sink, max_attempts=1)
+    run_until(em, lambda: stream.stats()['dead'] == 1 and sink.items)
+    assert sink.items == [[{'exit': False}]]
+    assert 'sys.exit(3)' in stream.dead_letters()[0].error

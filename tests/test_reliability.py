@@ -10,9 +10,10 @@ import subprocess
 import sys
 import time
 
+import pytest
 
 import minibatch as mb
-from tests.helpers import default_sigint, settled, wait_until
+from tests.helpers import ListSink, default_sigint, settled, wait_until
 
 HERE = os.path.dirname(__file__)
 CONSUMER = os.path.join(HERE, 'consumer_process.py')
@@ -294,3 +295,30 @@ def test_one_round_keeps_the_lease_of_a_long_window(store_url):
         em.close()
     assert calls == [[0, 1, 2]] and rival_saw == []
     assert settled(stream)
+
+
+@pytest.mark.parametrize('executor', ['inline', 'thread', 'process'])
+def test_sys_exit_in_the_function_is_a_failed_attempt_and_the_consumer_goes_on(store_url, executor):
+    name = f'exit-{executor}'
+    stream = mb.stream(name, url=store_url)
+    stream.append([{'exit': True}, {'exit': False}, {'exit': False}])
+    sink = ListSink()
+    em = mb.streaming(name, size=1, url=store_url, executor=executor, workers=1, sink=sink, max_attempts=2,
+                      retry_backoff=0.05, blocking=False)(exits_when_told)
+    try:
+        wait_until(lambda: stream.stats()['dead'] == 1 and len(sink.items) == 2, timeout=60,
+                   message='the exiting window dead-lettered and the others processed')
+    finally:
+        em.stop()
+        em.thread.join(30)
+    assert em.error is None, em.error
+    [dead] = stream.dead_letters()
+    assert dead.data == {'exit': True} and dead.attempts == 2 and 'SystemExit' in dead.error
+    assert sorted(map(str, sink.items)) == [str([{'exit': False}])] * 2
+
+
+def exits_when_told(window):
+    import sys
+    if window.data[0]['exit']:
+        sys.exit(3)
+    return window.data
