@@ -739,3 +739,20 @@ def test_heartbeat_rejects_unstorable_info(store):
     with pytest.raises(InvalidMessage):
         store.heartbeat(S, 'a', {'bad': object()})
     assert store.consumers(S) == []
+
+
+def test_a_new_embedded_store_is_private_to_its_owner(tmp_path):
+    import os
+    import stat
+    from minibatch.store.sqlite import SQLiteStore
+    old = os.umask(0o022)  # the usual default, which would make files world-readable
+    try:
+        path = tmp_path / 'fresh' / 'store.db'
+        store = SQLiteStore(f'sqlite:///{path}')
+        store.append('s', [{'secret': 1}])
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.parent.iterdir()}
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        assert modes['store.db'] == 0o600 and modes.get('store.db-wal', 0o600) == 0o600, modes
+        store.close()
+    finally:
+        os.umask(old)

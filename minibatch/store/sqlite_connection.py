@@ -167,7 +167,7 @@ class Database:
 
     def _connect(self) -> sqlite3.Connection:
         try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            _create_private(self.path)
             # isolation_level=None: autocommit; we issue BEGIN IMMEDIATE ourselves.
             # check_same_thread=False only so that close() may close other threads' connections.
             conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
@@ -250,3 +250,19 @@ class Database:
 
     def describe(self) -> str:
         return f'sqlite:///{self.path} (embedded)'
+
+
+def _create_private(path: str) -> None:
+    """Create the database file (and its folder) readable by its owner only, if they do not exist yet.
+
+    Messages are user data: like ssh and gpg, a new folder is 0700 and a new
+    file 0600, whatever the umask (SQLite gives its -wal and -shm files the
+    database file's mode). Existing files and folders keep theirs.
+    """
+    folder = os.path.dirname(path)
+    if folder and not os.path.isdir(folder):
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
