@@ -52,6 +52,8 @@ class WindowEmitter(LegacyEmitterAPI):
     :param max_attempts: deliveries of a message before it is dead-lettered (>= 1)
     :param lease: seconds a claim is held without renewal; renewed every third of it
     :param retry_backoff: first delay before a failed window is retried; doubles per attempt, at most 60 s
+    :param isolate: split a failing window into halves, recursively, so that only the messages that fail
+        alone count attempts and end in the dead letters (see :meth:`split`); default False
     :param url: store URL, used when ``stream`` is a name
     """
     #: longest idle sleep between polls when the store cannot push wake-ups
@@ -76,7 +78,7 @@ class WindowEmitter(LegacyEmitterAPI):
     def __init__(self, stream_name, interval=None, processfn=None, emitfn=None, emit_empty=False, executor=None,
                  max_workers=None, stream=None, stream_url=None, forwardfn=None, queue=None, *, size=None,
                  workers=None, keep=False, sink=None, max_attempts=3, lease=60.0, retry_backoff=1.0, url=None,
-                 cnx_kwargs=None, concurrency=None, **kwargs):
+                 cnx_kwargs=None, concurrency=None, isolate=False, **kwargs):
         # the positional order and the names stream=, stream_url=, forwardfn= are minibatch 0.6's
         if self.strict_options:
             # a typo (max_attemps=5) must not be ignored; custom emitters get their own keywords in self.kwargs
@@ -91,7 +93,7 @@ class WindowEmitter(LegacyEmitterAPI):
                                        workers=workers if workers is not None else max_workers,
                                        keep=keep, sink=sink, queue=queue, emit_empty=emit_empty,
                                        max_attempts=max_attempts, lease=lease, retry_backoff=retry_backoff,
-                                       concurrency=concurrency)
+                                       concurrency=concurrency, isolate=isolate)
         self._stream_arg = stream_name
         self.stream_name = stream_name if isinstance(stream_name, str) else stream_name.name
         self.url = url
@@ -109,6 +111,7 @@ class WindowEmitter(LegacyEmitterAPI):
         self.max_attempts, self.lease, self.retry_backoff = options.max_attempts, options.lease, \
             options.retry_backoff
         self.concurrency = options.concurrency
+        self.isolate = options.isolate
         if self.concurrency is not None and emitfn is not None and not is_async(emitfn):
             raise ConfigurationError('concurrency= is for async def functions (windows awaiting on an event '
                                      'loop); for a plain function use workers=')
@@ -226,17 +229,21 @@ class WindowEmitter(LegacyEmitterAPI):
 
     def emit(self, qs, query_args=None):
         """Record a window of the claimed messages ``qs`` and submit the function. Returns the Window."""
-        data = [m.data for m in qs]
-        if self.keep:
-            window = bindings.get('window').for_data(self.stream_name, data,
-                                                     id=self.store.save_window(self.stream_name, data))
-        else:
-            # no record yet: commit() writes it, without a copy of data the commit deletes (one write less)
-            window = bindings.get('window').for_data(self.stream_name, data)
-            window._record_at_commit = True
+        window = self._window_of(qs)
         self.stats['windows'] += 1
         self.stats['messages'] += len(qs)
         self.runner.submit(qs, window)
+        return window
+
+    def _window_of(self, qs):
+        """A new Window of the claimed messages ``qs`` (recorded now with ``keep=True``, else at its commit)."""
+        data = [m.data for m in qs]
+        if self.keep:
+            return bindings.get('window').for_data(self.stream_name, data,
+                                                   id=self.store.save_window(self.stream_name, data))
+        # no record yet: commit() writes it, without a copy of data the commit deletes (one write less)
+        window = bindings.get('window').for_data(self.stream_name, data)
+        window._record_at_commit = True
         return window
 
     def commit(self, qs, window):
@@ -258,9 +265,18 @@ class WindowEmitter(LegacyEmitterAPI):
         self.stats['processed'] += done
 
     def undo(self, qs, window=None, error=None):
-        """The window failed: count an attempt per message, retry after a backoff or dead-letter."""
+        """The window failed: count an attempt per message, retry after a backoff or dead-letter.
+
+        With ``isolate=True`` a window of more than one message is split instead (:meth:`split`),
+        unless its worker process died (that has its own isolation: see docs/reliability.rst).
+        """
+        if getattr(window, '_split', False):
+            return  # settled again after an interrupted split: its halves are settled on their own
         self.stats['failed'] += 1
         if not qs:
+            return
+        if self.isolate and len(qs) > 1 and not getattr(window, '_worker_died', False):
+            self.split(qs, window, error)
             return
         attempts = max(m.attempts for m in qs)
         backoff = min(self.retry_backoff * (2 ** attempts), 60.0) if self.retry_backoff else 0.0
@@ -275,6 +291,39 @@ class WindowEmitter(LegacyEmitterAPI):
         else:
             logger.warning('minibatch: window of %d messages on %r failed (attempt %d of %d), retrying in %.1fs: %s',
                            len(qs), self.stream_name, attempts + 1, self.max_attempts, backoff, summary(error))
+
+    def split(self, qs, window=None, error=None):
+        """Run the two halves of the failed window ``qs`` as windows of their own, at once; count no attempt.
+
+        Bisection, as AWS Lambda's BisectBatchOnFunctionError: a half that succeeds is committed, a half
+        that fails is split again, and a message that fails alone is released as usual (an attempt,
+        then a retry after the backoff, or the dead letters). The halves keep the window's claim (its
+        token, whose lease is renewed while any of them runs), so no other consumer, and no window
+        strategy, can merge them into a new window meanwhile. A message goes through at most
+        ``ceil(log2(size))`` splits per attempt: a window of ``n`` messages costs at most ``2n - 1``
+        calls per attempt, ``n`` of them alone.
+        """
+        middle = (len(qs) + 1) // 2
+        halves = [qs[:middle], qs[middle:]]
+        # the windows first (keep=True writes their records): if the store fails here, the runner
+        # calls undo() again and nothing was submitted twice
+        windows = [self._window_of(half) for half in halves]
+        if window is not None:
+            window._split = True
+        logger.warning('minibatch: window of %d messages on %r failed; running its halves (%d and %d messages) '
+                       'alone to isolate the failing ones: %s', len(qs), self.stream_name, len(halves[0]),
+                       len(halves[1]), summary(error))
+        for i, (half, part) in enumerate(zip(halves, windows)):
+            try:
+                self.stats['windows'] += 1
+                self.stats['messages'] += len(half)
+                self.runner.submit(half, part)
+            except BaseException:
+                # not started (Ctrl-C in an inline function, a pool broken twice): submit gave this half
+                # back; give back the halves not submitted yet, untouched, and let the runner go on
+                for rest in halves[i + 1:]:
+                    self.runner.give_back(rest)
+                raise
 
     def timestamp(self, *args):
         """Note that a window was cut (time windows record ``last_read``). Returns the time used."""

@@ -43,8 +43,11 @@ class ConsumerOptions:
         doubles per attempt, at most 60 s
     :param concurrency: for an ``async def`` function: windows awaiting at once on
         the consumer's event loop (default 100)
+    :param isolate: split a failing window into halves, recursively, so that only the
+        messages that fail alone count attempts and are dead-lettered (default False:
+        a window keeps its size; see docs/reliability.rst)
     :raises InvalidWindowSpec: ``max_attempts``, ``lease`` or ``retry_backoff`` out of range
-    :raises ConfigurationError: a bad ``executor``, ``workers`` or ``sink``
+    :raises ConfigurationError: a bad ``executor``, ``workers``, ``sink`` or ``isolate``
     """
     processfn: Callable[..., Any] | None = None
     executor: Any = None
@@ -57,6 +60,7 @@ class ConsumerOptions:
     lease: float = 60.0
     retry_backoff: float = 1.0
     concurrency: int | None = None
+    isolate: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
@@ -70,6 +74,8 @@ class ConsumerOptions:
         if self.concurrency is not None and (isinstance(self.concurrency, bool)
                                              or not isinstance(self.concurrency, int) or self.concurrency < 1):
             raise ConfigurationError(f'concurrency must be an integer >= 1, got {self.concurrency!r}')
+        if not isinstance(self.isolate, bool):
+            raise ConfigurationError(f'isolate must be True or False, got {self.isolate!r}')
         check_executor(self.executor, self.workers)
         if self.sink is not None and not callable(getattr(self.sink, 'put', None)):
             raise ConfigurationError(f'sink must be an object with a put(data) method, got {self.sink!r}')

@@ -236,6 +236,8 @@ class Runner:
             if isinstance(exc, concurrent.futures.BrokenExecutor):
                 error = (f'{type(exc).__name__}: the worker process died while running this window '
                          f'(killed, out of memory or crashed): {exc}')
+                if flight.window is not None:  # not split by isolate=True: reap() isolates crashes
+                    flight.window._worker_died = True
             else:
                 error = ''.join(traceback.format_exception(exc))[-4000:]
             self.settle_call(em.undo, flight.messages, flight.window, error)

@@ -485,3 +485,100 @@ def test_on_sqlite_a_window_costs_two_write_transactions(tmp_path):
     assert sum(1 for sql in statements if sql.startswith('BEGIN')) == 2  # the claim, the commit with the record
     assert stream.stats()['available'] == 0
     assert [w.processed for w in stream.window()] == [True, True]
+
+
+# -- isolate=True: a failing window is bisected, only what fails alone is dead-lettered --
+def poisoned_by_flag(calls):
+    def fn(window):
+        calls.append([m['i'] for m in window.data])
+        if any(m['poison'] for m in window.data):
+            raise ValueError('poison message')
+        return window.data
+    return fn
+
+
+def sunk_ids(sink):
+    return sorted(m['i'] for items in sink.items for m in items)
+
+
+def test_isolate_dead_letters_only_the_poison_message_of_a_window(store_url):
+    from tests.helpers import ListSink, settled
+    name = 'isolate-poison'
+    stream = mb.stream(name, url=store_url)
+    stream.append([{'i': i, 'poison': i == 5} for i in range(8)])
+    calls, sink = [], ListSink()
+    em = mb.make_emitter(name, poisoned_by_flag(calls), size=8, url=store_url, executor='inline', sink=sink,
+                         max_attempts=3, retry_backoff=0, isolate=True)
+    try:
+        em.run(blocking=False)  # 8 fail -> 4 + 4 -> 2 + 2 -> 1 + 1: only message 5 counts an attempt
+        assert sunk_ids(sink) == [0, 1, 2, 3, 4, 6, 7], 'the 7 good ones delivered to the sink once each'
+        assert len(calls) == 7 and [5] in calls, 'one call, then two per split: 1 + 3 * 2'
+        assert [(m.data['i'], m.attempts) for m in stream.store.messages(name)] == [(5, 1)], \
+            'the good ones are committed; only the poison counted an attempt and is back in the stream'
+        assert stream.dead_letters() == [] and em.stats['dead'] == 0
+        # a CountWindow cuts windows of size: the retried message joins the next 7 that arrive
+        for attempt in (2, 3):
+            stream.append([{'i': 100 * attempt + i, 'poison': False} for i in range(7)])
+            em.run(blocking=False)
+    finally:
+        em.close()
+    [dead] = stream.dead_letters()
+    assert dead.data['i'] == 5 and dead.attempts == 3 and 'ValueError: poison message' in dead.error
+    assert em.stats['dead'] == 1
+    good = [0, 1, 2, 3, 4, 6, 7] + [100 * a + i for a in (2, 3) for i in range(7)]
+    assert sunk_ids(sink) == sorted(good), 'every good message delivered and committed, none dead'
+    assert calls.count([5]) == 3, 'the poison ran alone max_attempts times'
+    assert len(calls) == 3 * 7, 'at most 2 * log2(size) extra calls per attempt'
+    assert settled(stream) and stream.stats()['dead'] == 1
+
+
+def test_without_isolate_a_poison_message_takes_its_whole_window_to_the_dead_letters(store_url):
+    from tests.helpers import ListSink
+    name = 'no-isolate-poison'
+    stream = mb.stream(name, url=store_url)
+    stream.append([{'i': i, 'poison': i == 5} for i in range(8)])
+    calls, sink = [], ListSink()
+    em = mb.make_emitter(name, poisoned_by_flag(calls), size=8, url=store_url, executor='inline', sink=sink,
+                         max_attempts=3, retry_backoff=0)
+    assert em.isolate is False, 'isolation is opt-in'
+    try:
+        for _ in range(3):
+            em.run(blocking=False)
+    finally:
+        em.close()
+    assert calls == [list(range(8))] * 3, 'the window is retried whole, never split'
+    assert sorted(m.data['i'] for m in stream.dead_letters()) == list(range(8))
+    assert sink.items == [] and em.stats['dead'] == 8
+
+
+def test_isolate_when_every_message_fails_alone_costs_a_bounded_number_of_calls(store_url):
+    name = 'isolate-all-fail'
+    stream = mb.stream(name, url=store_url)
+    stream.append([{'i': i, 'poison': True} for i in range(8)])
+    calls = []
+    em = mb.make_emitter(name, poisoned_by_flag(calls), size=8, url=store_url, executor='inline',
+                         max_attempts=2, retry_backoff=0, isolate=True)
+    try:
+        em.run(blocking=False)
+        assert len(calls) == 2 * 8 - 1, 'one attempt: windows of 8, 4, 4, 2 (x4) and 1 (x8), 15 calls'
+        assert sorted(c[0] for c in calls if len(c) == 1) == list(range(8))
+        em.run(blocking=False)  # all 8 came back (no backoff) as one window; the second attempt is the last
+    finally:
+        em.close()
+    assert sorted(m.data['i'] for m in stream.dead_letters()) == list(range(8))
+    assert all(m.attempts == 2 for m in stream.dead_letters())
+    assert len(calls) == 2 * (2 * 8 - 1), 'max_attempts * (2 * size - 1) calls, no more'
+    for i in range(8):
+        assert calls.count([i]) == 2, f'message {i} ran alone once per attempt'
+    assert em.stats['dead'] == 8
+
+
+def test_isolate_is_validated():
+    import pytest
+    from minibatch.errors import ConfigurationError
+    from minibatch.options import ConsumerOptions
+    assert ConsumerOptions().isolate is False
+    assert ConsumerOptions(isolate=True).isolate is True
+    for bad in ('yes', 1, None):
+        with pytest.raises(ConfigurationError, match='isolate must be True or False'):
+            ConsumerOptions(isolate=bad)

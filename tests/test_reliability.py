@@ -322,3 +322,32 @@ def exits_when_told(window):
     if window.data[0]['exit']:
         sys.exit(3)
     return window.data
+
+
+def test_isolate_in_a_running_consumer_dead_letters_only_the_poison(store_url):
+    name = 'isolate-live'
+    stream = mb.stream(name, url=store_url)
+    sink = ListSink()
+    em = mb.streaming(name, size=8, url=store_url, executor='inline', sink=sink, max_attempts=2,
+                      retry_backoff=0.05, isolate=True, blocking=False)(fails_on_poison)
+    try:
+        stream.append([{'i': i, 'poison': i == 2} for i in range(8)])
+        wait_until(lambda: sum(map(len, sink.items)) == 7, timeout=60, message='the 7 good messages')
+        wait_until(lambda: [(m.data['i'], m.attempts) for m in stream.store.messages(name)] == [(2, 1)],
+                   timeout=60, message='only the poison back in the stream, one attempt counted')
+        stream.append([{'i': i, 'poison': False} for i in range(8, 15)])  # the next window of 8
+        wait_until(lambda: stream.stats()['dead'] == 1 and sum(map(len, sink.items)) == 14, timeout=60,
+                   message='the poison dead-lettered and the next 7 good ones processed')
+    finally:
+        em.stop()
+        em.thread.join(30)
+    assert em.error is None, em.error
+    assert [m.data['i'] for m in stream.dead_letters()] == [2]
+    assert sorted(m['i'] for items in sink.items for m in items) == [i for i in range(15) if i != 2]
+    assert settled(stream)
+
+
+def fails_on_poison(window):
+    if any(m['poison'] for m in window.data):
+        raise ValueError('poison message')
+    return window.data
