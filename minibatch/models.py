@@ -11,6 +11,7 @@ Window objects are plain in-memory instances (never saved), and the
 mongoengine query API (``Stream.objects``, querysets from ``buffer()``) is not
 available.
 """
+import copy
 import logging
 import threading
 
@@ -185,6 +186,10 @@ class Stream(Document):
         returns; a list is one write, all or nothing. With a larger
         ``batchsize``, messages are collected and written per batch.
 
+        With batching, each message is validated and copied here (as the store
+        will read it back): a bad message fails this call, not the batch, and
+        changing the dict after the call does not change the message.
+
         :raises minibatch.errors.InvalidMessage: (a ``TypeError``) a message is
             not a dict or holds a value the store cannot serialise; nothing is written
         """
@@ -192,7 +197,14 @@ class Stream(Document):
         if getattr(self, '_batchsize', 1) <= 1:
             self.store.append(self.name, docs)  # validates everything before writing anything
             return
-        self.store.validate(docs)  # reject a bad message now, not when its batch is written
+        # reject a bad message now, not when its batch is written, and keep a copy that a
+        # later change to the caller's dict cannot poison
+        copies = getattr(self.store, 'validated_copies', None)
+        if copies is not None:
+            docs = copies(docs)
+        else:
+            self.store.validate(docs)
+            docs = copy.deepcopy(docs)
         with self._batch_lock:
             self._batch.extend(docs)
             full = len(self._batch) >= self._batchsize

@@ -301,3 +301,240 @@ def test_a_background_consumer_that_dies_logs_why_and_keeps_the_error(store_url,
     assert not em.thread.is_alive()
     assert isinstance(em.error, RuntimeError) and 'the strategy broke' in str(em.error)
     assert any('background consumer' in r.getMessage() for r in caplog.records), caplog.text
+
+
+# -- issue 12: messages read back the same, through every view ---------------------
+import datetime as _dt  # noqa: E402
+import decimal  # noqa: E402
+
+
+def _same(a, b):
+    """Equal, and of the same types all the way down (1 == True, and a tuple == nothing stored)."""
+    if isinstance(a, dict):  # buffer() gives mongoengine's dict and list subclasses
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    # (MongoDB gives 64-bit ints as bson.Int64, an int)
+    return ((isinstance(b, type(a)) or isinstance(a, type(b))) and isinstance(b, bool) == isinstance(a, bool)
+            and a == b)
+
+
+SAME = object()
+REFUSED = object()
+_naive = _dt.datetime(2024, 1, 2, 3, 4, 5, 123456)
+_aware = _dt.datetime(2024, 1, 2, 3, 4, 5, 123000, tzinfo=_dt.timezone(_dt.timedelta(hours=2)))
+# (value, what SQLite reads back, what MongoDB reads back): the table of docs/streams.rst
+ROUND_TRIPS = {
+    'dict': ({'a': {'b': 1}, 'c': {}}, SAME, SAME),
+    'list': ([1, 'a', None, [], [2.5]], SAME, SAME),
+    'str': ('héllo ☃ 😀 \x00 "$date"', SAME, SAME),
+    'int': (-2 ** 63, SAME, SAME),
+    'int-beyond-64-bits': (2 ** 70, SAME, REFUSED),
+    'float': (1.5e-300, SAME, SAME),
+    'float-inf': (float('inf'), SAME, SAME),
+    'bool': (True, SAME, SAME),
+    'None': (None, SAME, SAME),
+    'datetime': (_naive, SAME, _dt.datetime(2024, 1, 2, 3, 4, 5, 123000)),
+    'datetime-aware': (_aware, SAME, _dt.datetime(2024, 1, 2, 1, 4, 5, 123000)),
+    'date': (_dt.date(2024, 1, 2), SAME, REFUSED),
+    'tuple': ((1, 'a'), [1, 'a'], [1, 'a']),
+    'bytes': (b'\x00\xff', REFUSED, REFUSED),
+    'set': ({1, 2}, REFUSED, REFUSED),
+    'Decimal': (decimal.Decimal('1.5'), REFUSED, REFUSED),
+    'lone-surrogate': ('\ud800', SAME, REFUSED),
+}
+
+
+def _views(stream):
+    """The message data as every view reads it: the store, stream.buffer(), a consumer's window."""
+    store = stream.store
+    found = [m.data for m in store.find_available(stream.name)]
+    listed = [m.data for m in store.messages(stream.name)]
+    buffered = [b.data for b in stream.buffer()]
+    claimed = store.claim(stream.name, [m.id for m in store.find_available(stream.name)], 'tok', 30)
+    window_id = store.save_window(stream.name, [m.data for m in claimed])
+    windowed = [w.data for w in stream.window() if w.id == window_id][0]
+    return {'find_available': found, 'messages': listed, 'buffer': buffered,
+            'claim': [m.data for m in claimed], 'window': windowed}
+
+
+@pytest.mark.parametrize('row', list(ROUND_TRIPS))
+@pytest.mark.parametrize('batchsize', [1, 10])
+def test_round_trip_table(store_url, row, batchsize):
+    value, on_sqlite, on_mongo = ROUND_TRIPS[row]
+    expected = on_sqlite if store_url.startswith('sqlite') else on_mongo
+    stream = mb.stream(name_of('rt'), url=store_url, batchsize=batchsize)
+    if expected is REFUSED:
+        with pytest.raises(InvalidMessage):
+            stream.append({'v': value})
+        stream.flush()
+        assert total(stream) == 0
+        return
+    stream.append({'v': value, 'nested': [{'v': value}]})
+    stream.flush()
+    want = value if expected is SAME else expected
+    want = {'v': want, 'nested': [{'v': want}]}
+    for view, data in _views(stream).items():
+        assert len(data) == 1 and _same(data[0], want), (view, data)
+
+
+def test_random_json_like_messages_round_trip_through_every_view(store_url):
+    """A small property test (seeded, no hypothesis): JSON-like values read back the same."""
+    import random
+    rnd = random.Random(12)
+    keys = ['a', '$date', '$$x', '$', 'b.c', 'é', '"$date"']
+
+    def value(depth):
+        kind = rnd.randrange(8 if depth < 5 else 5)
+        if kind == 0:
+            return rnd.choice([None, True, False])
+        if kind == 1:
+            return rnd.randint(-2 ** 62, 2 ** 62)
+        if kind == 2:
+            return rnd.choice([0.0, -1.25, 1e300, rnd.random()])
+        if kind == 3:
+            return ''.join(rnd.choice('ab$"\\é😀 ') for _ in range(rnd.randrange(6)))
+        if kind == 4:
+            return rnd.choice(['2024-01-02', '2024-01-02T03:04:05', '$date'])
+        if kind in (5, 6):
+            return {rnd.choice(keys): value(depth + 1) for _ in range(rnd.randrange(4))}
+        return [value(depth + 1) for _ in range(rnd.randrange(4))]
+
+    docs = [{rnd.choice(keys): value(0) for _ in range(rnd.randrange(1, 4))} for _ in range(40)]
+    if not store_url.startswith('sqlite'):  # MongoDB itself refuses some keys at the top of a document
+        docs = [{'m': doc} for doc in docs]
+    stream = mb.stream(name_of('prop'), url=store_url)
+    stream.append(docs)
+    for view, data in _views(stream).items():
+        assert len(data) == len(docs), view
+        for got, want in zip(data, docs):
+            assert _same(got, want), (view, got, want)
+
+
+def test_absurd_nesting_is_refused_at_append_on_every_path(store_url):
+    from minibatch.store.records import MAX_NESTING
+    deep = {}
+    for _ in range(989):
+        deep = {'d': deep}
+    for batchsize in (1, 10):
+        stream = mb.stream(name_of('deep'), url=store_url, batchsize=batchsize)
+        with pytest.raises(InvalidMessage) as excinfo:
+            stream.append({'deep': deep})
+        assert f'{MAX_NESTING} levels' in str(excinfo.value)
+        stream.append({'ok': 1})
+        stream.flush()
+        assert [b.data for b in stream.buffer()] == [{'ok': 1}]
+
+
+def test_circular_message_and_lone_surrogate_are_invalid_messages(store_url):
+    circular = {'a': 1}
+    circular['me'] = circular
+    for batchsize in (1, 10):
+        stream = mb.stream(name_of('circ'), url=store_url, batchsize=batchsize)
+        with pytest.raises(InvalidMessage):
+            stream.append({'c': circular})
+        if store_url.startswith('sqlite'):
+            stream.append({'s': '\ud800'})  # JSON text carries it escaped: it reads back the same
+        else:
+            with pytest.raises(InvalidMessage):
+                stream.append({'s': '\ud800'})
+        stream.flush()
+
+
+def test_batched_message_changed_after_append_cannot_poison_the_batch(store_url):
+    stream = mb.stream(name_of('mut'), url=store_url, batchsize=100)
+    first = {'i': 1, 'inner': {'x': 1}}
+    stream.append(first)
+    first['bad'] = {1, 2}  # would make the whole batch fail to write
+    first['inner']['x'] = 99
+    first['i'] = 'changed'
+    second = [{'i': 2}]
+    stream.append(second)
+    second[0]['i'] = 'changed'
+    stream.flush()  # writes both, unchanged
+    assert [b.data for b in stream.buffer()] == [{'i': 1, 'inner': {'x': 1}}, {'i': 2}]
+
+
+# -- malformed store URLs and secrets in them (issue 12, items 10 and 11) ------
+@pytest.mark.parametrize('url, secret, shown', [
+    ('mongodb://u:pwSECRET1@ss@h/x', 'pwSECRET1', 'escaped'),
+    ('mongodb://h:abc/x', None, 'non-digit'),
+    ('mongodb://h/x?tlsCertificateKeyFilePassword=KEYSECRET2&bogus=1', 'KEYSECRET2', 'Unknown option'),
+    ('mongodb://u:pwSECRET3@h/a.b', 'pwSECRET3', "'.'"),
+], ids=['unescaped-at', 'port', 'unknown-option', 'database-name'])
+def test_a_malformed_mongodb_url_is_a_configuration_error_where_given(url, secret, shown):
+    require_module('pymongo', 'mongodb')
+    with pytest.raises(ConfigurationError) as excinfo:
+        mb.stream(name_of(), url=url)
+    error = excinfo.value
+    assert type(error).__module__.startswith('minibatch'), repr(error)
+    assert shown in str(error) and 'MongoDB' in str(error)
+    if secret:
+        assert secret not in str(error) and '***' in str(error)
+        assert error.__cause__ is None or secret not in str(error.__cause__)
+
+
+def test_an_unknown_scheme_does_not_repeat_the_password():
+    with pytest.raises(UnknownStoreError) as excinfo:
+        mb.stream(name_of(), url='user:pwSECRET4@host/x')
+    assert 'pwSECRET4' not in str(excinfo.value) and 'user:***@host/x' in str(excinfo.value)
+
+
+def test_a_failed_login_is_store_unavailable_without_the_password(mongo_url):
+    url = mongo_url.replace('mongodb://', 'mongodb://nobody:pwSECRET5@', 1)
+    with pytest.raises(StoreUnavailable) as excinfo:
+        mb.stream(name_of(), url=url)
+    assert 'pwSECRET5' not in str(excinfo.value) and 'nobody:***@' in str(excinfo.value)
+    assert 'authentication failed' in str(excinfo.value)
+    assert '\n' not in str(excinfo.value)
+
+
+SECRET_URL = ('mongodb://u:pwSECRET6@127.0.0.1:1/x?serverSelectionTimeoutMS=300'
+              '&tlsCertificateKeyFilePassword=KEYSECRET7')
+
+
+def test_describe_and_unreachable_errors_mask_every_secret():
+    require_module('pymongo', 'mongodb')
+    store = mb.get_store(SECRET_URL)
+    assert store.describe().startswith('mongodb://u:***@127.0.0.1:1/x?serverSelectionTimeoutMS=300'
+                                       '&tlsCertificateKeyFilePassword=***')
+    with pytest.raises(StoreUnavailable) as excinfo:
+        mb.stream(name_of(), url=SECRET_URL)
+    for secret in ('pwSECRET6', 'KEYSECRET7'):
+        assert secret not in store.describe() and secret not in str(excinfo.value)
+
+
+@pytest.mark.parametrize('url, expected', [
+    ('mongodb://u:p@ss@h/x', 'mongodb://u:***@h/x'),
+    ('mongodb://u:pa/ss@h/x', 'mongodb://u:***@h/x'),
+    ('mongodb://u:p?ss@h/x', 'mongodb://u:***@h/x'),
+    ('user:pw@host/x', 'user:***@host/x'),
+    ('mongodb://u@h/x?appName=a@b', 'mongodb://u@h/x?appName=a@b'),
+    ('mongodb://h/x?tlsCertificateKeyFilePassword=s3&retryWrites=false',
+     'mongodb://h/x?tlsCertificateKeyFilePassword=***&retryWrites=false'),
+    ('mongodb://h/x?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:t0k,SERVICE_NAME:s',
+     'mongodb://h/x?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:***,SERVICE_NAME:s'),
+    ('mongodb://h/x?authMechanismProperties=AWS_SESSION_TOKEN%3At0k', 'mongodb://h/x?authMechanismProperties=AWS_SESSION_TOKEN:***'),
+    ('mongodb://h/x?apiKey=k&clientSecret=c&accessToken=t', 'mongodb://h/x?apiKey=***&clientSecret=***&accessToken=***'),
+    ('mongodb://h:27017/x?w=1', 'mongodb://h:27017/x?w=1'),
+    ('sqlite:////tmp/x.db?timeout=3', 'sqlite:////tmp/x.db?timeout=3'),
+])
+def test_redact_url_masks_passwords_and_secret_looking_parameters(url, expected):
+    from minibatch.store.mongodb import redact
+    from minibatch.store.redaction import redact_url
+    assert redact_url(url) == expected
+    assert redact(url) == expected  # the old name, still importable
+
+
+def test_the_apps_status_does_not_show_the_stores_secrets():
+    require_module('flask', 'apps')
+    from minibatch.contrib.apps.flask import StreamingApp
+    app = StreamingApp(url=SECRET_URL, streams=['a'])
+    try:
+        response = app.server.test_client().get('/status')
+    finally:
+        app.stop(timeout=5)
+    assert response.status_code == 503
+    body = response.get_data(as_text=True)
+    assert 'store unavailable' in body
+    assert 'pwSECRET6' not in body and 'KEYSECRET7' not in body

@@ -756,3 +756,88 @@ def test_a_new_embedded_store_is_private_to_its_owner(tmp_path):
         store.close()
     finally:
         os.umask(old)
+
+
+# -- issue 12: messages at the edges (nesting, tag-like keys, undecodable data) --------------
+def nested(levels, leaf=1):
+    """A message of ``levels`` nested containers (the message itself is level 1), dicts and lists mixed."""
+    value = leaf
+    for level in range(levels - 1):
+        value = {'d': value} if level % 2 else [value]
+    return {'top': value}
+
+
+def test_nesting_up_to_the_limit_round_trips_deeper_is_refused_and_writes_nothing(store):
+    from minibatch.store.records import MAX_NESTING
+    store.ensure_stream(S)
+    store.append(S, [nested(MAX_NESTING)])
+    assert store.find_available(S)[0].data == nested(MAX_NESTING)
+    for levels in (MAX_NESTING + 1, 990):
+        for call in (store.validate, lambda docs: store.append(S, docs)):
+            with pytest.raises(InvalidMessage) as excinfo:
+                call([{'ok': 1}, nested(levels)])
+            assert str(MAX_NESTING) in str(excinfo.value) and 'nested' in str(excinfo.value)
+    assert len(store.messages(S)) == 1
+
+
+def test_circular_message_is_invalid(store):
+    store.ensure_stream(S)
+    doc = {'a': 1}
+    doc['self'] = doc
+    listed = {'l': []}
+    listed['l'].append(listed['l'])
+    for bad in (doc, listed):
+        with pytest.raises(InvalidMessage) as excinfo:
+            store.append(S, [bad])
+        assert 'circular' in str(excinfo.value)
+    assert store.messages(S) == []
+
+
+TAG_LIKE = [
+    {'x': {'$date': '2024-01-02'}},
+    {'x': {'$date': '2024-01-02T03:04:05'}},
+    {'x': {'$date': 'not a date'}},
+    {'x': {'$$date': 'a', '$$$z': [{'$$': 1}]}},
+    {'x': [{'$date': '2024-01-02', 'other': 1}], 'when': datetime.datetime(2024, 1, 2, 3, 4, 5, 6000)},
+]
+
+
+def test_user_dicts_that_look_like_encoding_tags_read_back_unchanged(store):
+    store.ensure_stream(S)
+    store.append(S, TAG_LIKE)
+    assert [m.data for m in store.find_available(S)] == TAG_LIKE
+    assert [m.data for m in store.messages(S)] == TAG_LIKE
+    assert [m.data for m in store.find_available(S, limit=1)] == TAG_LIKE[:1]
+    window_id = store.save_window(S, TAG_LIKE)
+    assert [w.data for w in store.windows(S) if w.id == window_id] == [TAG_LIKE]
+
+
+def test_a_stored_message_that_cannot_be_decoded_is_dead_lettered_and_the_rest_flow(store_url):
+    """Defence in depth for data the store did not write itself (the append checks keep it out)."""
+    if not store_url.startswith('sqlite'):
+        pytest.skip('decoding is the driver\'s on MongoDB (see docs/streams.rst)')
+    import sqlite3
+    from minibatch.store import get_store
+    store = get_store(store_url)
+    store.ensure_stream(S)
+    store.append(S, [{'i': 0}])
+    conn = sqlite3.connect(store_url[len('sqlite:///'):])
+    with conn:
+        for _ in range(2):
+            conn.execute('INSERT INTO buffer (stream, created, data) VALUES (?, ?, ?)',
+                         (S, time.time(), '[' * 100000 + ']' * 100000))
+    conn.close()
+    store.append(S, [{'i': 2}, {'i': 3}])
+    bad_ids = [m.id for m in store.messages(S) if not m.data]
+    assert len(bad_ids) == 2  # inspection does not fail on them
+    available = store.find_available(S)
+    assert [m.data for m in available] == [{'i': 0}, {'i': 2}, {'i': 3}]
+    dead = store.dead_letters(S)
+    assert [m.id for m in dead] == bad_ids[:2]
+    assert all('cannot be decoded' in m.error and 'RecursionError' in m.error for m in dead)
+    # the other way in: claiming by id
+    store.requeue(S)
+    claimed = store.claim(S, bad_ids + [available[0].id], token(), 30)
+    assert [m.data for m in claimed] == [{'i': 0}]
+    assert [m.id for m in store.dead_letters(S)] == bad_ids
+    assert store.counts(S)[DEAD] == 2

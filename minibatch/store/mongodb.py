@@ -35,6 +35,7 @@ from minibatch.store.mongodb_connection import (ALIAS, DEFAULT_DATABASE,  # noqa
                                                 DEFAULT_SERVER_SELECTION_TIMEOUT_MS, MongoConnection,
                                                 _translate_errors, _unavailable, redact)
 from minibatch.store.mongodb_waiter import ChangeStreamWaiter
+from minibatch.store.records import MAX_NESTING
 
 logger = logging.getLogger(__name__)
 
@@ -181,15 +182,27 @@ class MongoStore(MongoConnection):
         for i, data in enumerate(docs):
             if not isinstance(data, dict):
                 raise InvalidMessage(f'a stream message must be a dict, got {type(data).__name__}: {data!r:.200}')
+            where = f' (message {i} of the batch)' if len(docs) > 1 else ''
+            problem = _shape_problem(data, 'message', ())
+            if problem:
+                raise InvalidMessage(f'message cannot be stored in MongoDB{where}: {problem[0]}: {problem[1]}')
             try:
                 raw.append(RawBSONDocument(bson.encode({
                     '_id': bson.ObjectId(), 'stream': name, 'created': now, 'data': data,
                     'processed': False, 'state': AVAILABLE, 'attempts': 0})))
-            except (bson.errors.InvalidDocument, TypeError, OverflowError) as exc:
-                where = f' (message {i} of the batch)' if len(docs) > 1 else ''
-                raise InvalidMessage(f'message cannot be stored in MongoDB{where}: {exc}; '
-                                     f'message: {data!r:.200}') from exc
+            except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError, RecursionError) as exc:
+                # ValueError: UnicodeEncodeError of a lone surrogate in a str
+                raise InvalidMessage(f'message cannot be stored in MongoDB{where}: {type(exc).__name__}: {exc}; '
+                                     f'message: {_shown(data)}') from exc
         return raw
+
+    def validated_copies(self, docs: Iterable[Doc]) -> list[Doc]:
+        """Validate ``docs`` as :meth:`validate` does; return copies, as they will read back.
+
+        For batching producers: a later change to the caller's dicts cannot
+        alter (or poison) a message waiting in a batch.
+        """
+        return [bson.decode(raw.raw)['data'] for raw in self._encode('-', list(docs), utcnow())]
 
     def validate(self, docs: Iterable[Doc]) -> None:
         self._encode('-', list(docs), utcnow())
@@ -423,6 +436,39 @@ class MongoStore(MongoConnection):
     # -- wake-ups ---------------------------------------------------------
     def waiter(self, name: str) -> ChangeStreamWaiter:
         return ChangeStreamWaiter(self, name)
+
+
+def _shown(data: object) -> str:
+    try:
+        return f'{data!r:.200}'
+    except RecursionError:  # a repr of a circular or absurdly deep message
+        return f'<{type(data).__name__} too deep to show>'
+
+
+def _shape_problem(value: Any, path: str, parents: tuple[int, ...]) -> tuple[str, str] | None:
+    """(where, why) for what MongoDB would store but not give back the same through every view, else None.
+
+    Nesting deeper than MAX_NESTING (the limit of both stores), a circular
+    reference, and bytes (``stream.buffer()`` reads them back as a list of
+    ints through mongoengine, the consumer as bytes). Other values are left to
+    ``bson.encode``.
+    """
+    if id(value) in parents:
+        return path, 'a circular reference'
+    if len(parents) >= MAX_NESTING:
+        return path, f'nested more than {MAX_NESTING} levels deep (the limit of both stores)'
+    parents = (*parents, id(value))
+    items: Iterable[tuple[Any, Any]] = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        kind = type(item)
+        if kind is dict or kind is list or kind is tuple or isinstance(item, (dict, list, tuple)):
+            found = _shape_problem(item, f'{path}[{key!r}]', parents)
+            if found:
+                return found
+        elif isinstance(item, (bytes, bytearray, memoryview)):
+            return (f'{path}[{key!r}]', f'{type(item).__name__} do not read back the same through every view; '
+                    f'store them as text (base64, say)')
+    return None
 
 
 def _after(seconds: float) -> datetime.datetime:

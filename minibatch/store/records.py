@@ -23,6 +23,10 @@ STATES = (AVAILABLE, CLAIMED, RETRY, DONE, DEAD)
 RecordId: TypeAlias = Any
 #: A message as appended: a dict of plain values (see docs/streams.rst).
 Doc: TypeAlias = dict[str, Any]
+#: How deeply a message may nest containers (dicts, lists), the message itself being level 1.
+#: Both stores refuse a deeper message at append with InvalidMessage: decoding absurdly deep data
+#: fails (RecursionError, InvalidBSON), and MongoDB allows 100 levels for a whole record.
+MAX_NESTING = 64
 #: A key of a stream's ``status`` dict, or a path of keys into nested dicts.
 StatusPath: TypeAlias = str | Sequence[str]
 

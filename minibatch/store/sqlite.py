@@ -18,6 +18,7 @@ wake-ups: :mod:`~minibatch.store.sqlite_waiter`.
 from __future__ import annotations
 
 import datetime
+import logging
 import operator
 import sqlite3
 import time
@@ -31,12 +32,13 @@ from minibatch.store.base import (AVAILABLE, CLAIMED, DEAD, DONE, RETRY, STATES,
 from minibatch.store.sqlite_connection import Database
 from minibatch.store.sqlite_values import (AVAILABLE_COLUMNS, MESSAGE_COLUMNS, STREAM_COLUMNS,
                                            available_messages_of, dumps, loads, message_of, serialise, stream_of,
-                                           stream_values, to_datetime, to_epoch)
+                                           stream_values, to_datetime, to_epoch, undecodable)
 from minibatch.store.sqlite_waiter import FileWaiter
 
 __all__ = ['SQLiteStore', 'FileWaiter']
 
 _by_id = operator.attrgetter('id')
+logger = logging.getLogger(__name__)
 
 
 class SQLiteStore(Store):
@@ -143,6 +145,14 @@ class SQLiteStore(Store):
         for i, doc in enumerate(docs):
             serialise(doc, i)
 
+    def validated_copies(self, docs: Iterable[Doc]) -> list[Doc]:
+        """Validate ``docs`` as :meth:`validate` does; return copies, as they will read back.
+
+        For batching producers: a later change to the caller's dicts cannot
+        alter (or poison) a message waiting in a batch.
+        """
+        return [loads(serialise(doc, i)) for i, doc in enumerate(docs)]
+
     def append(self, name: str, docs: Sequence[Doc]) -> list[RecordId]:
         # validate everything before the transaction: a bad document writes none of the batch
         rows = [(name, serialise(doc, i)) for i, doc in enumerate(self._batch(docs, 'append'))]
@@ -184,7 +194,16 @@ class SQLiteStore(Store):
         if limit is not None:
             sql += ' LIMIT ?'
             params.append(int(limit))
-        return available_messages_of(name, self._read(sql, params))
+        messages, bad = available_messages_of(name, self._read(sql, params))
+        if bad:
+            self._bury(name, bad, AVAILABLE)
+        return messages
+
+    def _bury(self, name: str, bad: list[tuple[RecordId, str]], state: str, token: str | None = None) -> None:
+        """Dead-letter messages whose data cannot be decoded, with the reason: they must not block the others."""
+        for id_, why in bad:
+            logger.error('minibatch: stream %r: message %s dead-lettered: %s', name, id_, why)
+        self._write(lambda conn: lifecycle.bury(conn, name, bad, state, token))
 
     def claim(self, name: str, ids: Sequence[RecordId | Message], token: str, lease: float) -> list[Message]:
         if not ids:
@@ -199,6 +218,11 @@ class SQLiteStore(Store):
                 message.state, message.token = CLAIMED, token
         else:
             rows = self._write(lambda conn: lifecycle.claim(conn, name, ids, token, until, MESSAGE_COLUMNS))
+            bad = undecodable(rows, 3)
+            if bad:
+                self._bury(name, bad, CLAIMED, token)
+                dead = {id_ for id_, _ in bad}
+                rows = [row for row in rows if row[0] not in dead]
             claimed = [message_of(row) for row in rows]
             for message in claimed:
                 message.token = token

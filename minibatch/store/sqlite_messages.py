@@ -126,6 +126,20 @@ def expire(conn: sqlite3.Connection, name: str, max_attempts: int, now: float) -
     return expired + backed_off
 
 
+def bury(conn: sqlite3.Connection, name: str, bad: Sequence[tuple[RecordId, str]], state: str = AVAILABLE,
+         token: str | None = None) -> int:
+    """Dead-letter the messages ``bad`` (``(id, why)``: data that cannot be decoded) still in ``state``.
+
+    ``token``: only those claimed with it (``state`` CLAIMED). Returns the count.
+    """
+    sql = (f"UPDATE buffer SET state = '{DEAD}', processed = 1, error = ?, claim = NULL, lease = NULL"
+           f' WHERE id = ? AND +stream = ? AND state = ?')
+    if token is not None:
+        sql += ' AND claim = ?'
+    return sum(conn.execute(sql, (why, int(id_), name, state, *(() if token is None else (token,)))).rowcount
+               for id_, why in bad)
+
+
 def on_dead(conn: sqlite3.Connection, sql: str, name: str, ids: Iterable[RecordId] | None) -> int:
     """Run ``sql`` (REQUEUE, PURGE) on the dead letters of ``name`` among ``ids`` (None: all); return the count."""
     if ids is None:

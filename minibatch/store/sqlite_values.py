@@ -1,8 +1,12 @@
 """How the embedded store writes values: JSON text, epoch seconds, and rows back into records.
 
 Messages are JSON text in SQLite; datetimes in them are tagged (``{"$date": ...}``)
-so that they come back as datetimes. A message is checked before its batch is
-written (:func:`serialise`), so a bad one writes nothing. Times are float epoch
+so that they come back as datetimes. User data never looks like a tag: a user
+key ``$date``, or any key starting with ``$$``, is written with one more ``$``
+in front and read back without it. A message is checked before its batch is
+written (:func:`serialise`), so a bad one writes nothing; one that cannot be
+decoded when read (:func:`decode`) is reported, not raised, so that the store
+can dead-letter it and deliver the rest. Times are float epoch
 seconds in the file and naive UTC datetimes in the contract.
 """
 from __future__ import annotations
@@ -13,7 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, overload
 
 from minibatch.errors import ConfigurationError, InvalidMessage
-from minibatch.store.base import AVAILABLE, Doc, Message, StreamInfo
+from minibatch.store.base import AVAILABLE, Doc, Message, RecordId, StreamInfo
+from minibatch.store.records import MAX_NESTING
 
 STREAM_FIELDS = ('created', 'last_read', 'interval', 'closed', 'max_age', 'status')
 STREAM_COLUMNS = 'name, ' + ', '.join(STREAM_FIELDS)
@@ -63,6 +68,22 @@ def _encode_default(value: object) -> dict[str, str]:
     raise TypeError(f'{type(value).__name__} is not JSON serialisable')
 
 
+def _escaped_key(key: Any) -> Any:
+    # a user key that could be read as our tag gets one more '$' (removed again by _decode_hook)
+    if type(key) is str and (key == '$date' or key.startswith('$$')):
+        return '$' + key
+    return key
+
+
+def _escape(value: Any) -> Any:
+    """A copy of ``value`` with the user keys that look like a tag escaped (see the module doc)."""
+    if isinstance(value, dict):
+        return {_escaped_key(key): _escape(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_escape(item) for item in value]
+    return value
+
+
 def _decode_hook(obj: dict[str, Any]) -> Any:
     if len(obj) == 1 and isinstance(obj.get('$date'), str):
         text = obj['$date']
@@ -71,7 +92,9 @@ def _decode_hook(obj: dict[str, Any]) -> Any:
                 return datetime.datetime.fromisoformat(text)
             return datetime.date.fromisoformat(text)
         except ValueError:
-            pass  # a user dict that merely looks like ours: keep it as it is
+            pass  # written before user keys were escaped, by a user: keep it as it is
+    if any(key.startswith('$$') for key in obj):
+        return {key[1:] if key.startswith('$$') else key: item for key, item in obj.items()}
     return obj
 
 
@@ -80,16 +103,42 @@ _encoder = json.JSONEncoder(default=_encode_default, separators=(',', ':'))
 _decoder = json.JSONDecoder(object_hook=_decode_hook)
 
 
+def _tagged(text: str) -> bool:
+    """True if JSON ``text`` may hold a tag or an escaped key: a string token "$date" or one starting with "$$".
+
+    Inside a string a quote is written \\", so these are found only at the start of a string (or
+    after an escaped quote: a false alarm, which costs the slow path and nothing else).
+    """
+    return '"$date"' in text or '"$$' in text
+
+
 def dumps(value: object) -> str:
-    return _encoder.encode(value)
+    text = _encoder.encode(value)
+    if _tagged(text):  # a datetime, or a user key to escape: the rare, slower path
+        text = _encoder.encode(_escape(value))
+    return text
 
 
 _plain_decoder = json.JSONDecoder()
 
 
 def loads(text: str) -> Any:
-    # the object hook costs a Python call per dict: skip it when no date can be inside
-    return (_decoder if '"$date"' in text else _plain_decoder).decode(text)
+    # the object hook costs a Python call per dict: skip it when no tag can be inside
+    return (_decoder if _tagged(text) else _plain_decoder).decode(text)
+
+
+def decode(text: str) -> tuple[Any, str | None]:
+    """``(value, None)`` for stored JSON ``text``, or ``(None, why)`` when it cannot be decoded.
+
+    Data written by this version never fails (:func:`serialise` refuses what
+    could not be read back), but a file written otherwise may hold what cannot
+    be read (nesting too deep for the decoder, say): one such message must not
+    stop the others.
+    """
+    try:
+        return loads(text), None
+    except (RecursionError, ValueError, MemoryError) as exc:
+        return None, f'the stored message cannot be decoded: {type(exc).__name__}: {exc}'[:500]
 
 
 _PLAIN = frozenset((str, int, float, bool, type(None)))
@@ -123,6 +172,8 @@ def _find_unserialisable(value: object, path: str, parents: tuple[int, ...] = ()
     if isinstance(value, (dict, list, tuple)):
         if id(value) in parents:
             return path, 'a circular reference'
+        if len(parents) >= MAX_NESTING:
+            return path, f'nested more than {MAX_NESTING} levels deep (the limit of both stores)'
         parents = (*parents, id(value))
         items: Iterable[tuple[Any, Any]] = value.items() if isinstance(value, dict) else enumerate(value)
         for key, item in items:
@@ -152,25 +203,55 @@ def serialise(doc: object, index: int) -> str:
 
 
 def message_of(row: Sequence[Any], data: Doc | None = None) -> Message:
+    """The message of a row of MESSAGE_COLUMNS; one whose data cannot be decoded gets ``data`` {}.
+
+    (Such a message is dead-lettered when a consumer reads it, with the reason as its ``error``.)
+    """
     id_, stream, created, text, state, attempts, error = row
-    return Message(id=id_, stream=stream, created=to_datetime(created), data=loads(text) if data is None else data,
+    if data is None:
+        data, why = decode(text)
+        if why is not None:
+            data, error = {}, error or why
+    return Message(id=id_, stream=stream, created=to_datetime(created), data=data,
                    state=state, attempts=attempts, error=error)
 
 
-def available_messages_of(name: str, rows: Sequence[Sequence[Any]]) -> list[Message]:
+def undecodable(rows: Sequence[Sequence[Any]], column: int) -> list[tuple[RecordId, str]]:
+    """``(id, why)`` of the rows whose JSON in ``column`` cannot be decoded (the id is column 0)."""
+    bad = []
+    for row in rows:
+        why = decode(row[column])[1]
+        if why is not None:
+            bad.append((row[0], why))
+    return bad
+
+
+def available_messages_of(name: str, rows: Sequence[Sequence[Any]]) -> tuple[list[Message], list[tuple[RecordId, str]]]:
     """Available messages of stream ``name`` from rows of AVAILABLE_COLUMNS; the JSON decoded in one call.
 
     The hot path of every consumer: no call per message but the constructor,
     and the columns every row shares (stream, state) not read at all.
+    Returns the messages and ``(id, why)`` of those that cannot be decoded
+    (left out: the caller dead-letters them).
     """
     texts = [row[2] for row in rows]
-    if len(texts) > 1 and not any('"$date"' in text for text in texts):
-        docs = _plain_decoder.decode('[' + ','.join(texts) + ']')
+    docs: list[Any] | None = None
+    if len(texts) > 1 and not any(_tagged(text) for text in texts):
+        try:
+            docs = _plain_decoder.decode('[' + ','.join(texts) + ']')
+        except (RecursionError, ValueError, MemoryError):
+            docs = None  # one of them cannot be decoded: find which, one by one
+    if docs is None:
+        decoded = [decode(text) for text in texts]
+        bad = [(row[0], why) for row, (_, why) in zip(rows, decoded) if why is not None]
+        if bad:
+            rows = [row for row, (_, why) in zip(rows, decoded) if why is None]
+        docs = [doc for doc, why in decoded if why is None]
     else:
-        docs = [loads(text) for text in texts]
+        bad = []
     return [Message(id=id_, stream=name, created=to_datetime(created), data=doc, state=AVAILABLE, attempts=attempts,
                     error=error)
-            for (id_, created, _, attempts, error), doc in zip(rows, docs)]
+            for (id_, created, _, attempts, error), doc in zip(rows, docs)], bad
 
 
 def stream_of(row: Sequence[Any]) -> StreamInfo:
