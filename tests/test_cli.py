@@ -444,3 +444,63 @@ def test_demo_as_a_subprocess_on_the_embedded_store(tmp_path):
     assert out.returncode == 0, out.stderr
     assert str(tmp_path / 'home' / 'minibatch.db') in out.stdout
     assert table_rows(out.stdout)['demo']['processed'] == '100'
+
+
+# -- errors are one line, and secrets are masked (issue 12, items 10 and 11) -----
+@pytest.mark.parametrize('url, secret, fragment', [
+    ('mongodb://u:pwSECRET1@ss@h/x', 'pwSECRET1', 'bad MongoDB URL'),
+    ('mongodb://h:abc/x', None, 'non-digit'),
+    ('mongodb://h/x?tlsCertificateKeyFilePassword=KEYSECRET2&bogus=1', 'KEYSECRET2', 'Unknown option'),
+    ('mongodb://h/a.b', None, 'database name'),
+    ('user:pwSECRET3@host/x', 'pwSECRET3', 'no minibatch store'),
+    ('mongodb://u:pwSECRET4@127.0.0.1:1/x?serverSelectionTimeoutMS=300&authMechanismProperties=AWS_SESSION_TOKEN:TOKSECRET5',
+     'TOKSECRET5', 'cannot reach MongoDB'),
+], ids=['unescaped-at', 'port', 'unknown-option', 'database-name', 'no-scheme', 'unreachable'])
+def test_a_bad_store_url_is_one_error_line_without_secrets(url, secret, fragment):
+    out = run(['--url', url, 'status'])
+    assert out.returncode == 1
+    assert_error_line(out.stderr, fragment)
+    assert out.stdout == ''
+    if secret:
+        assert secret not in out.stderr and '***' in out.stderr
+    assert 'pwSECRET4' not in out.stderr
+
+
+def test_a_failed_login_is_one_error_line_without_the_password(mongo_url):
+    url = mongo_url.replace('mongodb://', 'mongodb://nobody:pwSECRET6@', 1)
+    out = run(['--url', url, 'status'])
+    assert out.returncode == 1
+    assert_error_line(out.stderr, 'authentication failed', 'nobody:***@')
+    assert 'pwSECRET6' not in out.stderr + out.stdout
+
+
+def test_tail_on_a_corrupted_sqlite_file_is_one_error_line(tmp_path):
+    path = tmp_path / 'garbage.db'
+    path.write_bytes(b'SQLite format 3\x00' + os.urandom(8192))
+    out = run(['--url', f'sqlite:///{path}', 'tail', 'events'])
+    assert out.returncode == 1
+    assert_error_line(out.stderr, str(path))
+    path.write_bytes(os.urandom(8192))
+    out = run(['--url', f'sqlite:///{path}', 'tail', 'events'])
+    assert out.returncode == 1
+    assert_error_line(out.stderr, str(path))
+
+
+def test_status_masks_the_password_of_a_user_that_logs_in(mongo_url):
+    import pymongo
+    user, password = 'mb' + uuid.uuid4().hex[:8], 'pwSECRET' + uuid.uuid4().hex[:8]
+    admin = pymongo.MongoClient(mongo_url, serverSelectionTimeoutMS=5000)
+    try:
+        admin.admin.command('createUser', user, pwd=password, roles=['root'])
+        url = mongo_url.replace('mongodb://', f'mongodb://{user}:{password}@', 1)
+        mb.stream('masked', url=url).append({'n': 1})
+        for args in (['status'], ['status', '--json']):
+            out = run(['--url', url, *args])
+            assert out.returncode == 0, out.stderr
+            assert password not in out.stdout + out.stderr
+            assert f'{user}:***@' in out.stdout
+    finally:
+        try:
+            admin.admin.command('dropUser', user)
+        finally:
+            admin.close()

@@ -16,8 +16,9 @@ import os
 import threading
 from typing import Any
 
-from minibatch.errors import MissingDependencyError, UnknownStoreError
+from minibatch.errors import MinibatchError, MissingDependencyError, UnknownStoreError
 from minibatch.store.base import Message, Store, StreamInfo, Waiter, WindowRecord  # noqa: F401 (re-export)
+from minibatch.store.redaction import redact_text, redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def store_class(url: str) -> type[Store]:
     if scheme not in STORES:
         known = ', '.join(f'{s}://' for s in STORES)
         raise UnknownStoreError(
-            f'no minibatch store for the URL scheme {scheme + "://" if scheme else repr(url)}; '
+            f'no minibatch store for the URL scheme {scheme + "://" if scheme else repr(redact_url(url))}; '
             f'known schemes: {known}. Example: mongodb://localhost:27017/minibatch or sqlite:////tmp/mb.db')
     module_name, class_name, extra = STORES[scheme]
     try:
@@ -84,7 +85,14 @@ def get_store(url: str | None = None, **options: Any) -> Store:
     with _lock:
         store = _stores.get(key)
         if store is None:
-            store = store_class(resolved)(resolved, **options)
+            try:
+                store = store_class(resolved)(resolved, **options)
+            except MinibatchError as exc:
+                # every store redacts its URL; this makes sure no secret of it slips through in a detail
+                text = str(exc)
+                if redact_text(text, resolved) != text:
+                    raise type(exc)(redact_text(text, resolved)) from None
+                raise
             logger.info('minibatch store: %s', store.describe())
             _stores[key] = store
         return store

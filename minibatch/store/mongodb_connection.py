@@ -26,9 +26,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 import mongoengine.connection as me_connection
 import pymongo
+from pymongo import uri_parser
 
 from minibatch.errors import ConfigurationError, StoreUnavailable
 from minibatch.store.base import Store
+from minibatch.store.redaction import redact_text, redact_url
 
 DEFAULT_DATABASE = 'minibatch'
 #: fail within this time when the server cannot be reached, instead of pymongo's 30 s
@@ -64,18 +66,51 @@ def _alias_for(key: AliasKey) -> str:
     return alias
 
 
-def redact(url: str) -> str:
-    """``url`` without its password, safe for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(':' + parts.password + '@', ':***@')
-        return parts._replace(netloc=netloc).geturl()
-    return url
+#: ``url`` without its password and secret query values (see :func:`minibatch.store.redaction.redact_url`)
+redact = redact_url
+
+#: MongoDB's error code for a failed authentication (wrong user or password)
+AUTHENTICATION_FAILED = 18
+#: characters MongoDB does not allow in a database name
+_BAD_DATABASE_CHARS = '/\\. "$\0'
+#: options only a mongodb+srv:// URL may carry (left out when checking its syntax offline)
+_SRV_OPTIONS = ('srvservicename', 'srvmaxhosts')
 
 
 def _unavailable(store: MongoConnection, exc: BaseException) -> StoreUnavailable:
     return StoreUnavailable(f'cannot reach MongoDB at {redact(store.url)} '
-                            f'(waited {store.timeout_ms / 1000:g} s for a server): {exc}')
+                            f'(waited {store.timeout_ms / 1000:g} s for a server): {redact_text(exc, store.url)}')
+
+
+def _auth_failed(store: MongoConnection, exc: pymongo.errors.OperationFailure) -> StoreUnavailable:
+    reason = (exc.details or {}).get('errmsg') or str(exc).partition(', full error:')[0]
+    return StoreUnavailable(f'cannot log in to MongoDB at {redact(store.url)}: '
+                            f'{redact_text(reason, store.url)} (check the user name and password)')
+
+
+def _bad_url(url: str, exc: BaseException) -> ConfigurationError:
+    return ConfigurationError(f'bad MongoDB URL {redact(url)!r}: {redact_text(exc, url)}')
+
+
+def check_url(url: str, database: str) -> None:
+    """Raise ConfigurationError (with the URL redacted) unless pymongo accepts ``url``; no network.
+
+    A mongodb+srv:// URL is checked as the mongodb:// URL it names (its DNS
+    lookup happens when connecting).
+    """
+    checked = url
+    if url.lower().startswith('mongodb+srv://'):
+        base, _, query = url[len('mongodb+srv://'):].partition('?')
+        kept = [p for p in query.split('&') if p and p.partition('=')[0].lower() not in _SRV_OPTIONS]
+        checked = 'mongodb://' + base + ('?' + '&'.join(kept) if kept else '')
+    try:
+        uri_parser.parse_uri(checked, validate=True, warn=False)
+    except (pymongo.errors.PyMongoError, ValueError, TypeError) as exc:
+        raise _bad_url(url, exc) from None
+    bad = sorted({c for c in database if c in _BAD_DATABASE_CHARS})
+    if bad or len(database.encode()) > 63:
+        why = (f'it contains {", ".join(repr(c) for c in bad)}' if bad else 'it is longer than 63 bytes')
+        raise ConfigurationError(f'bad MongoDB database name {database!r} in {redact(url)!r}: {why}')
 
 
 _S = TypeVar('_S', bound='MongoConnection')
@@ -84,13 +119,17 @@ _R = TypeVar('_R')
 
 
 def _translate_errors(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[_S, _P], _R]:
-    """Turn "no server" into StoreUnavailable; other driver errors pass unchanged."""
+    """Turn "no server" and "authentication failed" into StoreUnavailable; other driver errors pass unchanged."""
     @functools.wraps(method)
     def wrapper(self: _S, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return method(self, *args, **kwargs)
         except pymongo.errors.ServerSelectionTimeoutError as exc:
             raise _unavailable(self, exc) from exc
+        except pymongo.errors.OperationFailure as exc:
+            if exc.code != AUTHENTICATION_FAILED:
+                raise
+            raise _auth_failed(self, exc) from exc
     return wrapper
 
 
@@ -105,8 +144,7 @@ class MongoConnection(Store):
         super().__init__(url, **options)
         parts = urlsplit(url)
         self.database = parts.path.lstrip('/') or DEFAULT_DATABASE
-        if '/' in self.database:
-            raise ConfigurationError(f'bad MongoDB database name in {redact(url)!r}')
+        check_url(url, self.database)
         self.client_options: dict[str, Any] = dict(options)
         # the URL's own options win over our defaults (a keyword argument would override the URL)
         in_url = {key.lower(): value for key, value in parse_qsl(parts.query)}

@@ -31,6 +31,7 @@ from minibatch.contrib.apps.supervisor import DEAD, ConsumerProcess, Supervisor
 from minibatch.errors import ConfigurationError
 from minibatch.status import stream_stats
 from minibatch.store import get_store, resolve_url
+from minibatch.store.redaction import redact_text
 
 logger = logging.getLogger('minibatch.contrib.apps')
 
@@ -365,6 +366,6 @@ class StreamingApp:
             if not isinstance(exc, (ConnectionError, *getattr(self.store, 'transient_errors', ()))):
                 raise
             # the store is down: say so, and still show the consumer processes
-            body = plain({'app': self.name, 'ok': False, 'error': f'store unavailable: {exc}',
+            body = plain({'app': self.name, 'ok': False, 'error': f'store unavailable: {redact_text(exc, self.url)}',
                           'consumers': self.supervisor.info()})
             return jsonify(body), 503
