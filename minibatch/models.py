@@ -28,6 +28,32 @@ logger = logging.getLogger(__name__)
 
 
 
+class _AsStored:
+    """Mixin: a field read back exactly as the driver decoded it.
+
+    Message data are plain values: mongoengine's conversion would turn bytes
+    into a list of ints (``stream.buffer()`` would then disagree with what the
+    consumer gets), and its change tracking on every access costs milliseconds
+    per window for nothing. Saving works as for the base field.
+    """
+
+    def to_python(self, value):
+        return value
+
+    def __get__(self, instance, owner):
+        if instance is None:
+            return self
+        return instance._data.get(self.name)
+
+
+class PlainListField(_AsStored, ListField):
+    """A ListField read back as the very list that was stored (window data)."""
+
+
+class PlainDictField(_AsStored, DictField):
+    """A DictField read back as the very dict that was stored (a message's data)."""
+
+
 class Buffer(Document):
     """One message of a stream (a document of the ``buffer`` collection).
 
@@ -39,7 +65,7 @@ class Buffer(Document):
     id = DynamicField(primary_key=True, db_field='_id', default=ObjectId)
     stream = StringField(required=True)
     created = DateTimeField(default=utcnow)
-    data = DictField(required=True)
+    data = PlainDictField(required=True)
     processed = BooleanField(default=False)
     state = StringField(default='available', choices=STATES)
     claim = StringField()
@@ -50,20 +76,6 @@ class Buffer(Document):
     # so that documents never race it with differently named index definitions
     meta = {'db_alias': 'minibatch', 'collection': 'buffer', 'strict': False,
             'auto_create_index': False, 'auto_create_index_on_save': False}
-
-
-class PlainListField(ListField):
-    """A ListField read back as the very list that was stored.
-
-    Window data are plain dicts; mongoengine's change tracking and reference
-    lookups on every ``window.data`` access cost milliseconds per window and
-    buy nothing here. Saving and loading work as for any ListField.
-    """
-
-    def __get__(self, instance, owner):
-        if instance is None:
-            return self
-        return instance._data.get(self.name)
 
 
 class Window(Document):

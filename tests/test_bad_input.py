@@ -339,7 +339,7 @@ ROUND_TRIPS = {
     'date': (_dt.date(2024, 1, 2), SAME, REFUSED),
     'tuple': ((1, 'a'), [1, 'a'], [1, 'a']),
     'bytes': (b'\x00\xff', REFUSED, SAME),
-    'bytearray': (bytearray(b'\x00\xff'), REFUSED, b'\x00\xff'),
+    'bytearray': (bytearray(b'\x00\xff'), REFUSED, REFUSED),
     'set': ({1, 2}, REFUSED, REFUSED),
     'Decimal': (decimal.Decimal('1.5'), REFUSED, REFUSED),
     'lone-surrogate': ('\ud800', SAME, REFUSED),

@@ -448,10 +448,9 @@ def _shown(data: object) -> str:
 def _shape_problem(value: Any, path: str, parents: tuple[int, ...]) -> tuple[str, str] | None:
     """(where, why) for what MongoDB would store but not give back the same through every view, else None.
 
-    Nesting deeper than MAX_NESTING (the limit of both stores), a circular
-    reference, and bytes (``stream.buffer()`` reads them back as a list of
-    ints through mongoengine, the consumer as bytes). Other values are left to
-    ``bson.encode``.
+    Nesting deeper than MAX_NESTING (the limit of both stores), and a circular
+    reference. Other values are left to ``bson.encode`` (bytes read back as
+    bytes through every view: the Documents' data fields return what was stored).
     """
     if id(value) in parents:
         return path, 'a circular reference'
@@ -465,9 +464,6 @@ def _shape_problem(value: Any, path: str, parents: tuple[int, ...]) -> tuple[str
             found = _shape_problem(item, f'{path}[{key!r}]', parents)
             if found:
                 return found
-        elif isinstance(item, (bytes, bytearray, memoryview)):
-            return (f'{path}[{key!r}]', f'{type(item).__name__} do not read back the same through every view; '
-                    f'store them as text (base64, say)')
     return None
 
 
