@@ -582,3 +582,28 @@ def test_isolate_is_validated():
     for bad in ('yes', 1, None):
         with pytest.raises(ConfigurationError, match='isolate must be True or False'):
             ConsumerOptions(isolate=bad)
+
+
+# -- a running consumer looks for its own retry when the backoff ends ---------
+def test_a_running_consumer_retries_when_the_backoff_ends_not_at_the_next_periodic_expiry(store_url):
+    # with lease=60 the periodic search for expired leases runs every 5 s; a retry due after
+    # 0.1 s must not wait for it (docs/reliability.rst: retried after a pause of retry_backoff)
+    name = 'soon'
+    stream = mb.stream(name, url=store_url)
+    stream.append({'x': 1})
+    calls = []
+
+    def fails_once(window):
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise ValueError('first try fails')
+
+    em = mb.streaming(name, size=1, url=store_url, executor='inline', lease=60, retry_backoff=0.1,
+                      blocking=False)(fails_once)
+    try:
+        wait_until(lambda: len(calls) >= 1, timeout=10, message='the first try')
+        wait_until(lambda: len(calls) >= 2, timeout=3.5, message='the retry, due 0.1 s after the failure')
+    finally:
+        em.stop()
+        em.thread.join(10)
+    assert stream.stats()['done'] + stream.stats()['available'] + stream.stats()['retry'] == 0
