@@ -35,7 +35,7 @@ from minibatch.store.mongodb_connection import (ALIAS, DEFAULT_DATABASE,  # noqa
                                                 DEFAULT_SERVER_SELECTION_TIMEOUT_MS, MongoConnection,
                                                 _translate_errors, _unavailable, redact)
 from minibatch.store.mongodb_waiter import ChangeStreamWaiter
-from minibatch.store.records import MAX_NESTING
+from minibatch.store.records import shape_problem
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +183,9 @@ class MongoStore(MongoConnection):
             if not isinstance(data, dict):
                 raise InvalidMessage(f'a stream message must be a dict, got {type(data).__name__}: {data!r:.200}')
             where = f' (message {i} of the batch)' if len(docs) > 1 else ''
-            problem = _shape_problem(data, 'message', ())
+            # nesting and cycles; other values are left to bson.encode (bytes read back as bytes through
+            # every view: the Documents' data fields return what was stored)
+            problem = shape_problem(data)
             if problem:
                 raise InvalidMessage(f'message cannot be stored in MongoDB{where}: {problem[0]}: {problem[1]}')
             try:
@@ -443,28 +445,6 @@ def _shown(data: object) -> str:
         return f'{data!r:.200}'
     except RecursionError:  # a repr of a circular or absurdly deep message
         return f'<{type(data).__name__} too deep to show>'
-
-
-def _shape_problem(value: Any, path: str, parents: tuple[int, ...]) -> tuple[str, str] | None:
-    """(where, why) for what MongoDB would store but not give back the same through every view, else None.
-
-    Nesting deeper than MAX_NESTING (the limit of both stores), and a circular
-    reference. Other values are left to ``bson.encode`` (bytes read back as
-    bytes through every view: the Documents' data fields return what was stored).
-    """
-    if id(value) in parents:
-        return path, 'a circular reference'
-    if len(parents) >= MAX_NESTING:
-        return path, f'nested more than {MAX_NESTING} levels deep (the limit of both stores)'
-    parents = (*parents, id(value))
-    items: Iterable[tuple[Any, Any]] = value.items() if isinstance(value, dict) else enumerate(value)
-    for key, item in items:
-        kind = type(item)
-        if kind is dict or kind is list or kind is tuple or isinstance(item, (dict, list, tuple)):
-            found = _shape_problem(item, f'{path}[{key!r}]', parents)
-            if found:
-                return found
-    return None
 
 
 def _after(seconds: float) -> datetime.datetime:

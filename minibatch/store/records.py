@@ -6,7 +6,7 @@ methods take and return them (see that module for the contract itself).
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -29,6 +29,33 @@ Doc: TypeAlias = dict[str, Any]
 MAX_NESTING = 64
 #: A key of a stream's ``status`` dict, or a path of keys into nested dicts.
 StatusPath: TypeAlias = str | Sequence[str]
+#: (where, why) a message cannot be stored, as :func:`shape_problem` reports it
+Problem: TypeAlias = tuple[str, str]
+
+
+def shape_problem(value: Any, path: str = 'message',
+                  item_problem: Callable[[Any, Any, Any, str], Problem | None] | None = None,
+                  parents: tuple[int, ...] = ()) -> Problem | None:
+    """(where, why) for the first part of the dict/list/tuple ``value`` no store may accept, else None.
+
+    Both stores refuse a circular reference and nesting deeper than
+    MAX_NESTING; a store adds its own rules with ``item_problem(container,
+    key, item, path)``, called for every item of every container (``path``
+    names the container). Read-only; stops at the first problem.
+    """
+    if id(value) in parents:
+        return path, 'a circular reference'
+    if len(parents) >= MAX_NESTING:
+        return path, f'nested more than {MAX_NESTING} levels deep (the limit of both stores)'
+    parents = (*parents, id(value))
+    items: Iterable[tuple[Any, Any]] = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        found = item_problem(value, key, item, path) if item_problem is not None else None
+        if found is None and isinstance(item, (dict, list, tuple)):
+            found = shape_problem(item, f'{path}[{key!r}]', item_problem, parents)
+        if found:
+            return found
+    return None
 
 
 def utcnow() -> datetime.datetime:

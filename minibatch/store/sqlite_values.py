@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, overload
 
 from minibatch.errors import ConfigurationError, InvalidMessage
 from minibatch.store.base import AVAILABLE, Doc, Message, RecordId, StreamInfo
-from minibatch.store.records import MAX_NESTING
+from minibatch.store.records import shape_problem
 
 STREAM_FIELDS = ('created', 'last_read', 'interval', 'closed', 'max_age', 'status')
 STREAM_COLUMNS = 'name, ' + ', '.join(STREAM_FIELDS)
@@ -167,24 +167,13 @@ def _is_plain(value: dict[Any, Any] | list[Any], depth: int = 0) -> bool:
     return True
 
 
-def _find_unserialisable(value: object, path: str, parents: tuple[int, ...] = ()) -> tuple[str, str] | None:
-    """Return (where, why) for the first part of ``value`` that JSON cannot carry faithfully, else None."""
-    if isinstance(value, (dict, list, tuple)):
-        if id(value) in parents:
-            return path, 'a circular reference'
-        if len(parents) >= MAX_NESTING:
-            return path, f'nested more than {MAX_NESTING} levels deep (the limit of both stores)'
-        parents = (*parents, id(value))
-        items: Iterable[tuple[Any, Any]] = value.items() if isinstance(value, dict) else enumerate(value)
-        for key, item in items:
-            # JSON would silently turn a non-str key into a str: refuse rather than alter the data
-            if isinstance(value, dict) and not isinstance(key, str):
-                return f'{path} key {key!r}', f'keys must be str, not {type(key).__name__}'
-            found = _find_unserialisable(item, f'{path}[{key!r}]', parents)
-            if found:
-                return found
-    elif not isinstance(value, (str, int, float, type(None), datetime.date)):
-        return f'{path} = {value!r}', f'{type(value).__name__} is not serialisable'
+def _json_problem(container: object, key: object, item: object, path: str) -> tuple[str, str] | None:
+    """(where, why) if JSON cannot carry ``container[key]`` faithfully, else None."""
+    # JSON would silently turn a non-str key into a str: refuse rather than alter the data
+    if isinstance(container, dict) and not isinstance(key, str):
+        return f'{path} key {key!r}', f'keys must be str, not {type(key).__name__}'
+    if not isinstance(item, (dict, list, tuple, str, int, float, type(None), datetime.date)):
+        return f'{path}[{key!r}] = {item!r}', f'{type(item).__name__} is not serialisable'
     return None
 
 
@@ -194,7 +183,7 @@ def serialise(doc: object, index: int) -> str:
         raise InvalidMessage(f'message #{index} is not a dict: {doc!r} ({type(doc).__name__})')
     if type(doc) is dict and _is_plain(doc):
         return dumps(doc)
-    found = _find_unserialisable(doc, 'message')
+    found = shape_problem(doc, 'message', _json_problem)
     if found:
         where, why = found
         raise InvalidMessage(f'message #{index} cannot be stored: {where} ({why})')
