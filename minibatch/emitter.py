@@ -240,7 +240,8 @@ class WindowEmitter(LegacyEmitterAPI):
         data = [m.data for m in qs]
         if self.keep:
             return bindings.get('window').for_data(self.stream_name, data,
-                                                   id=self.store.save_window(self.stream_name, data))
+                                                   id=self.store.save_window(self.stream_name, data,
+                                                                             token=qs[0].token if qs else None))
         # no record yet: commit() writes it, without a copy of data the commit deletes (one write less)
         window = bindings.get('window').for_data(self.stream_name, data)
         window._record_at_commit = True

@@ -329,9 +329,14 @@ class Store(abc.ABC):
 
     # -- windows ----------------------------------------------------------
     @abc.abstractmethod
-    def save_window(self, name: str, data: list[Any], query: list[Any] | None = None) -> RecordId:
+    def save_window(self, name: str, data: list[Any], query: list[Any] | None = None,
+                    token: str | None = None) -> RecordId:
         """Record an emitted window (``processed`` False); ``commit(window_id=...)`` marks it processed.
 
+        ``token`` is the claim its messages are held under: once no message is
+        held under it any more (the consumer died and :meth:`expire_leases`
+        gave them back), ``expire_leases`` removes the record if it is still
+        unprocessed, so a dead consumer leaves no stale window behind.
         One write; returns its id. Data the store cannot keep raises InvalidMessage.
         """
 

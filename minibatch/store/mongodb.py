@@ -363,7 +363,8 @@ class MongoStore(MongoConnection):
 
     # -- windows ----------------------------------------------------------
     @_translate_errors
-    def save_window(self, name: str, data: list[Any], query: list[Any] | None = None) -> RecordId:
+    def save_window(self, name: str, data: list[Any], query: list[Any] | None = None,
+                    token: str | None = None) -> RecordId:
         doc = {'stream': name, 'created': utcnow(), 'data': data, 'processed': False, 'query': query or []}
         return self._collections()[2].insert_one(doc).inserted_id
 

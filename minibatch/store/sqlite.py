@@ -286,7 +286,8 @@ class SQLiteStore(Store):
         except (TypeError, ValueError) as exc:
             raise InvalidMessage(f'window data of stream {name!r} cannot be stored: {exc}') from exc
 
-    def save_window(self, name: str, data: list[Any], query: list[Any] | None = None) -> RecordId:
+    def save_window(self, name: str, data: list[Any], query: list[Any] | None = None,
+                    token: str | None = None) -> RecordId:
         data_json, query_json = self._window_json(name, data), self._window_json(name, query or [])
         now = time.time()
         return self._write(lambda conn: lifecycle.insert_window(conn, name, now, data_json, query_json))
