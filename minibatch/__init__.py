@@ -10,12 +10,13 @@ with ``@streaming`` receive them in windows::
     def consume(window):
         print(window.data)
 """
+import importlib
 import logging
 
+from minibatch import bindings
 from minibatch.errors import (ConfigurationError, InvalidMessage, InvalidWindowSpec, MinibatchError,
                               MissingDependencyError, NotSupportedByStore, SinkError, StoreUnavailable,
                               UnknownStoreError)
-from minibatch.models import Buffer, Stream, Window
 from minibatch.consumer import make_emitter, streaming
 from minibatch.window import CountWindow, FixedTimeWindow, RelaxedTimeWindow, WindowEmitter
 from minibatch.store import get_store, resolve_url
@@ -25,6 +26,23 @@ __version__ = '1.0.0.dev0'
 #: minibatch 0.6 exported the version under this name too
 version = __version__
 logger = logging.getLogger(__name__)
+
+#: the names of minibatch.models, imported on first use: they need mongoengine, which
+#: a program on the embedded store may never need (``import minibatch`` stays fast)
+_MODELS = ('Buffer', 'Stream', 'Window')
+
+
+def _models():
+    return importlib.import_module('minibatch.models')
+
+
+bindings.bind_loader(_models)
+
+
+def __getattr__(name):
+    if name in _MODELS:
+        return getattr(_models(), name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 __all__ = [
     # producing and consuming
@@ -58,7 +76,7 @@ def stream(name, fn=None, url=None, interval=None, batchsize=1, max_age=None, **
     if fn is not None:
         raise ConfigurationError(f'mb.stream(name, fn): fn must be a function to consume the stream with, '
                                  f'got {fn!r}')
-    return Stream.get_or_create(name, url=url, interval=interval, batchsize=batchsize, max_age=max_age,
+    return _models().Stream.get_or_create(name, url=url, interval=interval, batchsize=batchsize, max_age=max_age,
                                 **kwargs)
 
 

@@ -593,3 +593,15 @@ def test_count_window_reads_ahead_and_drops_what_others_took(store_url):
     assert seen[3:] == [[8, 9], [10, 11]], 'a window was cut from messages another consumer held'
     assert len(reads) == 2  # [8, 9] came from the read-ahead; only [10, 11] needed a new read
     assert stream.stats()['claimed'] == 2
+
+
+def test_import_minibatch_does_not_import_mongoengine_until_a_document_class_is_used(tmp_path):
+    # the embedded store and the CLI must not pay for mongoengine (and pymongo) at import
+    code = ('import sys, minibatch as mb\n'
+            f'store = mb.get_store("sqlite:///{tmp_path}/s.db")\n'
+            'store.append("s", [{"x": 1}])\n'
+            'assert store.counts("s")["available"] == 1\n'
+            'print("mongoengine" in sys.modules)\n'
+            'print(mb.Stream.__name__, "mongoengine" in sys.modules)\n')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ['False', 'Stream', 'True']
