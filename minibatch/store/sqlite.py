@@ -290,7 +290,8 @@ class SQLiteStore(Store):
                     token: str | None = None) -> RecordId:
         data_json, query_json = self._window_json(name, data), self._window_json(name, query or [])
         now = time.time()
-        return self._write(lambda conn: lifecycle.insert_window(conn, name, now, data_json, query_json))
+        return self._write(lambda conn: lifecycle.insert_window(conn, name, now, data_json, query_json,
+                                                                token=token))
 
     def windows(self, name: str, processed: bool | None = None) -> list[WindowRecord]:
         params: list[Any] = [name]

@@ -60,7 +60,9 @@ CREATE TABLE IF NOT EXISTS windows (
     created REAL NOT NULL,
     data TEXT NOT NULL,
     processed INTEGER NOT NULL DEFAULT 0,
-    query TEXT NOT NULL DEFAULT '[]'
+    query TEXT NOT NULL DEFAULT '[]',
+    -- the claim its messages are held under (expire_leases removes the record once none is)
+    token TEXT
 );
 CREATE INDEX IF NOT EXISTS windows_stream ON windows (stream, processed, id);
 -- running totals per stream, e.g. 'expired' (messages max_age removed unprocessed);
@@ -194,6 +196,7 @@ class Database:
             for statement in SCHEMA.split(';'):
                 if statement.strip():
                     conn.execute(statement)
+            _add_missing_columns(conn)
             conn.execute('COMMIT')
         except BaseException:
             conn.execute('ROLLBACK')
@@ -250,6 +253,17 @@ class Database:
 
     def describe(self) -> str:
         return f'sqlite:///{self.path} (embedded)'
+
+
+#: columns added since the first release: (table, column, declaration); files of earlier versions get them
+ADDED_COLUMNS = (('windows', 'token', 'TEXT'),)
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Add the :data:`ADDED_COLUMNS` a file of an earlier version lacks (inside the schema's transaction)."""
+    for table, column, declaration in ADDED_COLUMNS:
+        if column not in {row[1] for row in conn.execute(f'PRAGMA table_info({table})')}:
+            conn.execute(f'ALTER TABLE {table} ADD COLUMN {column} {declaration}')
 
 
 def _create_private(path: str) -> None:

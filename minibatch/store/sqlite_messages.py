@@ -112,18 +112,41 @@ def release(conn: sqlite3.Connection, name: str, token: str, ids: Sequence[Recor
 
 
 def expire(conn: sqlite3.Connection, name: str, max_attempts: int, now: float) -> int:
-    """Make expired claims (one attempt counted) and retries whose backoff is over available again."""
+    """Make expired claims (one attempt counted) and retries whose backoff is over available again.
+
+    The unprocessed window records of the claims that expired go too (see :func:`drop_orphaned_windows`).
+    """
+    lapsed = f"WHERE stream = ? AND state = '{CLAIMED}' AND lease < ?"
+    tokens = [token for (token,) in conn.execute(f'SELECT DISTINCT claim FROM buffer {lapsed}', (name, now))]
     # an abandoned claim counts as a failed delivery
     expired = conn.execute(
         f"UPDATE buffer SET attempts = attempts + 1, error = 'lease expired', claim = NULL, lease = NULL,"
         f" state = CASE WHEN attempts + 1 >= ? THEN '{DEAD}' ELSE '{AVAILABLE}' END,"
-        f' processed = CASE WHEN attempts + 1 >= ? THEN 1 ELSE 0 END'
-        f" WHERE stream = ? AND state = '{CLAIMED}' AND lease < ?",
+        f' processed = CASE WHEN attempts + 1 >= ? THEN 1 ELSE 0 END {lapsed}',
         (max_attempts, max_attempts, name, now)).rowcount
     backed_off = conn.execute(
         f"UPDATE buffer SET state = '{AVAILABLE}', processed = 0, lease = NULL"
         f" WHERE stream = ? AND state = '{RETRY}' AND lease <= ?", (name, now)).rowcount
+    drop_orphaned_windows(conn, name, tokens)
     return expired + backed_off
+
+
+def drop_orphaned_windows(conn: sqlite3.Connection, name: str, tokens: Sequence[str]) -> int:
+    """Delete the unprocessed window records of the claims ``tokens`` that hold no message any more.
+
+    Called when those claims' leases expired: their consumer died or hung, the
+    messages go out again in a new window with a record of its own, and nobody
+    will commit the old one. A claim that still holds a message (part of a
+    window topped up later, with a later lease) keeps its record. Returns the count.
+    """
+    removed = 0
+    for start in range(0, len(tokens), CHUNK):
+        chunk = tokens[start:start + CHUNK]
+        removed += conn.execute(
+            f'DELETE FROM windows WHERE stream = ? AND processed = 0 AND token IN ({marks(chunk)}) AND NOT EXISTS'
+            f" (SELECT 1 FROM buffer WHERE buffer.stream = windows.stream AND state = '{CLAIMED}'"
+            '  AND claim = windows.token)', (name, *chunk)).rowcount
+    return removed
 
 
 def bury(conn: sqlite3.Connection, name: str, bad: Sequence[tuple[RecordId, str]], state: str = AVAILABLE,
@@ -150,10 +173,10 @@ def on_dead(conn: sqlite3.Connection, sql: str, name: str, ids: Iterable[RecordI
 
 
 def insert_window(conn: sqlite3.Connection, name: str, now: float, data: str, query: str = '[]',
-                  processed: bool = False) -> RecordId:
-    """Write a window record (``data`` and ``query`` as JSON text); return its id."""
-    return conn.execute('INSERT INTO windows (stream, created, data, query, processed) VALUES (?, ?, ?, ?, ?)',
-                        (name, now, data, query, int(processed))).lastrowid
+                  processed: bool = False, token: str | None = None) -> RecordId:
+    """Write a window record (``data`` and ``query`` as JSON text) of the claim ``token``; return its id."""
+    return conn.execute('INSERT INTO windows (stream, created, data, query, processed, token)'
+                        ' VALUES (?, ?, ?, ?, ?, ?)', (name, now, data, query, int(processed), token)).lastrowid
 
 
 def mark_window(conn: sqlite3.Connection, window_id: RecordId) -> None:
