@@ -54,6 +54,9 @@ class WindowEmitter(LegacyEmitterAPI):
     :param retry_backoff: first delay before a failed window is retried; doubles per attempt, at most 60 s
     :param isolate: split a failing window into halves, recursively, so that only the messages that fail
         alone count attempts and end in the dead letters (see :meth:`split`); default False
+    :param timeout: seconds a window's function may run, or None (no limit, the default); past it the
+        window is a failed attempt (see docs/reliability.rst, "Timeouts")
+    :param stop_grace: seconds a stopping consumer waits for its windows in flight; default ``STOP_GRACE``
     :param url: store URL, used when ``stream`` is a name
     """
     #: longest idle sleep between polls when the store cannot push wake-ups
@@ -78,7 +81,7 @@ class WindowEmitter(LegacyEmitterAPI):
     def __init__(self, stream_name, interval=None, processfn=None, emitfn=None, emit_empty=False, executor=None,
                  max_workers=None, stream=None, stream_url=None, forwardfn=None, queue=None, *, size=None,
                  workers=None, keep=False, sink=None, max_attempts=3, lease=60.0, retry_backoff=1.0, url=None,
-                 cnx_kwargs=None, concurrency=None, isolate=False, **kwargs):
+                 cnx_kwargs=None, concurrency=None, isolate=False, timeout=None, stop_grace=None, **kwargs):
         # the positional order and the names stream=, stream_url=, forwardfn= are minibatch 0.6's
         if self.strict_options:
             # a typo (max_attemps=5) must not be ignored; custom emitters get their own keywords in self.kwargs
@@ -93,7 +96,8 @@ class WindowEmitter(LegacyEmitterAPI):
                                        workers=workers if workers is not None else max_workers,
                                        keep=keep, sink=sink, queue=queue, emit_empty=emit_empty,
                                        max_attempts=max_attempts, lease=lease, retry_backoff=retry_backoff,
-                                       concurrency=concurrency, isolate=isolate)
+                                       concurrency=concurrency, isolate=isolate, timeout=timeout,
+                                       stop_grace=stop_grace)
         self._stream_arg = stream_name
         self.stream_name = stream_name if isinstance(stream_name, str) else stream_name.name
         self.url = url
@@ -112,6 +116,7 @@ class WindowEmitter(LegacyEmitterAPI):
             options.retry_backoff
         self.concurrency = options.concurrency
         self.isolate = options.isolate
+        self.timeout = options.timeout
         if self.concurrency is not None and emitfn is not None and not is_async(emitfn):
             raise ConfigurationError('concurrency= is for async def functions (windows awaiting on an event '
                                      'loop); for a plain function use workers=')
@@ -142,6 +147,11 @@ class WindowEmitter(LegacyEmitterAPI):
     @property
     def store(self):
         return self.stream.store
+
+    @property
+    def stop_grace(self) -> float:
+        """Seconds a stopping consumer waits for its windows in flight: ``stop_grace=``, else ``STOP_GRACE``."""
+        return self.STOP_GRACE if self.options.stop_grace is None else self.options.stop_grace
 
     @property
     def runner(self) -> Runner:

@@ -37,6 +37,7 @@ class Strategy(Protocol):
     sink: Any
     lease: float
     max_attempts: int
+    timeout: float | None
     stats: dict[str, int]
     consumer_id: str
 
@@ -45,6 +46,9 @@ class Strategy(Protocol):
 
     @property
     def store(self) -> Store: ...
+
+    @property
+    def stop_grace(self) -> float: ...
 
     def window_ready(self) -> tuple[bool, Any]: ...
 
@@ -66,19 +70,36 @@ class Strategy(Protocol):
 
 
 class InFlight:
-    """A window submitted to the executor and not yet settled."""
-    __slots__ = ('messages', 'window', 'future', 'renewed', 'executor')
+    """A window submitted to the executor and not yet settled.
 
-    def __init__(self, messages: list[Message], window: Any, future: WindowFuture, executor: Any = None):
+    ``deadline`` is the ``time.monotonic()`` past which it has timed out
+    (``timeout=`` seconds after it was submitted), or None for no limit.
+    """
+    __slots__ = ('messages', 'window', 'future', 'renewed', 'executor', 'deadline')
+
+    def __init__(self, messages: list[Message], window: Any, future: WindowFuture, executor: Any = None,
+                 timeout: float | None = None):
         self.messages = messages
         self.window = window
         self.future = future
         self.executor = executor  # the pool it runs on, to tell a broken pool from its replacement
         self.renewed = time.monotonic()
+        self.deadline = None if timeout is None else self.renewed + timeout
 
     @property
     def token(self) -> str | None:
         return self.messages[0].token if self.messages else None  # one claim token per window
+
+
+def overdue(flights: list[InFlight], now: float) -> list[InFlight]:
+    """The windows of ``flights`` still running past their deadline."""
+    return [f for f in flights if f.deadline is not None and f.deadline <= now and not f.future.done()]
+
+
+def next_deadline(flights: list[InFlight]) -> float:
+    """The earliest deadline of ``flights`` still running (``time.monotonic()``), ``inf`` if none."""
+    return min((f.deadline for f in flights if f.deadline is not None and not f.future.done()),
+               default=float('inf'))
 
 
 def sink_payload(result: Any, window: Any) -> Any:

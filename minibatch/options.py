@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from typing import Any, Callable
 
 from minibatch.errors import ConfigurationError, InvalidWindowSpec
@@ -46,8 +47,14 @@ class ConsumerOptions:
     :param isolate: split a failing window into halves, recursively, so that only the
         messages that fail alone count attempts and are dead-lettered (default False:
         a window keeps its size; see docs/reliability.rst)
+    :param timeout: seconds a window's function may run (> 0, finite), or None (default: no limit);
+        past it the window is a failed attempt, and its worker is stopped as the executor allows
+        (see docs/reliability.rst, "Timeouts")
+    :param stop_grace: seconds a stopping consumer waits for its windows in flight before it gives
+        them back and stops their workers (>= 0); default the strategy's ``STOP_GRACE`` (30 s)
     :raises InvalidWindowSpec: ``max_attempts``, ``lease`` or ``retry_backoff`` out of range
-    :raises ConfigurationError: a bad ``executor``, ``workers``, ``sink`` or ``isolate``
+    :raises ConfigurationError: a bad ``executor``, ``workers``, ``sink``, ``isolate``, ``timeout``
+        or ``stop_grace``
     """
     processfn: Callable[..., Any] | None = None
     executor: Any = None
@@ -61,10 +68,13 @@ class ConsumerOptions:
     retry_backoff: float = 1.0
     concurrency: int | None = None
     isolate: bool = False
+    timeout: float | None = None
+    stop_grace: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise InvalidWindowSpec(f'max_attempts must be an integer >= 1, got {self.max_attempts!r}')
+        # _is_number refuses NaN and infinity: NaN passes every comparison below unnoticed
         if not _is_number(self.lease) or self.lease <= 0:
             raise InvalidWindowSpec(f'lease must be a positive number of seconds, got {self.lease!r}')
         if not _is_number(self.retry_backoff) or self.retry_backoff < 0:
@@ -76,6 +86,15 @@ class ConsumerOptions:
             raise ConfigurationError(f'concurrency must be an integer >= 1, got {self.concurrency!r}')
         if not isinstance(self.isolate, bool):
             raise ConfigurationError(f'isolate must be True or False, got {self.isolate!r}')
+        if self.timeout is not None:
+            if not _is_number(self.timeout) or self.timeout <= 0:
+                raise ConfigurationError(f'timeout must be a positive number of seconds, or None for no limit, '
+                                         f'got {self.timeout!r}')
+            self.timeout = float(self.timeout)
+        if self.stop_grace is not None:
+            if not _is_number(self.stop_grace) or self.stop_grace < 0:
+                raise ConfigurationError(f'stop_grace must be a number of seconds >= 0, got {self.stop_grace!r}')
+            self.stop_grace = float(self.stop_grace)
         check_executor(self.executor, self.workers)
         if self.sink is not None and not callable(getattr(self.sink, 'put', None)):
             raise ConfigurationError(f'sink must be an object with a put(data) method, got {self.sink!r}')
@@ -103,4 +122,10 @@ def refuse_unknown(options: dict[str, Any], where: str) -> None:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (not a bool, not NaN, not infinity)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int too large for a float (the options are kept as floats)
+        return False

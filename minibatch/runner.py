@@ -12,8 +12,11 @@ them (``commit``/``undo``). The runner does everything around that:
   an append), for a due retry or for the strategy's next deadline (``due_in``);
 - finding leases other consumers left behind (``expire_leases``), retention,
   heartbeats for ``stream.stats()``;
+- ``timeout=``: a window running past it is a failed attempt, and what runs it
+  is stopped as far as the executor allows (:func:`minibatch.executors.stop_window`);
 - stopping: ``stop()``, ``True`` on the queue, SIGTERM or Ctrl-C end the loop
-  after the windows in flight finish (or are given back after ``STOP_GRACE``).
+  after the windows in flight finish (or are given back after the stop grace,
+  their workers stopped so that the process can exit).
 
 One round (:meth:`Runner.round`) settles finished windows, keeps leases alive
 and cuts at most one new window. ``emitter.run()`` is the front door.
@@ -33,9 +36,9 @@ from typing import Any, Callable
 
 from minibatch import retention
 from minibatch.asyncio_executor import DEFAULT_CONCURRENCY, AsyncioExecutor, RunCoroutine, is_async
-from minibatch.executors import make_executor
+from minibatch.executors import Alarm, LocalExecutor, SendableErrors, WindowTimeout, make_executor, stop_window
 from minibatch.marshaller import marshal
-from minibatch.inflight import InFlight, Strategy, WindowFuture, sink_payload, summary
+from minibatch.inflight import InFlight, Strategy, WindowFuture, next_deadline, overdue, sink_payload, summary
 from minibatch.store.base import Message, Store, utcnow
 
 logger = logging.getLogger('minibatch.window')
@@ -44,8 +47,9 @@ class Runner:
     """Runs one emitter's rounds; owns its executor, in-flight windows, waiter and heartbeats.
 
     Timing settings are read from the emitter's class (``MAX_POLL``,
-    ``MAX_PUSH_WAIT``, ``STOP_GRACE``, ``HEARTBEAT``, ``STOP_CHECK``), so a
-    strategy (or a test) can change them where users configure consumers.
+    ``MAX_PUSH_WAIT``, ``HEARTBEAT``, ``STOP_CHECK``; ``STOP_GRACE`` unless
+    ``stop_grace=`` was given), so a strategy (or a test) can change them where
+    users configure consumers.
     """
 
     def __init__(self, emitter: Strategy):
@@ -88,6 +92,10 @@ class Runner:
             call = marshal(emitfn) if (plan.ships_functions and emitfn) else emitfn
             if coroutine and call is not None and not isinstance(plan.executor, AsyncioExecutor):
                 call = RunCoroutine(call)  # another executor was asked for: each call runs its own loop
+            if call is not None and plan.ships_functions:
+                call = SendableErrors(call)
+            if call is not None and em.timeout is not None and isinstance(plan.executor, LocalExecutor):
+                call = Alarm(call, em.timeout)  # the only way to interrupt a function in our own thread
             self._call = call
         if waiter and self.waiter is None:
             self.waiter = self.store.waiter(self.name)
@@ -129,7 +137,7 @@ class Runner:
             logger.info('minibatch: interrupted; finishing in-flight windows of %r', self.name)
         finally:
             try:
-                self.drain(timeout=self.em.STOP_GRACE)
+                self.drain(timeout=self.em.stop_grace)
                 self.heartbeat(state='stopped')
             finally:
                 if restore:
@@ -193,7 +201,7 @@ class Runner:
             except BaseException:
                 self.give_back(messages)
                 raise
-        self.inflight.append(InFlight(messages, window, future, self.executor))
+        self.inflight.append(InFlight(messages, window, future, self.executor, self.em.timeout))
         return future
 
     def give_back(self, messages: list[Message]) -> None:
@@ -220,6 +228,37 @@ class Runner:
             done = [f for f in done if f not in broken]
         for flight in done:
             self.settle(flight)
+        for flight in overdue(self.inflight, time.monotonic()):
+            if flight in self.inflight:  # (not given back with a pool killed for an earlier one)
+                self.time_out(flight)
+
+    def time_out(self, flight: InFlight) -> None:
+        """``flight`` ran past its ``timeout=``: stop what runs it, and fail it (an attempt counted)."""
+        timeout = self.em.timeout or 0.0
+        detail = self.stop(flight)
+        self.inflight.remove(flight)
+        logger.warning('minibatch: a window of %d messages on %r timed out after %gs; %s', len(flight.messages),
+                       self.name, timeout, detail)
+        self.settle_call(self.em.undo, flight.messages, flight.window,
+                         f'{WindowTimeout.__name__}: {WindowTimeout(timeout, detail)}')
+
+    def stop(self, flight: InFlight) -> str:
+        """Stop what runs ``flight`` (see :func:`minibatch.executors.stop_window`); say what was done.
+
+        A process pool is killed whole: its other windows are given back
+        untouched (no attempt counted: they did nothing wrong), and the next
+        windows run on a new pool.
+        """
+        detail, pool_killed = stop_window(flight.executor, flight.future, self._owns_executor)
+        if pool_killed:
+            for other in list(self.inflight):
+                if other is not flight and other.executor is flight.executor and not (
+                        other.future.done() and other.future.exception() is None):  # (finished: reap settles it)
+                    self.give_back(other.messages)
+                    self.inflight.remove(other)
+            if flight.executor is self.executor:
+                self._new_pool('its workers were killed to stop a window')
+        return detail
 
     def settle(self, flight: InFlight) -> None:
         """Commit a finished window (and put its result to the sink), or undo it when it failed."""
@@ -274,6 +313,11 @@ class Runner:
         if not self._owns_executor or self.executor is None:
             return
         logger.error('minibatch: a worker process of %r died; starting a new pool', self.name)
+        self._new_pool()
+
+    def _new_pool(self, why: str = '') -> None:
+        if why:
+            logger.info('minibatch: a new pool for %r: %s', self.name, why)
         old, self.executor = self.executor, None
         old.shutdown(wait=False, cancel_futures=True)
         self.setup(waiter=False)
@@ -315,8 +359,11 @@ class Runner:
             remaining = lease / 3 if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 break
-            # wake at least every third of the lease: a long window keeps its claim while we wait
-            concurrent.futures.wait([f.future for f in self.inflight], timeout=min(remaining, lease / 3),
+            # wake at least every third of the lease (a long window keeps its claim while we
+            # wait), and at the first window's timeout
+            until_deadline = max(0.001, next_deadline(self.inflight) - time.monotonic())
+            concurrent.futures.wait([f.future for f in self.inflight],
+                                    timeout=min(remaining, lease / 3, until_deadline),
                                     return_when=concurrent.futures.FIRST_COMPLETED)
             self.reap()
             try:
@@ -324,9 +371,11 @@ class Runner:
             except self.store.transient_errors as exc:
                 logger.warning('minibatch: could not renew leases (%s); retrying', summary(exc))
         for flight in list(self.inflight):
-            # still running after the grace period: hand the messages back untouched
+            # still running after the grace period: hand the messages back untouched, and stop
+            # what runs them, or the pool's shutdown (and the process's exit) would wait for ever
             self.give_back(flight.messages)
             self.inflight.remove(flight)
+            stop_window(flight.executor, flight.future, self._owns_executor)
 
     # -- waiting ----------------------------------------------------------
     def wait(self) -> None:
@@ -361,7 +410,8 @@ class Runner:
     def _next_timeout(self) -> float:
         now = time.monotonic()
         heartbeat = float('inf') if self._next_heartbeat is None else self._next_heartbeat - now
-        return max(0.001, min(self._idle, self._next_expiry - now, self.em.due_in(), heartbeat))
+        return max(0.001, min(self._idle, self._next_expiry - now, self.em.due_in(), heartbeat,
+                              next_deadline(self.inflight) - now))
 
     # -- reporting and signals ----------------------------------------------
     def heartbeat(self, state: str = 'running') -> None:
