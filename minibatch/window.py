@@ -24,8 +24,14 @@ class CountWindow(WindowEmitter):
     by the store when messages arrive and otherwise polls with a backoff
     (see docs/compatibility.rst), so it no longer sets the pace.
 
-    Waits until ``size`` messages are available. With competing consumers, a
-    consumer that could claim only part of a window gives it back and retries.
+    Waits until ``size`` messages are available (fresh messages: as in 0.6),
+    with one exception: a message that failed and is due for a retry
+    (``attempts > 0``) does not wait for company. A window is also ready when
+    fewer than ``size`` messages are available and one of them is a retry;
+    it then holds what is available, so a failed message is tried again
+    about its backoff later, and dead-lettered after ``max_attempts``, even
+    on a quiet stream. With competing consumers, a consumer that could claim
+    only part of a window of fresh messages gives it back and retries.
     """
 
     strict_options = True
@@ -50,7 +56,7 @@ class CountWindow(WindowEmitter):
             limit = max(self.size, min(self.size * self.LOOKAHEAD, self.MAX_LOOKAHEAD))
             self._ahead = self.buffer(limit=limit)
         candidates = self._ahead[:self.size]
-        return len(candidates) >= self.size, (candidates,)
+        return len(candidates) >= self.size or _has_retry(candidates), (candidates,)
 
     def query(self, candidates=()):
         return list(candidates)
@@ -72,7 +78,7 @@ class CountWindow(WindowEmitter):
             for message in extra:
                 message.token = claimed[0].token
             claimed += extra
-        if claimed and len(claimed) < self.size:
+        if claimed and len(claimed) < self.size and not _has_retry(claimed):
             self.store.unclaim(self.stream_name, claimed[0].token, [m.id for m in claimed])
             return []
         if len(claimed) > self.size:
@@ -82,6 +88,11 @@ class CountWindow(WindowEmitter):
             claimed = claimed[:self.size]
         # a full window is claimed; processfn then chooses what of it is emitted
         return self.select(claimed)
+
+
+def _has_retry(messages):
+    """True when one of ``messages`` is delivered again after a failure: it may go in a short window."""
+    return any(getattr(m, 'attempts', 0) for m in messages)
 
 
 class _TimeWindow(WindowEmitter):

@@ -1,6 +1,7 @@
 """The embedded store at its edges: window records of dead consumers, read-only files, old files.
 
-SQLite only (the store-independent contract is tests/test_store_contract.py).
+SQLite only (the store-independent contract is tests/test_store_contract.py), except the
+CountWindow retry of a lone message, which runs on every store (``store_url``).
 """
 import os
 import signal
@@ -12,7 +13,7 @@ import pytest
 
 import minibatch as mb
 from minibatch.store.sqlite import SQLiteStore
-from tests.helpers import settled, wait_until
+from tests.helpers import ListSink, settled, wait_until
 from tests.test_reliability import delivered, events, start_consumer, stop_all
 
 
@@ -108,3 +109,60 @@ def test_a_killed_keep_consumer_leaves_no_unprocessed_window_record(db_path, tmp
     finally:
         stop_all([successor])
     assert [(w.data, w.processed) for w in store.windows('orphans')] == [([{'i': 0}, {'i': 1}, {'i': 2}], True)]
+
+
+# -- a CountWindow retries a lone failed message (issue 12, both stores) ----------
+def flaky_alone(fails_alone, calls):
+    """A function failing any window with the poison in company, and ``fails_alone`` times with it alone."""
+    def fn(window):
+        ids = [m['i'] for m in window.data]
+        calls.append(ids)
+        if 0 in ids and (len(ids) > 1 or calls.count([0]) <= fails_alone):
+            raise ValueError('poison message')
+        return window.data
+    return fn
+
+
+@pytest.mark.parametrize('fails_alone', [1, 99], ids=['fails-once', 'always-fails'])
+def test_a_lone_retry_runs_without_waiting_for_a_full_window(store_url, fails_alone):
+    # isolate=True leaves the poison alone in the stream; size=10 fresh messages will never come
+    name = 'lone-retry'
+    stream = mb.stream(name, url=store_url)
+    stream.append([{'i': i} for i in range(10)])
+    calls, sink = [], ListSink()
+    em = mb.streaming(name, size=10, url=store_url, executor='inline', sink=sink, max_attempts=3,
+                      retry_backoff=0.1, isolate=True, blocking=False)(flaky_alone(fails_alone, calls))
+    try:
+        if fails_alone == 1:
+            wait_until(lambda: sum(map(len, sink.items)) == 10, timeout=10, message='all 10 processed')
+        else:
+            wait_until(lambda: stream.dead_letters(), timeout=10, message='the poison dead-lettered')
+        wait_until(lambda: settled(stream), timeout=10, message='nothing waiting')
+    finally:
+        em.stop()
+        em.thread.join(30)
+    assert em.error is None, em.error
+    alone = calls.count([0])
+    if fails_alone == 1:
+        assert alone == 2 and stream.dead_letters() == [], 'failed once alone, then succeeded'
+    else:
+        assert alone == 3, 'ran alone max_attempts times'
+        assert [(m.data['i'], m.attempts) for m in stream.dead_letters()] == [(0, 3)]
+    assert sorted(m['i'] for items in sink.items for m in items) == list(range(1 if fails_alone > 1 else 0, 10))
+
+
+def test_fresh_messages_still_wait_for_a_full_window(store_url):
+    # 0.6's behaviour: a count window of size N holds N fresh messages
+    name = 'full-windows'
+    stream = mb.stream(name, url=store_url)
+    stream.append([{'i': i} for i in range(9)])
+    sink = ListSink()
+    em = mb.make_emitter(name, lambda w: w.data, size=10, url=store_url, executor='inline', sink=sink)
+    try:
+        em.run(blocking=False)
+        assert sink.items == [] and stream.stats()['available'] == 9
+        stream.append([{'i': 9}])
+        em.run(blocking=False)
+    finally:
+        em.close()
+    assert [[m['i'] for m in items] for items in sink.items] == [list(range(10))]
