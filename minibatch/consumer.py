@@ -3,9 +3,13 @@ import logging
 import threading
 
 from minibatch.errors import ConfigurationError, InvalidWindowSpec
+from minibatch.eventtime import EventTimeWindow
 from minibatch.window import CountWindow, FixedTimeWindow, RelaxedTimeWindow, validate_emitter_class
 
 logger = logging.getLogger(__name__)
+
+#: keywords of event-time windows besides window= (see minibatch.eventtime.spec.EventTimeSpec)
+EVENT_TIME_KEYWORDS = ('key', 'time', 'grace', 'on_late', 'close_by_clock')
 
 
 def _check_window_args(size, interval):
@@ -18,10 +22,15 @@ def _check_window_args(size, interval):
 
 def make_emitter(name, emitfn=None, interval=None, size=None, relaxed=False, url=None, sink=None, emitter=None,
                  keep=False, queue=None, source=None, cnx_kwargs=None, executor=None, workers=None,
-                 max_workers=None, **kwargs):
+                 max_workers=None, window=None, **kwargs):
     """Build the window emitter for stream ``name`` without running it.
 
-    The strategy, as in minibatch 0.6:
+    ``window=tumbling(s)`` / ``hopping(s, step)`` / ``session(gap)`` makes an event-time
+    consumer (:class:`~minibatch.eventtime.EventTimeWindow`) with ``key=``, ``time=``,
+    ``grace=``, ``on_late=`` and ``close_by_clock=`` (see docs/windows.rst); ``size=`` or
+    ``interval=`` cannot be given with it, and those keywords need it.
+
+    Otherwise the strategy, as in minibatch 0.6:
 
     - ``emitter=Class``: that :class:`~minibatch.window.WindowEmitter`
       subclass, given ``size=`` and ``interval=`` as passed (a custom emitter
@@ -43,10 +52,23 @@ def make_emitter(name, emitfn=None, interval=None, size=None, relaxed=False, url
         raise ConfigurationError(f'a stream name must be a non-empty string, got {name!r}')
     workers = workers if workers is not None else max_workers
     _check_window_args(size, interval)  # the consumer options are checked by the emitter (ConsumerOptions)
+    event_time = {key: kwargs.pop(key) for key in EVENT_TIME_KEYWORDS if key in kwargs}
     options = dict(emitfn=emitfn, url=url, sink=sink, executor=executor, keep=keep, queue=queue,
                    cnx_kwargs=cnx_kwargs, workers=workers, **kwargs)
     if emitter is not None:
-        em = validate_emitter_class(emitter)(name, size=size, interval=interval, **options)
+        if window is not None:
+            event_time['window'] = window
+        # a custom emitter gets these keywords as given (an EventTimeWindow subclass uses them)
+        em = validate_emitter_class(emitter)(name, size=size, interval=interval, **event_time, **options)
+    elif window is not None:
+        if size is not None or interval is not None:
+            given = 'size=' if size is not None else 'interval='
+            raise InvalidWindowSpec(f'window= sets the windows by event time; {given} cannot be given with it')
+        em = EventTimeWindow(name, window=window, **event_time, **options)
+    elif event_time:
+        names = ', '.join(f'{key}=' for key in event_time)
+        raise ConfigurationError(f'{names} belong to event-time windows: add window=tumbling(seconds), '
+                                 'hopping(size, step) or session(gap)')
     elif interval is not None:
         if size is not None:
             logger.warning('minibatch: size=%r is ignored with interval=%r (a time window, as in minibatch 0.6); '
@@ -72,8 +94,11 @@ def _run_in_background(em):
 
 def streaming(name, fn=None, interval=None, size=None, emitter=None, relaxed=True, keep=False, url=None,
               sink=None, queue=None, source=None, blocking=True, executor=None, max_workers=None, workers=None,
-              cnx_kwargs=None, **kwargs):
+              cnx_kwargs=None, window=None, **kwargs):
     """Consume stream ``name`` with the decorated function, window by window.
+
+    ``window=tumbling(60), key='sensor', time='ts', grace=10`` consumes keyed event-time
+    windows instead (see :func:`make_emitter` and docs/windows.rst).
 
     ``@streaming('s', size=2)`` runs the consumer at once and blocks until it
     is stopped (``True`` put on ``queue``, SIGTERM, Ctrl-C); with
@@ -92,7 +117,7 @@ def streaming(name, fn=None, interval=None, size=None, emitter=None, relaxed=Tru
     def build(fn):
         return make_emitter(name, emitfn=fn, interval=interval, size=size, relaxed=relaxed, url=url, sink=sink,
                             emitter=emitter, executor=executor, keep=keep, queue=queue, cnx_kwargs=cnx_kwargs,
-                            workers=workers, max_workers=max_workers, **kwargs)
+                            workers=workers, max_workers=max_workers, window=window, **kwargs)
 
     # build once now so that a bad spec fails where it is written, not in a thread later
     build(None)

@@ -1,0 +1,111 @@
+"""Reading an event's key and event time from a message: the ``key=`` and ``time=`` of ``@streaming``.
+
+Times become UTC epoch seconds (floats), the one unit the window logic and the
+stores compare. A reader raises :class:`EventReadError` with the reason when a
+message does not carry what it needs; the consumer dead-letters that message
+with the reason and goes on with the others.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+from typing import Any, Callable
+
+from minibatch.errors import MinibatchError
+
+_EPOCH = datetime.datetime(1970, 1, 1)
+
+
+class EventReadError(MinibatchError, ValueError):
+    """A message's key or event time cannot be read (missing field, a value that is not a time)."""
+
+
+def field(data: Any, path: str) -> Any:
+    """The value at the dotted ``path`` in the dict ``data``; EventReadError naming the part that is missing."""
+    value = data
+    for part in path.split('.'):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, (list, tuple)) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            raise EventReadError(f'the message has no field {path!r} (missing {part!r})')
+    return value
+
+
+def to_epoch(value: Any) -> float:
+    """A datetime (naive = UTC), an ISO 8601 string (no offset = UTC) or epoch seconds as UTC epoch seconds."""
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+        return (value - _EPOCH).total_seconds()
+    if isinstance(value, str):
+        try:
+            parsed = datetime.datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise EventReadError(f'{value[:60]!r} is not an ISO 8601 time') from None
+        return to_epoch(parsed)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise EventReadError(f'{value!r} is not a time')
+        return float(value)
+    raise EventReadError(f'{value!r:.60} ({type(value).__name__}) is not a time: give a datetime, an ISO 8601 '
+                         'string or epoch seconds')
+
+
+def to_datetime(epoch: float) -> datetime.datetime:
+    """Epoch seconds as a naive UTC datetime, as every time in minibatch."""
+    return _EPOCH + datetime.timedelta(seconds=epoch)
+
+
+def key_reader(key: Any) -> Callable[[Any], str]:
+    """``fn(data) -> the key as JSON text`` (stored and compared as text); None: one key for the stream."""
+    if key is None:
+        return lambda data: 'null'
+    if isinstance(key, str):
+        return lambda data: key_text(field(data, key))
+
+    def call(data: Any) -> str:
+        try:
+            value = key(data)
+        except Exception as exc:
+            raise EventReadError(f'key function {key!r} failed: {type(exc).__name__}: {exc}') from exc
+        return key_text(value)
+    return call
+
+
+def key_text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str, separators=(',', ':'))
+
+
+def key_value(text: str) -> Any:
+    """The key as the window function sees it (JSON read back: a tuple key is a list)."""
+    return json.loads(text)
+
+
+def time_reader(time: Any) -> Callable[[Any, datetime.datetime | None], float]:
+    """``fn(data, created) -> UTC epoch seconds``; None reads the append time ``created``."""
+    if time is None:
+        def appended(data: Any, created: datetime.datetime | None) -> float:
+            if created is None:
+                raise EventReadError('the message has no append time')
+            return to_epoch(created)
+        return appended
+    if isinstance(time, str):
+        return lambda data, created: _checked(to_epoch(field(data, time)), time)
+
+    def call(data: Any, created: datetime.datetime | None) -> float:
+        try:
+            value = time(data)
+        except Exception as exc:
+            raise EventReadError(f'time function {time!r} failed: {type(exc).__name__}: {exc}') from exc
+        return _checked(to_epoch(value), time)
+    return call
+
+
+def _checked(epoch: float, source: Any) -> float:
+    # datetime.datetime's range: a time beyond it cannot be given to the function as a window bound
+    if not -62135596800.0 <= epoch <= 253402300799.0:
+        raise EventReadError(f'event time {epoch!r} from {source!r} is out of range')
+    return epoch

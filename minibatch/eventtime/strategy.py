@@ -1,0 +1,315 @@
+"""The event-time strategy: :class:`EventTimeWindow`, a WindowEmitter run by the normal consumer loop.
+
+Each round (``window_ready``):
+
+1. **index** (no user function): up to ``INDEX_BATCH`` new messages get their
+   key and event time recorded in the store, each in the windows it belongs
+   to (:func:`~minibatch.eventtime.assign.decide`), and the spec's latest event
+   time rises. A message whose key or time cannot be read is dead-lettered
+   with the reason; the others flow.
+2. **late events**, when there are: dead-lettered, dropped (counted), or
+   handed out as a late window, per ``on_late``.
+3. **close**: a window row that the watermark (latest event time - grace) or
+   the clock (``end + grace <= now``) has passed is *taken* by compare-and-set,
+   so one consumer emits it; its messages (from the index) are claimed under
+   one token, all or nothing. The runner then runs the function, renews the
+   lease, retries and dead-letters as for any window; the commit marks the row
+   done after its messages are committed.
+
+Memory holds one index batch and the windows in flight, never the open windows' events.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+import traceback
+import uuid
+from typing import Any
+
+from minibatch.emitter import WindowEmitter
+from minibatch.errors import ConfigurationError
+from minibatch.eventtime.assign import DONE, Event, decide, span, windows_of
+from minibatch.eventtime.extract import EventReadError, key_reader, key_value, time_reader, to_datetime
+from minibatch.eventtime.spec import EventTimeSpec, Hopping
+from minibatch.eventtime.window import EventWindow
+from minibatch.store.base import AVAILABLE, Message
+from minibatch.store.eventtime import EventTimeState, Row, state_for
+
+logger = logging.getLogger('minibatch.window')
+
+
+@dataclasses.dataclass
+class _Claim:
+    """A window this consumer holds: its row (None for late events), its events' times by message id."""
+    row: Row | None
+    key: str
+    start: float
+    end: float
+    times: dict[Any, float]
+    late: bool = False
+
+
+class EventTimeWindow(WindowEmitter):
+    """Keyed event-time windows: tumbling, hopping or session, with grace, a watermark and late events.
+
+    ``EventTimeWindow(stream, window=tumbling(60), key='sensor', time='ts', grace=10)``; the
+    other keywords are the consumer options of every strategy (``workers=``, ``lease=``, ...).
+    See :class:`~minibatch.eventtime.spec.EventTimeSpec` for ``key``, ``time``, ``grace``,
+    ``on_late`` and ``close_by_clock``. The function gets an
+    :class:`~minibatch.eventtime.window.EventWindow`.
+
+    :raises InvalidWindowSpec: a bad window or grace
+    :raises ConfigurationError: a bad key, time, on_late, or ``isolate=True`` (a window is one (key, window))
+    """
+    strict_options = True
+    #: messages indexed per read; rounds index until a read comes back short, at most INDEX_ROUNDS reads
+    INDEX_BATCH = 1000
+    INDEX_ROUNDS = 10
+    #: ready windows read at once (taken one per round)
+    READY_BATCH = 100
+    #: late events handled per round
+    LATE_BATCH = 500
+
+    def __init__(self, stream_name, window=None, key=None, time=None, grace=0.0, on_late='dead',
+                 close_by_clock=True, **kwargs):
+        self.spec = EventTimeSpec(window, key=key, time=time, grace=grace, on_late=on_late,
+                                  close_by_clock=close_by_clock)
+        kwargs.pop('size', None), kwargs.pop('interval', None)  # make_emitter passes them to every class
+        super().__init__(stream_name, **kwargs)
+        if self.isolate:
+            raise ConfigurationError('isolate=True splits a window into halves; an event-time window is one '
+                                     '(key, window) and is retried and dead-lettered as a whole')
+        self._key = key_reader(key)
+        self._time = time_reader(time)
+        self._decide = functools.partial(decide, self.spec.window, self.spec.grace)
+        self._state: EventTimeState | None = None
+        self._ready: list[Row] = []
+        self._claims: dict[str, _Claim] = {}
+        self._late_pending = True
+        self._due_at: float | None = None
+        self.stats['late'] = 0
+
+    @property
+    def state(self) -> EventTimeState:
+        """This spec's window state in the store (:mod:`minibatch.store.eventtime`)."""
+        if self._state is None:
+            self._state = state_for(self.store, self.stream_name, self.spec.spec_id(self.stream_name),
+                                    self.spec.describe(self.stream_name), self.spec.grace, span(self.spec.window))
+        return self._state
+
+    # -- the round --------------------------------------------------------
+    def window_ready(self):
+        self._index()
+        try:
+            if self._late_pending:
+                claimed = self._handle_late()
+                if claimed:
+                    return True, (claimed,)
+            for _ in range(self.READY_BATCH):
+                row = self._next_ready()
+                if row is None:
+                    break
+                claimed = self._take(row)
+                if claimed:
+                    return True, (claimed,)
+            return False, ()
+        finally:
+            self._due_at = self.state.next_due(self.spec.grace if self.spec.close_by_clock else None)
+
+    def query(self, claimed=()):
+        return list(claimed)
+
+    def process(self, qs):
+        return self.select(qs)  # claimed in window_ready already, all or nothing
+
+    def due_in(self) -> float:
+        if self._due_at is None:
+            return float('inf')
+        return max(0.02, self._due_at - time.time())
+
+    # -- indexing ---------------------------------------------------------
+    def _index(self) -> None:
+        for _ in range(self.INDEX_ROUNDS):
+            messages = self.state.unindexed(self.INDEX_BATCH)
+            if not messages:
+                return
+            events, bad = [], []
+            for message in messages:
+                try:
+                    events.append(Event(message.id, self._key(message.data), self._time(message.data, message.created)))
+                except EventReadError as exc:
+                    bad.append((message, str(exc)))
+            if bad:
+                self._unreadable(bad)
+            decision = self.state.index(events, [m.id for m, _ in bad], self._decide)
+            if decision.late:
+                self._late_pending = True
+                self.stats['late'] += len(decision.late)
+            if len(messages) < self.INDEX_BATCH:
+                return
+
+    def _unreadable(self, bad: list[tuple[Message, str]]) -> None:
+        """Dead-letter messages whose key or event time cannot be read, each with its reason."""
+        token = uuid.uuid4().hex
+        claimed = {m.id for m in self.store.claim(self.stream_name, [m for m, _ in bad], token, self.lease)}
+        for message, why in bad:
+            if message.id in claimed:
+                dead = self.store.release(self.stream_name, token, [message.id], max_attempts=1,
+                                          error=f'event-time window: cannot read this message: {why}')[1]
+                self.stats['dead'] += dead
+                logger.error('minibatch: stream %r: message %s dead-lettered: %s', self.stream_name, message.id, why)
+
+    # -- closing ----------------------------------------------------------
+    def _next_ready(self) -> Row | None:
+        if not self._ready:
+            now = time.time()
+            max_t = self.state.max_time()
+            until = float('-inf') if max_t is None else max_t - self.spec.grace
+            if self.spec.close_by_clock:
+                until = max(until, now - self.spec.grace)
+            self._ready = self.state.ready(until, now, self.READY_BATCH)
+        return self._ready.pop(0) if self._ready else None
+
+    def _take(self, row: Row) -> list[Message]:
+        """Take ``row`` and claim all its messages; [] if another consumer has it, or not all are free yet."""
+        now = time.time()
+        if not self.state.take(row, now + self.lease):
+            return []
+        items = self.state.contents(row)
+        if not items:  # all committed (a crash after the commit) or dead-lettered: nothing to emit
+            self.state.done(row, [])
+            return []
+        busy = [item.lease for item in items if item.state != AVAILABLE]
+        if busy:  # held by an overlapping window, or waiting for a retry: look again when that lease ends
+            self.state.reschedule(row, min(max([b or now for b in busy] + [now + 0.1]), now + self.lease))
+            return []
+        token = uuid.uuid4().hex
+        claimed = self.store.claim(self.stream_name, [item.id for item in items], token, self.lease)
+        if len(claimed) < len(items):  # a racing consumer got some: give ours back, try again shortly
+            if claimed:
+                self.store.unclaim(self.stream_name, token, [m.id for m in claimed])
+            self.state.reschedule(row, now + 0.2)
+            return []
+        return self._hold(claimed, token, row, row.key, row.start, row.end, {i.id: i.t for i in items})
+
+    def _hold(self, claimed, token, row, key, start, end, times, late=False) -> list[Message]:
+        claimed.sort(key=lambda m: (times.get(m.id, 0.0), m.id))
+        for message in claimed:
+            message.token = token
+        self._claims[token] = _Claim(row, key, start, end, times, late)
+        return claimed
+
+    def _window_of(self, qs):
+        claim = self._claims.get(qs[0].token) if qs else None
+        if claim is None:
+            return super()._window_of(qs)
+        data = [m.data for m in qs]
+        window = EventWindow(self.stream_name, data, key_value(claim.key), to_datetime(claim.start),
+                             to_datetime(claim.end), late=claim.late)
+        if self.keep:
+            window.id = self.store.save_window(self.stream_name, data, token=qs[0].token)
+        else:
+            window._record_at_commit = True
+        return window
+
+    # -- settling ---------------------------------------------------------
+    def commit(self, qs, window):
+        claim = self._claims.pop(qs[0].token, None) if qs else None
+        if claim is None:
+            return super().commit(qs, window)
+        if claim.late:
+            super().commit(qs, window)
+            self.state.forget([m.id for m in qs])
+            return
+        done, back = self._needed_later(claim, qs)
+        super().commit(done, window)
+        if back:
+            self.store.unclaim(self.stream_name, qs[0].token, [m.id for m in back])
+        self.state.done(claim.row, [m.id for m in done])
+
+    def _needed_later(self, claim: _Claim, qs: list[Message]) -> tuple[list[Message], list[Message]]:
+        """Split a hopping window's messages: those no other open window of the key needs, and the rest."""
+        spec = self.spec.window
+        if not isinstance(spec, Hopping):
+            return qs, []
+        rows = self.state.rows(claim.key, claim.start - spec.size, claim.end + spec.size)
+        done: list[Message] = []
+        back: list[Message] = []
+        for message in qs:
+            others = [w for w in windows_of(spec, claim.times[message.id]) if w != (claim.start, claim.end)]
+            (done if all(rows.get(w, DONE) == DONE for w in others) else back).append(message)
+        return done, back
+
+    def undo(self, qs, window=None, error=None):
+        claim = self._claims.pop(qs[0].token, None) if qs else None
+        super().undo(qs, window, error)
+        if claim is not None and claim.row is not None:
+            self.state.reschedule(claim.row, time.time())  # its messages' retry lease says when it can run
+
+    def run(self, blocking=True):
+        try:
+            return super().run(blocking=blocking)
+        finally:
+            # windows given back when stopping: due now, for whichever consumer runs next
+            rows = [claim.row for claim in self._claims.values() if claim.row is not None]
+            self._claims.clear()
+            if rows:
+                try:
+                    self.state.reopen(rows)
+                except self.store.transient_errors:
+                    logger.warning('minibatch: could not give back %d windows of %r; they are taken over when '
+                                   'their lease ends', len(rows), self.stream_name)
+
+    # -- late events ------------------------------------------------------
+    def _handle_late(self) -> list[Message]:
+        """Handle up to LATE_BATCH late events per ``on_late``; return the claimed messages of a late window."""
+        items = self.state.late(self.LATE_BATCH)
+        if not items:
+            self._late_pending = False
+            return []
+        groups: dict[tuple[str, float, float], list] = {}
+        for item in items:
+            start, end = item.window or (item.t, item.t)
+            groups.setdefault((item.key, start, end), []).append(item)
+        on_late = self.spec.on_late
+        for (key, start, end), group in groups.items():
+            token = uuid.uuid4().hex
+            claimed = self.store.claim(self.stream_name, [i.id for i in group], token, self.lease)
+            if not claimed:
+                continue
+            ids = [m.id for m in claimed]
+            if on_late == 'window':
+                return self._hold(claimed, token, None, key, start, end, {i.id: i.t for i in group}, late=True)
+            if on_late == 'drop':
+                self.store.commit(self.stream_name, token, ids, keep=self.keep)
+                logger.info('minibatch: %d late events of key %s on %r dropped (window [%s, %s) was closed)',
+                            len(ids), key, self.stream_name, to_datetime(start), to_datetime(end))
+            elif on_late == 'dead':
+                self._late_dead(token, ids, key, start, end, 'already closed (emitted, or the watermark passed '
+                                'its end)')
+            else:
+                self._late_call(on_late, self._hold(claimed, token, None, key, start, end,
+                                                    {i.id: i.t for i in group}, late=True))
+            self.state.forget(ids)
+        return []
+
+    def _late_dead(self, token, ids, key, start, end, why) -> None:
+        error = (f'late event: key {key} missed its window [{to_datetime(start).isoformat()}, '
+                 f'{to_datetime(end).isoformat()}): {why}')
+        self.stats['dead'] += self.store.release(self.stream_name, token, ids, error=error, max_attempts=1)[1]
+
+    def _late_call(self, fn, claimed: list[Message]) -> None:
+        """``on_late=fn``: call ``fn(window)`` here; commit its events, or dead-letter them if it raises."""
+        token = str(claimed[0].token)
+        window = self._window_of(claimed)
+        claim = self._claims.pop(token)
+        ids = [m.id for m in claimed]
+        try:
+            fn(window)
+        except Exception as exc:
+            text = ''.join(traceback.format_exception(exc))[-2000:]
+            self._late_dead(token, ids, claim.key, claim.start, claim.end, f'on_late={fn!r} raised:\n{text}')
+        else:
+            self.store.commit(self.stream_name, token, ids, keep=self.keep)

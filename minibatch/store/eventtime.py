@@ -1,0 +1,177 @@
+"""The state of event-time windows in the store: the contract, and the implementation for a store.
+
+Event-time consumers (:mod:`minibatch.eventtime`) keep everything they know in
+the store, so that any consumer on any machine carries on after a crash:
+
+* per consumer *spec* (stream + window + key/time + grace, see
+  ``EventTimeSpec.spec_id``): the latest event time seen (the watermark plus
+  grace), and the number of late events;
+* per message: its key and event time once indexed (and, when late, the
+  window it missed). The message itself stays in the buffer: the messages are
+  the window contents, claimed per (key, window) with the normal ``claim``;
+* per (key, window): a row that is OPEN until the window is taken for
+  emission (TAKEN, with a due time after which another consumer may take it
+  over), then DONE.
+
+Times are UTC epoch seconds (floats). :func:`state_for` picks the
+implementation by store type and imports it lazily, as the stores themselves.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import importlib
+from typing import Any, Callable, Iterable, Sequence
+
+from minibatch.store.base import Message, RecordId, Store
+
+#: window row states (see minibatch.eventtime.assign)
+OPEN, TAKEN, DONE = 0, 1, 2
+
+#: store class module -> the module implementing EventTimeState for it
+IMPLEMENTATIONS = {
+    'minibatch.store.sqlite': 'minibatch.store.eventtime_sqlite',
+    'minibatch.store.mongodb': 'minibatch.store.eventtime_mongodb',
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """A (key, window) of a spec: ``key`` as JSON text, ``[start, end)``, its state and due time."""
+    key: str
+    start: float
+    end: float
+    state: int = OPEN
+    due: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Indexed:
+    """An event as the index holds it: message id, key, event time, its state in the buffer and lease end."""
+    id: RecordId
+    key: str
+    t: float
+    state: str
+    lease: float | None = None
+    window: tuple[float, float] | None = None  # the window a late event missed
+
+
+#: ``decide(events, max_t, rows) -> Decision`` (minibatch.eventtime.assign.decide with the spec bound)
+Decide = Callable[[list[Any], 'float | None', dict[tuple[str, float, float], int]], Any]
+
+
+class EventTimeState(abc.ABC):
+    """The window state of one spec of one stream, in one store.
+
+    Every method is one read, or one transaction (SQLite) / a few idempotent writes (MongoDB).
+    """
+
+    def __init__(self, store: Store, stream: str, spec: str, describe: str = '', grace: float = 0.0,
+                 span: float = 0.0) -> None:
+        self.store, self.stream, self.spec = store, stream, spec
+        self.describe, self.grace, self.span = describe, grace, span
+
+    @abc.abstractmethod
+    def unindexed(self, limit: int) -> list[Message]:
+        """Available messages of the stream not yet indexed for the spec, oldest first, at most ``limit``."""
+
+    @abc.abstractmethod
+    def index(self, events: Sequence[Any], skipped: Sequence[RecordId], decide: Decide) -> Any:
+        """Record ``events`` (assign.Event) as ``decide`` assigns them; ``skipped`` ids count as indexed.
+
+        Reads the spec's latest event time and the rows of the events' keys near their
+        times, calls ``decide`` and writes its Decision: events with their late flag,
+        rows added (OPEN) and removed (OPEN sessions merged), the new latest time, the
+        late count. Idempotent: an event indexed already (by another consumer) is left
+        out. Returns the Decision (for the events this call indexed).
+        """
+
+    @abc.abstractmethod
+    def max_time(self) -> float | None:
+        """The latest event time indexed for the spec, or None. Read-only."""
+
+    @abc.abstractmethod
+    def ready(self, until: float, now: float, limit: int) -> list[Row]:
+        """Rows to emit: OPEN ones that end at or before ``until``, TAKEN ones due at or before ``now``.
+
+        Earliest first, at most ``limit``. Read-only.
+        """
+
+    @abc.abstractmethod
+    def take(self, row: Row, due: float) -> bool:
+        """Mark ``row`` TAKEN until ``due``, if it is still as read (compare-and-set). True if we got it."""
+
+    @abc.abstractmethod
+    def contents(self, row: Row) -> list[Indexed]:
+        """The on-time events of ``row``'s key in ``[start, end)`` whose messages are still in the stream.
+
+        Only messages available, claimed or retrying (not dead, not committed). Read-only.
+        """
+
+    @abc.abstractmethod
+    def reschedule(self, row: Row, due: float) -> None:
+        """Keep ``row`` TAKEN, due again (for a takeover) at ``due``."""
+
+    @abc.abstractmethod
+    def reopen(self, rows: Iterable[Row]) -> None:
+        """Make TAKEN ``rows`` due now (a consumer gave its windows back when stopping)."""
+
+    @abc.abstractmethod
+    def done(self, row: Row, ids: Sequence[RecordId]) -> None:
+        """Mark ``row`` DONE and forget the index entries of ``ids`` (its committed messages).
+
+        Also removes DONE rows the watermark has passed by more than the span: an event
+        for them is late by the watermark alone.
+        """
+
+    @abc.abstractmethod
+    def rows(self, key: str, lo: float, hi: float) -> dict[tuple[float, float], int]:
+        """State of the rows of ``key`` that overlap ``[lo, hi)``, by (start, end). Read-only."""
+
+    @abc.abstractmethod
+    def late(self, limit: int) -> list[Indexed]:
+        """Late events whose messages are available, at most ``limit``, oldest first. Read-only."""
+
+    @abc.abstractmethod
+    def forget(self, ids: Sequence[RecordId]) -> None:
+        """Drop the index entries of ``ids`` (their messages were committed or dead-lettered as late)."""
+
+    @abc.abstractmethod
+    def next_due(self, clock_lag: float | None) -> float | None:
+        """The earliest time a row becomes ready by the clock: an OPEN row's end + ``clock_lag`` (None: not
+        by the clock), or a TAKEN row's due. None when there is no row. Read-only."""
+
+
+def figures(store: Store, stream: str) -> dict[str, Any]:
+    """``watermark`` (epoch seconds or None), ``open_windows`` and ``late`` of ``stream``, over its specs."""
+    module = _implementation(store)
+    if module is None:
+        return {'watermark': None, 'open_windows': 0, 'late': 0}
+    result: dict[str, Any] = module.figures(store, stream)
+    return result
+
+
+def forget_stream(store: Store, stream: str) -> None:
+    """Remove the event-time state of ``stream`` (for ``delete_stream`` and ``clear``)."""
+    module = _implementation(store)
+    if module is not None:
+        module.forget_stream(store, stream)
+
+
+def state_for(store: Store, stream: str, spec: str, describe: str = '', grace: float = 0.0,
+              span: float = 0.0) -> EventTimeState:
+    """The :class:`EventTimeState` of ``spec`` on ``store``; NotSupportedByStore for a store without one."""
+    module = _implementation(store)
+    if module is None:
+        from minibatch.errors import NotSupportedByStore
+        raise NotSupportedByStore(f'event-time windows need the SQLite or MongoDB store, not {store.describe()}')
+    state: EventTimeState = module.State(store, stream, spec, describe, grace, span)
+    return state
+
+
+def _implementation(store: Store) -> Any:
+    for cls in type(store).__mro__:
+        name = IMPLEMENTATIONS.get(cls.__module__)
+        if name is not None:
+            return importlib.import_module(name)
+    return None

@@ -1,0 +1,250 @@
+"""Event-time window state in the embedded store: three tables beside the buffer, in the same file.
+
+``et_specs`` (one row per spec: latest event time, late count, and the id up to
+which the buffer was indexed), ``et_events`` (per indexed message: key, event
+time, late flag) and ``et_windows`` (per (key, window): state and due time).
+Window contents are found by joining ``et_events`` to ``buffer``; each index
+step and each state change is one ``BEGIN IMMEDIATE`` transaction, so competing
+consumers see one order of events (SQLite serialises writers).
+
+Buffer ids only increase, in commit order, so new messages are those above the
+spec's ``cursor``; a full anti-join (every ``RESCAN`` seconds) also finds
+messages that came back below it (a dead letter requeued, say).
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from minibatch.store.base import AVAILABLE, CLAIMED, RETRY, Message, RecordId, Store
+from minibatch.store.eventtime import DONE, OPEN, TAKEN, Decide, EventTimeState, Indexed, Row
+from minibatch.store.sqlite_messages import chunks, marks
+from minibatch.store.sqlite_values import AVAILABLE_COLUMNS, available_messages_of
+
+#: seconds between full scans for unindexed messages below the cursor
+RESCAN = 30.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS et_specs (
+    spec TEXT PRIMARY KEY,
+    stream TEXT NOT NULL,
+    describe TEXT NOT NULL DEFAULT '',
+    grace REAL NOT NULL DEFAULT 0,
+    span REAL NOT NULL DEFAULT 0,
+    max_t REAL,
+    cursor INTEGER NOT NULL DEFAULT 0,
+    late INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS et_specs_stream ON et_specs (stream);
+CREATE TABLE IF NOT EXISTS et_events (
+    spec TEXT NOT NULL,
+    msg INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    t REAL NOT NULL,
+    late INTEGER NOT NULL DEFAULT 0,
+    ws REAL,
+    we REAL,
+    PRIMARY KEY (spec, msg)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS et_events_window ON et_events (spec, late, key, t);
+CREATE TABLE IF NOT EXISTS et_windows (
+    spec TEXT NOT NULL,
+    key TEXT NOT NULL,
+    wstart REAL NOT NULL,
+    wend REAL NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0,
+    due REAL NOT NULL,
+    PRIMARY KEY (spec, key, wstart, wend)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS et_windows_due ON et_windows (spec, state, due);
+"""
+_ready_paths: set[tuple[int, str]] = set()
+_ROW = 'spec = ? AND key = ? AND wstart = ? AND wend = ?'
+_IN_STREAM = f"('{AVAILABLE}', '{CLAIMED}', '{RETRY}')"
+
+
+def _schema(conn: sqlite3.Connection) -> None:
+    for statement in SCHEMA.split(';'):
+        if statement.strip():
+            conn.execute(statement)
+
+
+class State(EventTimeState):
+    """:class:`~minibatch.store.eventtime.EventTimeState` on a :class:`~minibatch.store.sqlite.SQLiteStore`."""
+
+    def __init__(self, store: Store, stream: str, spec: str, describe: str = '', grace: float = 0.0,
+                 span: float = 0.0) -> None:
+        super().__init__(store, stream, spec, describe, grace, span)
+        self.db: Any = getattr(store, 'db')
+        self._next_rescan = 0.0
+
+        def create(conn: sqlite3.Connection) -> None:
+            _schema(conn)
+            conn.execute('INSERT OR IGNORE INTO et_specs (spec, stream, describe, grace, span) VALUES (?, ?, ?, ?, ?)',
+                         (spec, stream, describe, grace, span))
+        self.db.write(create)
+
+    # -- indexing ---------------------------------------------------------
+    def unindexed(self, limit: int) -> list[Message]:
+        now = time.monotonic()
+        if now >= self._next_rescan:
+            self._next_rescan = now + RESCAN
+            sql = (f'SELECT {AVAILABLE_COLUMNS} FROM buffer b WHERE stream = ? AND state = ? AND NOT EXISTS '
+                   '(SELECT 1 FROM et_events e WHERE e.spec = ? AND e.msg = b.id) ORDER BY id LIMIT ?')
+            params: tuple[Any, ...] = (self.stream, AVAILABLE, self.spec, limit)
+        else:
+            sql = (f'SELECT {AVAILABLE_COLUMNS} FROM buffer WHERE stream = ? AND state = ? AND id > '
+                   '(SELECT cursor FROM et_specs WHERE spec = ?) ORDER BY id LIMIT ?')
+            params = (self.stream, AVAILABLE, self.spec, limit)
+        messages, bad = available_messages_of(self.stream, self.db.read(sql, params))
+        if bad:
+            getattr(self.store, '_bury')(self.stream, bad, AVAILABLE)
+        return messages
+
+    def index(self, events: Sequence[Any], skipped: Sequence[RecordId], decide: Decide) -> Any:
+        upto = max([int(e.id) for e in events] + [int(i) for i in skipped] + [0])
+
+        def work(conn: sqlite3.Connection) -> Any:
+            known: set[int] = set()
+            for chunk in chunks([e.id for e in events]):
+                known.update(row[0] for row in conn.execute(
+                    f'SELECT msg FROM et_events WHERE spec = ? AND msg IN ({marks(chunk)})', (self.spec, *chunk)))
+            fresh = [e for e in events if e.id not in known]
+            max_t = conn.execute('SELECT max_t FROM et_specs WHERE spec = ?', (self.spec,)).fetchone()[0]
+            rows: dict[tuple[str, float, float], int] = {}
+            if fresh:
+                lo, hi = min(e.t for e in fresh), max(e.t for e in fresh) + self.span
+                keys = sorted({e.key for e in fresh})
+                for start in range(0, len(keys), 400):
+                    part = keys[start:start + 400]
+                    for key, ws, we, state in conn.execute(
+                            f'SELECT key, wstart, wend, state FROM et_windows WHERE spec = ? AND key IN '
+                            f'({marks(part)}) AND wend > ? AND wstart < ?', (self.spec, *part, lo, hi)):
+                        rows[(key, ws, we)] = state
+            decision = decide(fresh, max_t, rows)
+            conn.executemany(f'DELETE FROM et_windows WHERE {_ROW} AND state = {OPEN}',
+                             [(self.spec, *row) for row in decision.removed_rows])
+            conn.executemany(f'INSERT OR IGNORE INTO et_windows (spec, key, wstart, wend, state, due)'
+                             f' VALUES (?, ?, ?, ?, {OPEN}, ?)',
+                             [(self.spec, *row, row[2]) for row in decision.new_rows])
+            conn.executemany('INSERT OR IGNORE INTO et_events (spec, msg, key, t, late, ws, we)'
+                             ' VALUES (?, ?, ?, ?, ?, ?, ?)',
+                             [(self.spec, e.id, e.key, e.t, 0, None, None) for e in decision.on_time]
+                             + [(self.spec, e.id, e.key, e.t, 1, w[0], w[1]) for e, w in decision.late])
+            conn.execute('UPDATE et_specs SET max_t = ?, cursor = max(cursor, ?), late = late + ? WHERE spec = ?',
+                         (decision.max_t, upto, len(decision.late), self.spec))
+            return decision
+        return self.db.write(work)
+
+    def max_time(self) -> float | None:
+        rows = self.db.read('SELECT max_t FROM et_specs WHERE spec = ?', (self.spec,))
+        return rows[0][0] if rows else None
+
+    # -- closing ----------------------------------------------------------
+    def ready(self, until: float, now: float, limit: int) -> list[Row]:
+        sql = ('SELECT key, wstart, wend, state, due FROM et_windows WHERE spec = ? AND state = ? AND due <= ?')
+        rows = self.db.read(f'SELECT * FROM ({sql} UNION ALL {sql}) ORDER BY due LIMIT ?',
+                            (self.spec, OPEN, until, self.spec, TAKEN, now, limit))
+        return [Row(*row) for row in rows]
+
+    def take(self, row: Row, due: float) -> bool:
+        count = self.db.write(lambda conn: conn.execute(
+            f'UPDATE et_windows SET state = {TAKEN}, due = ? WHERE {_ROW} AND state = ? AND due = ?',
+            (due, self.spec, row.key, row.start, row.end, row.state, row.due)).rowcount)
+        return bool(count == 1)
+
+    def contents(self, row: Row) -> list[Indexed]:
+        rows = self.db.read(
+            'SELECT e.msg, e.key, e.t, b.state, b.lease FROM et_events e JOIN buffer b ON b.id = e.msg'
+            f' WHERE e.spec = ? AND e.late = 0 AND e.key = ? AND e.t >= ? AND e.t < ? AND b.state IN {_IN_STREAM}'
+            ' ORDER BY e.t, e.msg', (self.spec, row.key, row.start, row.end))
+        return [Indexed(*r) for r in rows]
+
+    def reschedule(self, row: Row, due: float) -> None:
+        self.db.write(lambda conn: conn.execute(
+            f'UPDATE et_windows SET due = ? WHERE {_ROW} AND state = {TAKEN}', (due, self.spec, row.key, row.start,
+                                                                              row.end)))
+
+    def reopen(self, rows: Iterable[Row]) -> None:
+        now = time.time()
+        params = [(now, self.spec, row.key, row.start, row.end) for row in rows]
+        if params:
+            self.db.write(lambda conn: conn.executemany(
+                f'UPDATE et_windows SET due = ? WHERE {_ROW} AND state = {TAKEN}', params))
+
+    def done(self, row: Row, ids: Sequence[RecordId]) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(f'UPDATE et_windows SET state = {DONE}, due = wend WHERE {_ROW}',
+                         (self.spec, row.key, row.start, row.end))
+            for chunk in chunks(ids):
+                conn.execute(f'DELETE FROM et_events WHERE spec = ? AND msg IN ({marks(chunk)})', (self.spec, *chunk))
+            # entries of messages that left the stream otherwise (dead letters; a commit before a crash):
+            # a dead letter requeued later is indexed again, as a late event of this window
+            conn.execute('DELETE FROM et_events WHERE spec = ? AND late = 0 AND key = ? AND t >= ? AND t < ?'
+                         ' AND NOT EXISTS (SELECT 1 FROM buffer b WHERE b.id = et_events.msg'
+                         f' AND b.state IN {_IN_STREAM})', (self.spec, row.key, row.start, row.end))
+            # rows the watermark passed by more than the span: late by the watermark alone
+            conn.execute(f'DELETE FROM et_windows WHERE spec = ? AND state = {DONE} AND due <= '
+                         '(SELECT max_t - grace - span FROM et_specs WHERE spec = ?)', (self.spec, self.spec))
+        self.db.write(work)
+
+    def rows(self, key: str, lo: float, hi: float) -> dict[tuple[float, float], int]:
+        found = self.db.read('SELECT wstart, wend, state FROM et_windows WHERE spec = ? AND key = ? AND wend > ?'
+                             ' AND wstart < ?', (self.spec, key, lo, hi))
+        return {(ws, we): state for ws, we, state in found}
+
+    # -- late events ------------------------------------------------------
+    def late(self, limit: int) -> list[Indexed]:
+        rows = self.db.read(
+            'SELECT e.msg, e.key, e.t, b.state, b.lease, e.ws, e.we FROM et_events e JOIN buffer b ON b.id = e.msg'
+            ' WHERE e.spec = ? AND e.late = 1 AND b.state = ? ORDER BY e.msg LIMIT ?', (self.spec, AVAILABLE, limit))
+        return [Indexed(r[0], r[1], r[2], r[3], r[4], window=(r[5], r[6])) for r in rows]
+
+    def forget(self, ids: Sequence[RecordId]) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            for chunk in chunks(ids):
+                conn.execute(f'DELETE FROM et_events WHERE spec = ? AND msg IN ({marks(chunk)})', (self.spec, *chunk))
+        if ids:
+            self.db.write(work)
+
+    def next_due(self, clock_lag: float | None) -> float | None:
+        (open_due,), = self.db.read(f'SELECT min(due) FROM et_windows WHERE spec = ? AND state = {OPEN}', (self.spec,))
+        (taken_due,), = self.db.read(f'SELECT min(due) FROM et_windows WHERE spec = ? AND state = {TAKEN}',
+                                     (self.spec,))
+        dues = [taken_due] + ([open_due + clock_lag] if open_due is not None and clock_lag is not None else [])
+        known = [d for d in dues if d is not None]
+        return min(known) if known else None
+
+
+def _has_tables(store: Store) -> bool:
+    db: Any = getattr(store, 'db')
+    return bool(db.read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'et_specs'"))
+
+
+def figures(store: Store, stream: str) -> dict[str, Any]:
+    """``watermark`` (epoch seconds or None), ``open_windows``, ``late`` over the specs of ``stream``."""
+    if not _has_tables(store):
+        return {'watermark': None, 'open_windows': 0, 'late': 0}
+    db: Any = getattr(store, 'db')
+    specs = db.read('SELECT spec, max_t - grace, late FROM et_specs WHERE stream = ?', (stream,))
+    marks_ = marks(specs)
+    open_windows = db.read(f'SELECT count(*) FROM et_windows WHERE state != {DONE} AND spec IN ({marks_})',
+                           [s[0] for s in specs])[0][0] if specs else 0
+    marks_seen = [s[1] for s in specs if s[1] is not None]
+    return {'watermark': max(marks_seen) if marks_seen else None, 'open_windows': open_windows,
+            'late': sum(s[2] for s in specs)}
+
+
+def forget_stream(store: Store, stream: str) -> None:
+    """Remove every spec of ``stream`` with its index and window rows."""
+    if not _has_tables(store):
+        return
+    db: Any = getattr(store, 'db')
+
+    def work(conn: sqlite3.Connection) -> None:
+        specs = [row[0] for row in conn.execute('SELECT spec FROM et_specs WHERE stream = ?', (stream,))]
+        for table in ('et_events', 'et_windows', 'et_specs'):
+            conn.executemany(f'DELETE FROM {table} WHERE spec = ?', [(s,) for s in specs])
+    db.write(work)
