@@ -371,6 +371,67 @@ def test_a_function_that_cannot_be_loaded_is_one_error_line(tmp_path, monkeypatc
     assert_error_line(result.stderr, fragment.format(broken=broken))
 
 
+def consumer_built(monkeypatch, tmp_path, *options, source='def handle(window):\n    return window.data\n'):
+    """The emitter ``minibatch consume`` builds with ``options``, caught before it runs."""
+    from minibatch.cli import consume
+    built = []
+    monkeypatch.setattr(consume, 'run_consumer', lambda emitter, **kwargs: built.append(emitter))
+    path = tmp_path / 'built.py'
+    path.write_text(source)
+    url = 'sqlite:///' + str(tmp_path / 'built.db')
+    result = invoke(['--url', url, 'consume', 's', f'{path}:handle', '-q', *options])
+    assert result.exit_code == 0, result.stderr
+    [emitter] = built
+    emitter.close()
+    return emitter
+
+
+def test_consume_passes_every_consumer_option(monkeypatch, tmp_path):
+    from minibatch.options import ConsumerOptions
+    defaults = consumer_built(monkeypatch, tmp_path)
+    assert defaults.options == ConsumerOptions(), 'options not given keep the library\'s defaults'
+    em = consumer_built(monkeypatch, tmp_path, '--size', '4', '--executor', 'thread', '--workers', '3', '--keep',
+                        '--max-attempts', '7', '--lease', '5', '--retry-backoff', '0.25', '--isolate',
+                        '--window-timeout', '9', '--stop-grace', '2')
+    assert (type(em).__name__, em.size, em.executor_arg, em.workers, em.keep) == ('CountWindow', 4, 'thread', 3, True)
+    assert (em.max_attempts, em.lease, em.retry_backoff, em.isolate) == (7, 5.0, 0.25, True)
+    assert (em.options.timeout, em.stop_grace) == (9.0, 2.0)
+    em = consumer_built(monkeypatch, tmp_path, '--interval', '2', '--fixed', '--emit-empty', '--max-window', '50')
+    assert (type(em).__name__, em.interval, em.emit_empty, em.max_window) == ('FixedTimeWindow', 2.0, True, 50)
+    em = consumer_built(monkeypatch, tmp_path, '--concurrency', '4',
+                        source='async def handle(window):\n    return window.data\n')
+    assert em.concurrency == 4
+
+
+@pytest.mark.parametrize('options, fragment', [
+    (['--emit-empty'], '--emit-empty needs --interval'),
+    (['--max-window', '5'], '--max-window needs --interval'),
+    (['--fixed'], '--fixed needs --interval'),
+    (['--executor', 'fast'], "'fast' is not one of"),
+    (['--lease', '0'], '--lease'),
+    (['--window-timeout', '-1'], '--window-timeout'),
+])
+def test_consume_refuses_options_that_make_no_sense(tmp_path, options, fragment):
+    url = 'sqlite:///' + str(tmp_path / 'store.db')
+    result = invoke(['--url', url, 'consume', 's', 'json:dumps', *options])
+    assert result.exit_code == 2, result.stderr
+    assert fragment in result.stderr
+
+
+def test_consume_isolate_dead_letters_only_the_poison(store_url, tmp_path):
+    path = tmp_path / 'poison.py'
+    path.write_text('def handle(window):\n'
+                    '    if any(m["poison"] for m in window.data):\n'
+                    '        raise ValueError("poison")\n')
+    stream = mb.stream('isolated', url=store_url)
+    stream.append([{'i': i, 'poison': i == 2} for i in range(4)])
+    result = invoke(['--url', store_url, 'consume', 'isolated', f'{path}:handle', '--size', '4', '--executor',
+                     'inline', '--max-attempts', '1', '--isolate', '--timeout', '1.5'])
+    assert result.exit_code == 0, result.stderr
+    assert [m.data['i'] for m in stream.dead_letters()] == [2], 'the 3 good messages were not dead-lettered'
+    assert 'stopped: processed 3 messages' in result.stderr, result.stderr
+
+
 # -- dead letters -------------------------------------------------------------
 def test_dead_letters_list_requeue_purge(store_url):
     stream = mb.stream('dl', url=store_url)

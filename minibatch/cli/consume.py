@@ -25,11 +25,33 @@ import time
 import click
 
 import minibatch
+from minibatch.asyncio_executor import is_async
 from minibatch.cli.common import CliError, one_line, pass_settings, plural
+from minibatch.executors import EXECUTORS
 from minibatch.status import stream_stats
 
 #: seconds between progress lines of ``consume``
 PROGRESS_EVERY = 5.0
+
+
+def _executor_name(ctx, param, value):
+    """``--executor``: a name of :data:`minibatch.executors.EXECUTORS` or a Dask scheduler address."""
+    if value is None or value in EXECUTORS or value.startswith('dask://'):
+        return value
+    raise click.BadParameter(f'{value!r} is not one of {", ".join(sorted(EXECUTORS))} or dask://host:port')
+
+
+SECONDS = click.FloatRange(min=0, min_open=True)
+
+#: options of ``consume`` that are keyword arguments of @streaming of the same name (``window_timeout``:
+#: ``timeout=``, since ``--timeout`` stops the command). Passed only when given, so that the defaults are
+#: the library's, stated once in minibatch.options.ConsumerOptions.
+CONSUMER_OPTIONS = {'executor': 'executor', 'workers': 'workers', 'concurrency': 'concurrency', 'keep': 'keep',
+                    'max_attempts': 'max_attempts', 'lease': 'lease', 'retry_backoff': 'retry_backoff',
+                    'isolate': 'isolate', 'window_timeout': 'timeout', 'stop_grace': 'stop_grace',
+                    'emit_empty': 'emit_empty', 'max_window': 'max_window'}
+#: options that mean something for time windows only
+TIME_WINDOW_OPTIONS = ('fixed', 'emit_empty', 'max_window')
 
 
 @click.command(short_help='run module:function on the windows of a stream')
@@ -37,38 +59,58 @@ PROGRESS_EVERY = 5.0
 @click.argument('function', metavar='MODULE:FUNCTION')
 @click.option('--size', type=click.IntRange(min=1), metavar='N',
               help='windows of exactly N messages (the default, with N=1, when --interval is not given)')
-@click.option('--interval', type=click.FloatRange(min=0, min_open=True), metavar='SECONDS',
-              help='a window every SECONDS instead of by count')
+@click.option('--interval', type=SECONDS, metavar='SECONDS', help='a window every SECONDS instead of by count')
 @click.option('--fixed', is_flag=True, help='with --interval: fixed time slots instead of relaxed ones')
-@click.option('--executor', type=click.Choice(['process', 'thread', 'inline']), default='process',
-              show_default=True, help='where the function runs')
+@click.option('--emit-empty', is_flag=True, help='with --interval: call the function for empty windows too')
+@click.option('--max-window', type=click.IntRange(min=1), metavar='N',
+              help='with --interval: at most N messages per window, the rest go to the next (default 100000)')
+@click.option('--executor', callback=_executor_name, metavar='NAME',
+              help='where the function runs: process, thread, inline, async or dask://host:port '
+                   '(default: process; async for an async def function)')
 @click.option('--workers', type=click.IntRange(min=1), metavar='N', help='windows in parallel (default: one per CPU)')
+@click.option('--concurrency', type=click.IntRange(min=1), metavar='N',
+              help='for an async def function: windows awaiting at once (default 100)')
 @click.option('--keep', is_flag=True, help='keep processed messages (state done) instead of deleting them')
-@click.option('--max-attempts', type=click.IntRange(min=1), default=3, show_default=True, metavar='N',
-              help='deliveries of a message before it becomes a dead letter')
-@click.option('--retry-backoff', type=click.FloatRange(min=0), default=1.0, show_default=True,
-              metavar='SECONDS', help='pause before the first retry of a failed window; doubles each time')
-@click.option('--timeout', type=click.FloatRange(min=0, min_open=True), metavar='SECONDS',
-              help='stop (gracefully) after SECONDS')
-@click.option('--progress', type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+@click.option('--max-attempts', type=click.IntRange(min=1), metavar='N',
+              help='deliveries of a message before it becomes a dead letter (default 3)')
+@click.option('--lease', type=SECONDS, metavar='SECONDS',
+              help='how long a claim holds without renewal; renewed every third of it (default 60)')
+@click.option('--retry-backoff', type=click.FloatRange(min=0), metavar='SECONDS',
+              help='pause before the first retry of a failed window; doubles each time (default 1)')
+@click.option('--isolate', is_flag=True,
+              help='split a failing window in halves until only the messages that fail alone are retried')
+@click.option('--window-timeout', type=SECONDS, metavar='SECONDS',
+              help="longest a window's function may run; past it the window is a failed attempt (default: none)")
+@click.option('--stop-grace', type=click.FloatRange(min=0), metavar='SECONDS',
+              help='on stop, how long windows in flight may finish before they are given back (default 30)')
+@click.option('--timeout', type=SECONDS, metavar='SECONDS', help='stop (gracefully) after SECONDS')
+@click.option('--progress', type=SECONDS, default=5.0, show_default=True,
               metavar='SECONDS', help='seconds between progress lines')
 @click.option('-q', '--quiet', is_flag=True, help='no progress lines')
 @pass_settings
-def consume(settings, stream, function, size, interval, fixed, executor, workers, keep, max_attempts, retry_backoff,
-            timeout, progress, quiet):
+def consume(settings, stream, function, size, interval, timeout, progress, quiet, **options):
     """Run MODULE:FUNCTION on the windows of STREAM until Ctrl-C, SIGTERM or --timeout.
 
     MODULE is imported from the current directory too (or give a file,
     path/to/handlers.py:fn). FUNCTION receives a window (window.data is the
     list of messages); it must be a plain function, not one decorated with
     @streaming. The stream is created if needed. Progress goes to stderr.
+    The options are the keyword arguments of @streaming of the same name
+    (--window-timeout is timeout=); those not given keep the library's defaults.
     """
+    if interval is None:
+        given = [name for name in TIME_WINDOW_OPTIONS if options[name]]
+        if given:
+            raise click.UsageError(f'--{given[0].replace("_", "-")} needs --interval (it is for time windows)')
+    fixed = options.pop('fixed')
+    kwargs = {CONSUMER_OPTIONS[name]: value for name, value in options.items() if value not in (None, False)}
     fn = load_function(function)
     emitter = minibatch.make_emitter(stream, emitfn=fn, size=size, interval=interval, relaxed=not fixed,
-                                     url=settings.url, executor=executor, workers=workers, keep=keep,
-                                     max_attempts=max_attempts, retry_backoff=retry_backoff)
+                                     url=settings.url, **kwargs)
     if not quiet:
         window = f'interval={emitter.interval:g}s' + (' fixed' if fixed else '') if interval else f'size={emitter.size}'
+        executor = kwargs.get('executor') or ('async' if is_async(fn) else 'process')
+        workers = kwargs.get('workers')
         stderr(f'consuming {stream!r} on {emitter.store.describe()} with {function} ({window}, {executor} '
                f'executor{f", {workers} workers" if workers else ""}); Ctrl-C to stop')
     started = time.monotonic()
