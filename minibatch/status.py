@@ -6,10 +6,12 @@ when asked), and the reports each running consumer writes every few seconds
 """
 import datetime
 
+from minibatch.store import eventtime
 from minibatch.store.base import utcnow
 
 #: a consumer counts as alive while its last report is younger than this many heartbeats
 ALIVE_HEARTBEATS = 3
+EPOCH = datetime.datetime(1970, 1, 1)
 
 
 def stream_stats(store, name, now=None):
@@ -31,7 +33,12 @@ def stream_stats(store, name, now=None):
       their last report period;
     - ``consumers_alive``: consumers whose last report is recent and that did
       not report a stop;
-    - ``consumers``: the reports, oldest consumer id first, each with ``alive``.
+    - ``consumers``: the reports, oldest consumer id first, each with ``alive``;
+    - ``watermark``: of the stream's event-time consumers, the latest event time seen minus
+      their grace (a naive UTC datetime), or None without event-time windows;
+    - ``open_windows``: event-time (key, window) pairs not emitted yet;
+    - ``late``: events counted late (behind the watermark or after their window was emitted),
+      whatever ``on_late`` then did with them.
 
     Read-only; an unknown or empty stream gives zeros and no consumers.
     """
@@ -41,6 +48,8 @@ def stream_stats(store, name, now=None):
     for record in consumers:
         record['alive'] = is_alive(record, now)
     alive = [record for record in consumers if record['alive']]
+    windows = eventtime.figures(store, name)
+    watermark = windows['watermark']
     return {
         **counts,
         'backlog': counts['available'] + counts['retry'],
@@ -51,6 +60,9 @@ def stream_stats(store, name, now=None):
         'rate': round(sum(float(record.get('rate') or 0.0) for record in alive), 3),
         'consumers_alive': len(alive),
         'consumers': consumers,
+        'watermark': None if watermark is None else EPOCH + datetime.timedelta(seconds=watermark),
+        'open_windows': windows['open_windows'],
+        'late': windows['late'],
     }
 
 

@@ -6,7 +6,7 @@ its round trips (MongoDB); it writes back what :func:`decide` says. Keeping the
 rules here, free of I/O, lets one reference implementation in plain Python
 (the property test) check them.
 
-Times are UTC epoch seconds. A window is ``[start, end)``. Window row states:
+Times are UTC epoch seconds. A window is ``[start, end)``.
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from typing import Iterable
 
 from minibatch.eventtime.spec import Hopping, Session, Tumbling, WindowSpec
 
+#: a session event belongs to whichever session holds it: its ``first`` is below every start
+BEFORE_ALL = -1e300
 #: a window row waits for its end (OPEN), is being emitted (TAKEN), or was emitted (DONE)
 OPEN, TAKEN, DONE = 0, 1, 2
 
@@ -46,10 +48,16 @@ def span(spec: WindowSpec) -> float:
 
 @dataclasses.dataclass
 class Event:
-    """One message to index: its id, key (JSON text) and event time."""
+    """One message to index: its id, key (JSON text) and event time.
+
+    ``first``, set by :func:`decide` for an event on time: the start of the first window it belongs to
+    (a hopping event is not added to its windows that were already closed; contents queries ask
+    ``first <= start``).
+    """
     id: object
     key: str
     t: float
+    first: float | None = None
 
 
 @dataclasses.dataclass
@@ -87,6 +95,7 @@ def decide(spec: WindowSpec, grace: float, events: Iterable[Event], max_t: float
             if not open_:
                 decision.late.append((event, windows[-1]))
             else:
+                event.first = open_[0][0]
                 decision.on_time.append(event)
                 for w in open_:
                     row = (event.key, *w)
@@ -109,6 +118,7 @@ def _session(spec: Session, event: Event, closed, rows: dict[RowKey, int], decis
     if not touching and closed(merged):
         decision.late.append((event, (merged[1], merged[2])))
         return
+    event.first = BEFORE_ALL
     decision.on_time.append(event)
     if merged in touching:
         return  # inside a session that already reaches this far

@@ -42,12 +42,12 @@ logger = logging.getLogger('minibatch.window')
 
 @dataclasses.dataclass
 class _Claim:
-    """A window this consumer holds: its row (None for late events), its events' times by message id."""
+    """A window this consumer holds: its row (None for late events), its events' (time, first window start)."""
     row: Row | None
     key: str
     start: float
     end: float
-    times: dict[Any, float]
+    times: dict[Any, tuple[float, float]]
     late: bool = False
 
 
@@ -192,10 +192,11 @@ class EventTimeWindow(WindowEmitter):
                 self.store.unclaim(self.stream_name, token, [m.id for m in claimed])
             self.state.reschedule(row, now + 0.2)
             return []
-        return self._hold(claimed, token, row, row.key, row.start, row.end, {i.id: i.t for i in items})
+        times = {i.id: (i.t, i.first if i.first is not None else i.t) for i in items}
+        return self._hold(claimed, token, row, row.key, row.start, row.end, times)
 
     def _hold(self, claimed, token, row, key, start, end, times, late=False) -> list[Message]:
-        claimed.sort(key=lambda m: (times.get(m.id, 0.0), m.id))
+        claimed.sort(key=lambda m: (times.get(m.id, (0.0,))[0], m.id))
         for message in claimed:
             message.token = token
         self._claims[token] = _Claim(row, key, start, end, times, late)
@@ -238,7 +239,9 @@ class EventTimeWindow(WindowEmitter):
         done: list[Message] = []
         back: list[Message] = []
         for message in qs:
-            others = [w for w in windows_of(spec, claim.times[message.id]) if w != (claim.start, claim.end)]
+            t, first = claim.times[message.id]
+            # the windows it was added to (not those closed when it came), but this one
+            others = [w for w in windows_of(spec, t) if w != (claim.start, claim.end) and w[0] >= first]
             (done if all(rows.get(w, DONE) == DONE for w in others) else back).append(message)
         return done, back
 
@@ -281,7 +284,7 @@ class EventTimeWindow(WindowEmitter):
                 continue
             ids = [m.id for m in claimed]
             if on_late == 'window':
-                return self._hold(claimed, token, None, key, start, end, {i.id: i.t for i in group}, late=True)
+                return self._hold(claimed, token, None, key, start, end, {i.id: (i.t, i.t) for i in group}, late=True)
             if on_late == 'drop':
                 self.store.commit(self.stream_name, token, ids, keep=self.keep)
                 logger.info('minibatch: %d late events of key %s on %r dropped (window [%s, %s) was closed)',
@@ -291,7 +294,7 @@ class EventTimeWindow(WindowEmitter):
                                 'its end)')
             else:
                 self._late_call(on_late, self._hold(claimed, token, None, key, start, end,
-                                                    {i.id: i.t for i in group}, late=True))
+                                                    {i.id: (i.t, i.t) for i in group}, late=True))
             self.state.forget(ids)
         return []
 

@@ -32,6 +32,7 @@ OPEN, TAKEN, DONE = 0, 1, 2
 IMPLEMENTATIONS = {
     'minibatch.store.sqlite': 'minibatch.store.eventtime_sqlite',
     'minibatch.store.mongodb': 'minibatch.store.eventtime_mongodb',
+    'minibatch.store.mongodb_connection': 'minibatch.store.eventtime_mongodb',
 }
 
 
@@ -54,6 +55,7 @@ class Indexed:
     state: str
     lease: float | None = None
     window: tuple[float, float] | None = None  # the window a late event missed
+    first: float | None = None  # an on-time event: the start of the first window it belongs to
 
 
 #: ``decide(events, max_t, rows) -> Decision`` (minibatch.eventtime.assign.decide with the spec bound)
@@ -105,7 +107,9 @@ class EventTimeState(abc.ABC):
     def contents(self, row: Row) -> list[Indexed]:
         """The on-time events of ``row``'s key in ``[start, end)`` whose messages are still in the stream.
 
-        Only messages available, claimed or retrying (not dead, not committed). Read-only.
+        Only events whose ``first`` window starts at or before the row's start (a hopping event is not
+        in the windows that had closed when it came), and only messages available, claimed or retrying
+        (not dead, not committed). Read-only.
         """
 
     @abc.abstractmethod

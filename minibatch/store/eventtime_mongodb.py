@@ -67,7 +67,10 @@ class State(EventTimeState):
     # -- indexing ---------------------------------------------------------
     def unindexed(self, limit: int) -> list[Message]:
         cursor = self.buffer.find({'stream': self.stream, 'et.s': None, 'processed': False}).sort('_id', 1)
-        return [getattr(self.store, '_message')(doc) for doc in cursor.limit(limit)]
+        # a record whose data is not a dict is not ours to judge: the store's own reads dead-letter it
+        return [Message(id=d['_id'], stream=self.stream, created=d.get('created'), data=d['data'],
+                        state=AVAILABLE, attempts=d.get('attempts', 0), error=d.get('error'))
+                for d in cursor.limit(limit) if isinstance(d.get('data'), dict)]
 
     def index(self, events: Sequence[Any], skipped: Sequence[RecordId], decide: Decide) -> Any:
         spec = self.spec
@@ -87,7 +90,7 @@ class State(EventTimeState):
                 upsert=True) for r in decision.new_rows], ordered=False)
         if decision.on_time:
             self.buffer.bulk_write([UpdateOne({'_id': e.id, 'et.s': None},
-                                              {'$set': {'et': {'s': spec, 'k': e.key, 't': e.t, 'l': False}}})
+                                              {'$set': {'et': {'s': spec, 'k': e.key, 't': e.t, 'l': False, 'ws': e.first}}})
                                     for e in decision.on_time], ordered=False)
         late = self._mark_late([(e, w) for e, w in decision.late], only_new=True)
         late += self._recheck(decision.on_time)
@@ -152,9 +155,10 @@ class State(EventTimeState):
                 'et.t': {'$gte': row.start, '$lt': row.end}}
 
     def contents(self, row: Row) -> list[Indexed]:
-        cursor = self.buffer.find({**self._window_query(row), 'state': {'$in': _IN_STREAM}},
-                                  {'_id': 1, 'et.t': 1, 'state': 1, 'lease': 1})
-        found = [Indexed(d['_id'], row.key, d['et']['t'], d['state'], _epoch(d.get('lease'))) for d in cursor]
+        cursor = self.buffer.find({**self._window_query(row), 'et.ws': {'$lte': row.start},
+                                   'state': {'$in': _IN_STREAM}}, {'_id': 1, 'et': 1, 'state': 1, 'lease': 1})
+        found = [Indexed(d['_id'], row.key, d['et']['t'], d['state'], _epoch(d.get('lease')), first=d['et']['ws'])
+                 for d in cursor]
         return sorted(found, key=lambda i: (i.t, i.id))
 
     def reschedule(self, row: Row, due: float) -> None:

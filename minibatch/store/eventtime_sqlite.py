@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS et_events (
     key TEXT NOT NULL,
     t REAL NOT NULL,
     late INTEGER NOT NULL DEFAULT 0,
-    ws REAL,
+    ws REAL,  -- late: the window missed, on time: the start of the first window it is in
     we REAL,
     PRIMARY KEY (spec, msg)
 ) WITHOUT ROWID;
@@ -131,7 +131,7 @@ class State(EventTimeState):
                              [(self.spec, *row, row[2]) for row in decision.new_rows])
             conn.executemany('INSERT OR IGNORE INTO et_events (spec, msg, key, t, late, ws, we)'
                              ' VALUES (?, ?, ?, ?, ?, ?, ?)',
-                             [(self.spec, e.id, e.key, e.t, 0, None, None) for e in decision.on_time]
+                             [(self.spec, e.id, e.key, e.t, 0, e.first, None) for e in decision.on_time]
                              + [(self.spec, e.id, e.key, e.t, 1, w[0], w[1]) for e, w in decision.late])
             conn.execute('UPDATE et_specs SET max_t = ?, cursor = max(cursor, ?), late = late + ? WHERE spec = ?',
                          (decision.max_t, upto, len(decision.late), self.spec))
@@ -157,10 +157,10 @@ class State(EventTimeState):
 
     def contents(self, row: Row) -> list[Indexed]:
         rows = self.db.read(
-            'SELECT e.msg, e.key, e.t, b.state, b.lease FROM et_events e JOIN buffer b ON b.id = e.msg'
-            f' WHERE e.spec = ? AND e.late = 0 AND e.key = ? AND e.t >= ? AND e.t < ? AND b.state IN {_IN_STREAM}'
-            ' ORDER BY e.t, e.msg', (self.spec, row.key, row.start, row.end))
-        return [Indexed(*r) for r in rows]
+            'SELECT e.msg, e.key, e.t, b.state, b.lease, e.ws FROM et_events e JOIN buffer b ON b.id = e.msg'
+            f' WHERE e.spec = ? AND e.late = 0 AND e.key = ? AND e.t >= ? AND e.t < ? AND e.ws <= ?'
+            f' AND b.state IN {_IN_STREAM} ORDER BY e.t, e.msg', (self.spec, row.key, row.start, row.end, row.start))
+        return [Indexed(r[0], r[1], r[2], r[3], r[4], first=r[5]) for r in rows]
 
     def reschedule(self, row: Row, due: float) -> None:
         self.db.write(lambda conn: conn.execute(

@@ -1,0 +1,287 @@
+"""Keyed event-time windows (issue 13): windows by event time per key, grace, the watermark, late events,
+closing by the clock, hopping and session windows; on both stores (the store_url fixture)."""
+import datetime
+import threading
+import time
+
+import pytest
+
+import minibatch as mb
+from minibatch.consumer import make_emitter
+from minibatch.eventtime import EventTimeWindow, hopping, session, tumbling
+
+from tests.helpers import wait_until
+
+T0 = datetime.datetime(1970, 1, 1)
+
+
+def at(seconds):
+    return T0 + datetime.timedelta(seconds=seconds)
+
+
+class Collect:
+    """The window function (inline executor): records (key, start s, end s, values, late)."""
+
+    def __init__(self, fail_keys=()):
+        self.windows = []
+        self.fail_keys = set(fail_keys)
+
+    def __call__(self, window):
+        if window.key in self.fail_keys:
+            raise ValueError(f'fails for {window.key}')
+        self.windows.append((window.key, (window.start - T0).total_seconds(), (window.end - T0).total_seconds(),
+                             [d['v'] for d in window.data], window.late))
+
+
+def consumer(store_url, name, fn, **options):
+    options.setdefault('window', tumbling(10))
+    options.setdefault('key', 'k')
+    options.setdefault('time', 'ts')
+    options.setdefault('close_by_clock', False)
+    return make_emitter(name, fn, url=store_url, executor='inline', **options)
+
+
+def rounds(em, n=10):
+    for _ in range(n):
+        em.run(blocking=False)
+
+
+def events(*specs):
+    return [{'k': k, 'ts': ts, 'v': v} for k, ts, v in specs]
+
+
+def test_out_of_order_within_grace_lands_in_its_window_per_key(store_url):
+    stream = mb.stream('readings', url=store_url)
+    fn = Collect()
+    em = consumer(store_url, 'readings', fn, grace=5)
+    stream.append(events(('a', 3, 1), ('b', 4, 2), ('a', 12, 3), ('a', 1, 4), ('a', 14, 5)))
+    rounds(em)
+    assert fn.windows == []  # watermark 14 - 5 = 9 < 10: the first windows are still open
+    stream.append(events(('a', 8, 6), ('b', 14, 7)))  # 8: out of order by 6 s, within the grace
+    rounds(em)
+    assert fn.windows == []
+    stream.append(events(('c', 15, 8)))  # watermark 15 - 5 = 10: windows [0, 10) close
+    rounds(em)
+    assert sorted(fn.windows) == [('a', 0, 10, [4, 1, 6], False), ('b', 0, 10, [2], False)]
+    assert stream.store.counts('readings')['available'] == 4  # the open windows' events wait in the stream
+    assert em.stats['late'] == 0
+
+
+def test_window_bounds_are_naive_utc_datetimes_aligned_to_the_epoch(store_url):
+    stream = mb.stream('bounds', url=store_url)
+    got = []
+    em = consumer(store_url, 'bounds', got.append, window=tumbling(datetime.timedelta(minutes=1)), key=None)
+    stream.append([{'ts': '2026-03-01T10:00:59+02:00', 'v': 1}, {'ts': datetime.datetime(2026, 3, 1, 8, 0, 1), 'v': 2},
+                   {'ts': '2026-03-01T08:02:00', 'v': 3}])
+    rounds(em)
+    (window,) = got
+    assert window.key is None and window.late is False
+    assert (window.start, window.end) == (datetime.datetime(2026, 3, 1, 8, 0), datetime.datetime(2026, 3, 1, 8, 1))
+    assert window.start.tzinfo is None
+    assert [d['v'] for d in window.data] == [2, 1]  # event-time order, not append order
+
+
+def test_late_event_is_dead_lettered_naming_key_and_window(store_url):
+    stream = mb.stream('late', url=store_url)
+    fn = Collect()
+    em = consumer(store_url, 'late', fn, grace=2)
+    stream.append(events(('a', 1, 1), ('a', 13, 2)))
+    rounds(em)
+    assert fn.windows == [('a', 0, 10, [1], False)]
+    stream.append(events(('a', 9, 3), ('a', 12, 4)))  # 9 is late: [0, 10) was emitted; 12 is on time
+    rounds(em)
+    (dead,) = stream.store.dead_letters('late')
+    assert dead.data['v'] == 3
+    assert 'late' in dead.error and '"a"' in dead.error
+    assert '[1970-01-01T00:00:00, 1970-01-01T00:00:10)' in dead.error
+    assert em.stats['late'] == 1
+    assert stream.store.counts('late')['available'] == 2  # 13 and 12 wait for [10, 20)
+
+
+def test_event_behind_the_watermark_is_late_even_if_its_window_was_never_opened(store_url):
+    stream = mb.stream('behind', url=store_url)
+    fn = Collect()
+    em = consumer(store_url, 'behind', fn, grace=1)
+    stream.append(events(('a', 30, 1), ('b', 5, 2)))  # b's window [0, 10) ended before watermark 29
+    rounds(em)
+    assert fn.windows == []
+    assert [m.data['v'] for m in stream.store.dead_letters('behind')] == [2]
+
+
+def test_on_late_window_delivers_late_events_as_a_late_window(store_url):
+    stream = mb.stream('latewin', url=store_url)
+    fn = Collect()
+    em = consumer(store_url, 'latewin', fn, on_late='window')
+    stream.append(events(('a', 1, 1), ('a', 11, 2)))
+    rounds(em)
+    stream.append(events(('a', 2, 3), ('a', 3, 4)))
+    rounds(em)
+    assert fn.windows == [('a', 0, 10, [1], False), ('a', 0, 10, [3, 4], True)]
+    assert stream.store.counts('latewin')['dead'] == 0
+    assert em.stats['late'] == 2
+
+
+def test_on_late_drop_counts_and_removes(store_url):
+    stream = mb.stream('latedrop', url=store_url)
+    fn = Collect()
+    em = consumer(store_url, 'latedrop', fn, on_late='drop')
+    stream.append(events(('a', 1, 1), ('a', 11, 2)))
+    rounds(em)
+    stream.append(events(('a', 2, 3)))
+    rounds(em)
+    counts = stream.store.counts('latedrop')
+    assert (counts['dead'], counts['available']) == (0, 1)  # only 11 is left, waiting for [10, 20)
+    assert stream.stats()['late'] == 1
+
+
+def test_on_late_callable_gets_a_late_window_and_a_failure_dead_letters(store_url):
+    stream = mb.stream('latefn', url=store_url)
+    seen = []
+
+    def on_late(window):
+        seen.append((window.key, [d['v'] for d in window.data], window.late))
+        if window.key == 'b':
+            raise RuntimeError('cannot handle b')
+
+    em = consumer(store_url, 'latefn', Collect(), on_late=on_late)
+    stream.append(events(('a', 1, 1), ('b', 1, 2), ('a', 11, 3)))
+    rounds(em)
+    stream.append(events(('a', 2, 4), ('b', 2, 5)))
+    rounds(em)
+    assert sorted(seen) == [('a', [4], True), ('b', [5], True)]
+    (dead,) = stream.store.dead_letters('latefn')
+    assert dead.data['v'] == 5 and 'cannot handle b' in dead.error
+
+
+def test_unreadable_time_is_dead_lettered_with_the_reason_and_the_rest_flows(store_url):
+    stream = mb.stream('badtime', url=store_url)
+    fn = Collect()
+    em = consumer(store_url, 'badtime', fn)
+    stream.append([{'k': 'a', 'ts': 1, 'v': 1}, {'k': 'a', 'v': 2}, {'k': 'a', 'ts': 'noon', 'v': 3},
+                   {'ts': 2, 'v': 4}, {'k': 'a', 'ts': 15, 'v': 5}])
+    rounds(em)
+    assert fn.windows == [('a', 0, 10, [1], False)]
+    errors = {m.data['v']: m.error for m in stream.store.dead_letters('badtime')}
+    assert set(errors) == {2, 3, 4}
+    assert "no field 'ts'" in errors[2] and 'not an ISO 8601 time' in errors[3] and "no field 'k'" in errors[4]
+
+
+def test_a_failing_window_is_retried_then_dead_lettered_per_key_and_window(store_url):
+    stream = mb.stream('retry', url=store_url)
+    fn = Collect(fail_keys={'bad'})
+    em = consumer(store_url, 'retry', fn, max_attempts=2, retry_backoff=0)
+    stream.append(events(('bad', 1, 1), ('bad', 2, 2), ('ok', 3, 3), ('x', 25, 4)))
+    rounds(em, 8)
+    assert fn.windows == [('ok', 0, 10, [3], False)]
+    assert sorted(m.data['v'] for m in stream.store.dead_letters('retry')) == [1, 2]
+    assert em.stats['failed'] == 2
+    assert stream.stats()['open_windows'] == 1  # x's [20, 30)
+
+
+def test_hopping_event_is_in_every_window_that_covers_it(store_url):
+    stream = mb.stream('hop', url=store_url)
+    fn = Collect()
+    em = consumer(store_url, 'hop', fn, window=hopping(10, 5))
+    stream.append(events(('a', 1, 1), ('a', 6, 2), ('a', 12, 3), ('a', 40, 4)))
+    rounds(em, 12)
+    assert sorted(fn.windows) == [('a', -5, 5, [1], False), ('a', 0, 10, [1, 2], False),
+                                  ('a', 5, 15, [2, 3], False), ('a', 10, 20, [3], False)]
+    assert stream.store.counts('hop')['available'] == 1  # each event deleted after its last window; 40 waits
+
+
+def test_sessions_split_and_merge_as_events_arrive(store_url):
+    stream = mb.stream('sess', url=store_url)
+    fn = Collect()
+    em = consumer(store_url, 'sess', fn, window=session(5), grace=10)
+    stream.append(events(('a', 0, 1), ('b', 1, 4), ('a', 3, 2), ('a', 20, 3)))
+    rounds(em)
+    assert sorted(fn.windows) == [('a', 0, 8, [1, 2], False), ('b', 1, 6, [4], False)]
+    stream.append(events(('a', 28, 4), ('a', 24, 5)))  # 24 bridges the sessions at 20 and 28
+    rounds(em)
+    assert len(fn.windows) == 2  # watermark 28 - 10: the session [20, 33) is open
+    stream.append(events(('a', 50, 6)))
+    rounds(em)
+    assert fn.windows[2:] == [('a', 20, 33, [3, 5, 4], False)]
+    assert stream.stats()['open_windows'] == 1  # a's session at 50
+
+
+def test_idle_stream_closes_its_windows_by_the_clock(store_url):
+    stream = mb.stream('idle', url=store_url)
+    got = []
+    em = make_emitter('idle', got.append, url=store_url, executor='inline', window=tumbling(1), key='k',
+                      time='ts', grace=0.5)
+    now = time.time()
+    stream.append([{'k': 'a', 'ts': now, 'v': 1}])
+    end = (now // 1 + 1)
+    thread = threading.Thread(target=em.run)
+    thread.start()
+    try:
+        wait_until(lambda: got, timeout=10, message='the window closed by the clock')
+        closed_after = time.time() - (end + 0.5)
+        assert -0.05 <= closed_after <= 1.5, closed_after  # within about a second of end + grace
+        assert got[0].data == [{'k': 'a', 'ts': now, 'v': 1}]
+    finally:
+        em.stop()
+        thread.join(10)
+
+
+def test_replaying_history_without_the_clock_waits_for_the_watermark(store_url):
+    stream = mb.stream('replay', url=store_url)
+    fn = Collect()
+    em = consumer(store_url, 'replay', fn, close_by_clock=False)
+    stream.append(events(('a', 1, 1)))
+    rounds(em, 3)
+    assert fn.windows == []  # an event of 1970 would close at once by the clock
+    clock = consumer(store_url, 'replay', fn, close_by_clock=True)
+    rounds(clock, 3)
+    assert fn.windows == [('a', 0, 10, [1], False)]
+
+
+def test_state_is_in_the_store_a_new_consumer_carries_on(store_url):
+    stream = mb.stream('carry', url=store_url)
+    first, second = Collect(), Collect()
+    stream.append(events(('a', 1, 1), ('a', 5, 2)))
+    rounds(consumer(store_url, 'carry', first))  # indexed, watermark 5; nothing closes
+    stream.append(events(('a', 12, 3)))
+    rounds(consumer(store_url, 'carry', second))  # another process: same spec, same state
+    assert first.windows == [] and second.windows == [('a', 0, 10, [1, 2], False)]
+
+
+def test_stats_show_watermark_open_windows_and_late(store_url):
+    stream = mb.stream('figs', url=store_url)
+    assert {k: stream.stats().get(k) for k in ('watermark', 'open_windows', 'late')} == \
+        {'watermark': None, 'open_windows': 0, 'late': 0}
+    em = consumer(store_url, 'figs', Collect(), grace=2, on_late='drop')
+    stream.append(events(('a', 1, 1), ('b', 2, 2), ('a', 22, 3), ('a', 3, 4)))
+    rounds(em)
+    stats = stream.stats()
+    assert stats['watermark'] == at(20)
+    assert stats['open_windows'] == 1 and stats['late'] == 1
+
+
+@pytest.mark.parametrize('options, error, words', [
+    (dict(window=tumbling(1), max_attemps=3), mb.ConfigurationError, 'max_attempts'),
+    (dict(key='k'), mb.ConfigurationError, 'window='),
+    (dict(window=tumbling(1), size=10), mb.InvalidWindowSpec, 'size='),
+    (dict(window=tumbling(1), grace=-1), mb.InvalidWindowSpec, 'grace'),
+    (dict(window=tumbling(1), on_late='ignore'), mb.ConfigurationError, 'on_late'),
+    (dict(window=tumbling(1), key=3), mb.ConfigurationError, 'key='),
+    (dict(window=tumbling(1), isolate=True), mb.ConfigurationError, 'isolate'),
+    (dict(window=60), mb.InvalidWindowSpec, 'tumbling(size)'),
+])
+def test_bad_options_are_refused_where_written(tmp_path, options, error, words):
+    with pytest.raises(error, match=words.replace('(', r'\(').replace(')', r'\)')):
+        mb.streaming('s', url=f'sqlite:///{tmp_path}/x.db', **options)
+
+
+@pytest.mark.parametrize('call, words', [
+    (lambda: tumbling(0), 'tumbling'), (lambda: hopping(5, 10), 'step must not exceed size'),
+    (lambda: session(-1), 'session'), (lambda: tumbling(True), 'tumbling'),
+])
+def test_bad_window_specs(call, words):
+    with pytest.raises(mb.InvalidWindowSpec, match=words):
+        call()
+
+
+def test_the_strategy_is_a_window_emitter():
+    assert issubclass(EventTimeWindow, mb.WindowEmitter)
