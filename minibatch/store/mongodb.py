@@ -12,30 +12,35 @@ message exactly one modifies it.
 
 This module holds the queries. Connecting (URL, client options, the
 mongoengine alias, reconnecting after a fork) is in
-:mod:`minibatch.store.mongodb_connection`; the change-stream waiter that wakes
-idle consumers is in :mod:`minibatch.store.mongodb_waiter`. Their public names
-(``ChangeStreamWaiter``, ``redact``, the defaults) stay importable from here.
+:mod:`minibatch.store.mongodb_connection`; appending all or nothing within the
+size limit in :mod:`~minibatch.store.mongodb_append`; reading records and
+dead-lettering unreadable ones in :mod:`~minibatch.store.mongodb_reading`;
+window records in :mod:`~minibatch.store.mongodb_windows`; the change-stream
+waiter that wakes idle consumers in :mod:`minibatch.store.mongodb_waiter`.
+Their public names (``ChangeStreamWaiter``, ``redact``, the defaults) stay
+importable from here.
 """
 from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import bson
-import pymongo
-from bson.raw_bson import RawBSONDocument
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import OperationFailure
 
-from minibatch.errors import InvalidMessage
+from minibatch.store import mongodb_append as appending
+from minibatch.store import mongodb_windows as window_store
 from minibatch.store.base import (AVAILABLE, CLAIMED, DEAD, DONE, RETRY, STATES, Doc, Message, RecordId,
-                                  StatusPath, StreamInfo, WindowRecord, utcnow)
-from minibatch.store.mongodb_connection import (ALIAS, DEFAULT_DATABASE,  # noqa: F401 (re-exported)
-                                                DEFAULT_SERVER_SELECTION_TIMEOUT_MS, MongoConnection,
-                                                _translate_errors, _unavailable, redact)
+                                  WindowRecord, utcnow)
+from minibatch.store.mongodb_append import PENDING, error_text
+from minibatch.store.mongodb_connection import (ALIAS, AUTHENTICATION_FAILED,  # noqa: F401 (re-exported)
+                                                DEFAULT_DATABASE, DEFAULT_SERVER_SELECTION_TIMEOUT_MS,
+                                                _translate_errors, redact)
+from minibatch.store.mongodb_reading import bury, claim_each, read
+from minibatch.store.mongodb_streams import MongoCollections
 from minibatch.store.mongodb_waiter import ChangeStreamWaiter
-from minibatch.store.records import shape_problem
 
 logger = logging.getLogger(__name__)
 
@@ -46,157 +51,20 @@ logger = logging.getLogger(__name__)
 BY_ID = [('_id', 1)]
 
 
-class MongoStore(MongoConnection):
+class MongoStore(MongoCollections):
     """Store on MongoDB (or any server speaking its wire protocol with the same semantics).
 
     Connecting (the URL, the client, the mongoengine alias) is inherited from
-    :class:`~minibatch.store.mongodb_connection.MongoConnection`; this class
-    holds the queries.
+    :class:`~minibatch.store.mongodb_connection.MongoConnection`; collections,
+    streams and consumer records from
+    :class:`~minibatch.store.mongodb_streams.MongoCollections`; this class
+    holds the queries on messages and windows.
     """
-    querysets = True
-    # AutoReconnect covers a dropped connection and a failed server selection
-    transient_errors = (ConnectionError, pymongo.errors.AutoReconnect)
-
-    def __init__(self, url: str, **options: Any) -> None:
-        super().__init__(url, **options)
-        self._indexed = False
-
-    # -- collections ------------------------------------------------------
-    def queryset(self, document: Any) -> Any:
-        """A mongoengine queryset of ``document`` (Buffer, Window, Stream) over this store's collection.
-
-        Built on the collection itself rather than on a connection alias, so it
-        reads this store's database whatever the alias ``'minibatch'`` points at.
-        """
-        from mongoengine.queryset import QuerySet
-        return QuerySet(document, self._db()[document._meta['collection']])
-
-    def _collections(self) -> tuple[Any, Any, Any]:
-        db = self._db()
-        if not self._indexed:
-            self._ensure_indexes(db)
-        return db['stream'], db['buffer'], db['window']
-
-    def _buffer(self) -> Any:
-        return self._collections()[1]
-
-    def _ensure_indexes(self, db: Any) -> None:
-        try:
-            db['buffer'].create_index([('stream', 1), ('processed', 1), ('_id', 1)], name='mb_available')
-            db['buffer'].create_index([('stream', 1), ('state', 1), ('lease', 1)], name='mb_state_lease')
-            db['window'].create_index([('stream', 1), ('processed', 1)], name='mb_window')
-            try:
-                db['stream'].create_index([('name', 1)], name='mb_name_unique', unique=True)
-            except OperationFailure as exc:
-                # data written by minibatch < 1.0 may hold duplicate names; keep working without the constraint
-                logger.warning('minibatch: cannot make stream names unique (%s); using a plain index', exc)
-                db['stream'].create_index([('name', 1)], name='mb_name')
-        except pymongo.errors.ServerSelectionTimeoutError as exc:
-            raise _unavailable(self, exc) from exc
-        self._indexed = True
-
-    def close(self) -> None:
-        super().close()
-        self._indexed = False  # a new client (or database) gets its indexes checked again
-
-    # -- streams ----------------------------------------------------------
-    @staticmethod
-    def _info(doc: Any) -> StreamInfo:
-        return StreamInfo(name=doc['name'], created=doc.get('created'), last_read=doc.get('last_read'),
-                          interval=doc.get('interval', 1.0), closed=doc.get('closed', False),
-                          max_age=doc.get('max_age'), status=doc.get('status') or {})
-
-    @_translate_errors
-    def ensure_stream(self, name: str, **defaults: Any) -> StreamInfo:
-        streams = self._collections()[0]
-        now = utcnow()
-        updates = {k: defaults.pop(k) for k in ('interval', 'max_age') if defaults.get(k) is not None}
-        defaults = {k: v for k, v in defaults.items() if v is not None}
-        on_insert = {'created': now, 'last_read': now, 'interval': 1.0, 'closed': False, 'status': {},
-                     **defaults}
-        for key in updates:
-            on_insert.pop(key, None)
-        update: dict[str, Any] = {'$setOnInsert': on_insert}
-        if updates:
-            update['$set'] = updates
-        for _ in range(2):
-            try:
-                doc = streams.find_one_and_update({'name': name}, update, upsert=True,
-                                                  return_document=pymongo.ReturnDocument.AFTER)
-            except DuplicateKeyError:
-                continue  # lost a creation race to another process: the record exists now
-            if doc is not None:  # some wire-compatible servers answer None to a racing upsert
-                return self._info(doc)
-        doc = streams.find_one({'name': name})
-        if doc is None:
-            raise OperationFailure(f'could not create or find stream {name!r}')
-        return self._info(doc)
-
-    @_translate_errors
-    def get_stream(self, name: str) -> StreamInfo | None:
-        doc = self._collections()[0].find_one({'name': name})
-        return self._info(doc) if doc else None
-
-    @_translate_errors
-    def list_streams(self) -> list[StreamInfo]:
-        return [self._info(doc) for doc in self._collections()[0].find({}).sort('name', 1)]
-
-    @_translate_errors
-    def update_stream(self, name: str, **fields: Any) -> None:
-        self._collections()[0].update_one({'name': name}, {'$set': fields})
-
-    @_translate_errors
-    def set_status(self, name: str, path: StatusPath, value: Any) -> None:
-        field = 'status.' + '.'.join(self._check_status_path(path))
-        update = {'$unset': {field: ''}} if value is None else {'$set': {field: value}}
-        try:
-            self._collections()[0].update_one({'name': name}, update)
-        except bson.errors.InvalidDocument as exc:
-            raise InvalidMessage(f'status value cannot be stored: {exc}') from exc
-
-    @_translate_errors
-    def compare_and_set_last_read(self, name: str, expected: datetime.datetime | None,
-                                  new: datetime.datetime) -> bool:
-        result = self._collections()[0].update_one({'name': name, 'last_read': expected},
-                                                   {'$set': {'last_read': new}})
-        return result.modified_count == 1
-
-    @_translate_errors
-    def delete_stream(self, name: str) -> None:
-        streams, buffer, windows = self._collections()
-        buffer.delete_many({'stream': name})
-        windows.delete_many({'stream': name})
-        self._db()['consumer'].delete_many({'stream': name})
-        streams.delete_many({'name': name})
-
-    @_translate_errors
-    def clear(self, name: str) -> int:
-        _, buffer, windows = self._collections()
-        removed = buffer.delete_many({'stream': name}).deleted_count
-        windows.delete_many({'stream': name})
-        return removed
 
     # -- producing --------------------------------------------------------
-    def _encode(self, name: str, docs: Sequence[Doc], now: datetime.datetime) -> list[RawBSONDocument]:
-        raw = []
-        for i, data in enumerate(docs):
-            if not isinstance(data, dict):
-                raise InvalidMessage(f'a stream message must be a dict, got {type(data).__name__}: {data!r:.200}')
-            where = f' (message {i} of the batch)' if len(docs) > 1 else ''
-            # nesting and cycles; other values are left to bson.encode (bytes read back as bytes through
-            # every view: the Documents' data fields return what was stored)
-            problem = shape_problem(data)
-            if problem:
-                raise InvalidMessage(f'message cannot be stored in MongoDB{where}: {problem[0]}: {problem[1]}')
-            try:
-                raw.append(RawBSONDocument(bson.encode({
-                    '_id': bson.ObjectId(), 'stream': name, 'created': now, 'data': data,
-                    'processed': False, 'state': AVAILABLE, 'attempts': 0})))
-            except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError, RecursionError) as exc:
-                # ValueError: UnicodeEncodeError of a lone surrogate in a str
-                raise InvalidMessage(f'message cannot be stored in MongoDB{where}: {type(exc).__name__}: {exc}; '
-                                     f'message: {_shown(data)}') from exc
-        return raw
+    def _limit(self) -> int:
+        # the server's limit once known; validating needs no round trip (every MongoDB has had 16 MB since 1.8)
+        return self._facts.max_bson if self._facts is not None else appending.DEFAULT_MAX_BSON
 
     def validated_copies(self, docs: Iterable[Doc]) -> list[Doc]:
         """Validate ``docs`` as :meth:`validate` does; return copies, as they will read back.
@@ -204,53 +72,52 @@ class MongoStore(MongoConnection):
         For batching producers: a later change to the caller's dicts cannot
         alter (or poison) a message waiting in a batch.
         """
-        return [bson.decode(raw.raw)['data'] for raw in self._encode('-', list(docs), utcnow())]
+        return [bson.decode(raw.raw)['data'] for raw in appending.encode('-', list(docs), {}, self._limit())[0]]
 
     def validate(self, docs: Iterable[Doc]) -> None:
-        self._encode('-', list(docs), utcnow())
+        appending.encode('-', list(docs), {}, self._limit())
 
     @_translate_errors
     def append(self, name: str, docs: Sequence[Doc]) -> list[RecordId]:
-        docs = self._batch(docs, 'append')
-        if not docs:
-            return []
-        raw = self._encode(name, docs, utcnow())  # all encoded before anything is sent
-        buffer = self._buffer()
-        if len(raw) == 1:
-            buffer.insert_one(raw[0])
-        else:
-            buffer.insert_many(raw, ordered=True)
-        return [doc['_id'] for doc in raw]
+        """Append ``docs`` all or nothing (see :mod:`~minibatch.store.mongodb_append`): a transaction
+        where the server has them, else a pending batch published by one update."""
+        return self._append(name, self._batch(docs, 'append'), {'processed': False, 'state': AVAILABLE,
+                                                                'attempts': 0})
 
     @_translate_errors
     def append_dead(self, name: str, docs: Sequence[Doc], error: str) -> list[RecordId]:
-        docs = self._batch(docs, 'append_dead')
+        return self._append(name, self._batch(docs, 'append_dead'), {'processed': True, 'state': DEAD,
+                                                                     'attempts': 0, 'error': error_text(error)})
+
+    def _append(self, name: str, docs: list[Doc], final: dict[str, Any]) -> list[RecordId]:
         if not docs:
             return []
-        self._encode(name, docs, utcnow())  # validates the whole batch before anything is sent
-        now = utcnow()
-        records = [{'_id': bson.ObjectId(), 'stream': name, 'created': now, 'data': data, 'processed': True,
-                    'state': DEAD, 'attempts': 0, 'error': str(error)} for data in docs]
-        self._buffer().insert_many(records, ordered=True)
-        return [doc['_id'] for doc in records]
+        pending = len(docs) > 1 and not self._transactions()
+        batch = bson.ObjectId() if pending else None
+        fields = {**final, 'state': PENDING, 'processed': True, 'batch': batch} if pending else final
+        raw, ids = appending.encode(name, docs, fields, self.server().max_bson)  # all before anything is sent
+        try:
+            appending.write(self._buffer(), name, raw, batch, final)
+        except OperationFailure as exc:
+            if batch is not None or exc.code not in appending.NO_TRANSACTIONS_CODES:
+                raise
+            logger.info('minibatch: %s has no transactions (%s); appending batches pending, then published',
+                        self.describe(), exc)
+            self.use_transactions = False
+            return self._append(name, docs, final)
+        return ids
 
     # -- consuming --------------------------------------------------------
-    @staticmethod
-    def _message(doc: Any) -> Message:
-        return Message(id=doc['_id'], stream=doc['stream'], created=doc.get('created'), data=doc.get('data'),
-                       state=doc.get('state', AVAILABLE if not doc.get('processed') else DONE),
-                       attempts=doc.get('attempts', 0), error=doc.get('error'))
-
     @_translate_errors
     def find_available(self, name: str, limit: int | None = None,
                        until: datetime.datetime | None = None) -> list[Message]:
         query: dict[str, Any] = {'stream': name, 'processed': False}
         if until is not None:
             query['created'] = {'$lt': until}
-        cursor = self._buffer().find(query).sort('_id', 1)
-        if limit:
-            cursor = cursor.limit(limit)
-        return [self._message(doc) for doc in cursor]
+        messages, bad = read(self._buffer(), query, limit)
+        if bad:  # unreadable: dead-lettered with the reason, so that they do not block the others
+            bury(self._buffer(), name, bad, AVAILABLE)
+        return messages
 
     @_translate_errors
     def claim(self, name: str, ids: Sequence[RecordId | Message], token: str, lease: float) -> list[Message]:
@@ -259,16 +126,25 @@ class MongoStore(MongoConnection):
         known = {m.id: m for m in ids if isinstance(m, Message)}
         ids = [m.id if isinstance(m, Message) else m for m in ids]
         buffer = self._buffer()
-        result = buffer.update_many(
-            {'_id': {'$in': ids}, 'stream': name, 'state': AVAILABLE},
-            {'$set': {'processed': True, 'state': CLAIMED, 'claim': token, 'lease': _after(lease)}}, hint=BY_ID)
-        if result.modified_count == 0:
+        query = {'_id': {'$in': ids}, 'stream': name, 'state': AVAILABLE}
+        update = {'$set': {'processed': True, 'state': CLAIMED, 'claim': token, 'lease': _after(lease)}}
+        try:
+            modified = buffer.update_many(query, update, hint=BY_ID).modified_count
+        except OperationFailure as exc:
+            if exc.code == AUTHENTICATION_FAILED:
+                raise
+            # the server cannot update one of them (nested too deep for it, say): find which, one by one
+            logger.warning('minibatch: stream %r: a claim failed (%s); claiming one by one', name, exc)
+            modified, known = claim_each(buffer, name, ids, update), {}
+        if modified == 0:
             return []  # another consumer was first: nothing to read back
-        if result.modified_count == len(ids) and len(known) == len(ids):
+        if modified == len(ids) and len(known) == len(ids):
             claimed = [known[i] for i in ids]
         else:
             # lost some to another consumer, or we lack the data: read back what is ours
-            claimed = [self._message(doc) for doc in buffer.find({'_id': {'$in': ids}, 'claim': token}, hint=BY_ID)]
+            claimed, bad = read(buffer, {'_id': {'$in': ids}, 'claim': token}, hint=BY_ID)
+            if bad:
+                bury(buffer, name, bad, CLAIMED, token)
         for message in claimed:
             message.state = CLAIMED
             message.token = token
@@ -304,7 +180,7 @@ class MongoStore(MongoConnection):
                 max_attempts: int = 3, backoff: float = 0.0) -> tuple[int, int]:
         buffer = self._buffer()
         query = {'_id': {'$in': list(ids)}, 'claim': token, 'state': CLAIMED}
-        error = _error_text(error)
+        error = error_text(error)
         dead = buffer.update_many(
             {**query, 'attempts': {'$gte': max_attempts - 1}},
             {'$set': {'state': DEAD, 'error': error, 'failed': utcnow()}, '$inc': {'attempts': 1},
@@ -326,21 +202,32 @@ class MongoStore(MongoConnection):
 
     @_translate_errors
     def expire_leases(self, name: str, max_attempts: int = 3) -> int:
-        buffer = self._buffer()
+        """As the contract says; also removes the window records of claims that expired, and settles
+        batches abandoned pending (without transactions) for ``pending_timeout`` seconds.
+
+        One update and one read when nothing expired.
+        """
+        _, buffer, windows = self._collections()
         now = utcnow()
         to_available: dict[str, Any] = {'$set': {'state': AVAILABLE, 'processed': False},
                                         '$unset': {'claim': '', 'lease': ''}}
         changed = buffer.update_many({'stream': name, 'state': RETRY, 'lease': {'$lt': now}},
                                      to_available).modified_count
         expired = {'stream': name, 'state': CLAIMED, 'lease': {'$lt': now}}
-        reason = 'lease expired: the consumer died or hung while holding this message'
-        changed += buffer.update_many(
-            {**expired, 'attempts': {'$gte': max_attempts - 1}},
-            {'$set': {'state': DEAD, 'error': reason, 'failed': now}, '$inc': {'attempts': 1},
-             '$unset': {'claim': '', 'lease': ''}}).modified_count
-        changed += buffer.update_many(
-            expired, {**to_available, '$set': {**to_available['$set'], 'error': reason},
-                      '$inc': {'attempts': 1}}).modified_count
+        # the claims whose leases ended: read first, as the updates below remove the tokens
+        tokens = buffer.distinct('claim', expired)
+        if tokens:
+            reason = 'lease expired: the consumer died or hung while holding this message'
+            changed += buffer.update_many(
+                {**expired, 'attempts': {'$gte': max_attempts - 1}},
+                {'$set': {'state': DEAD, 'error': reason, 'failed': now}, '$inc': {'attempts': 1},
+                 '$unset': {'claim': '', 'lease': ''}}).modified_count
+            changed += buffer.update_many(
+                expired, {**to_available, '$set': {**to_available['$set'], 'error': reason},
+                          '$inc': {'attempts': 1}}).modified_count
+            window_store.forget_dead_windows(buffer, windows, name, tokens)
+        if not self._transactions():  # only batches written without a transaction can be left pending
+            changed += appending.settle_abandoned(buffer, name, self.pending_timeout)
         return changed
 
     # -- dead letters -----------------------------------------------------
@@ -365,35 +252,32 @@ class MongoStore(MongoConnection):
     @_translate_errors
     def save_window(self, name: str, data: list[Any], query: list[Any] | None = None,
                     token: str | None = None) -> RecordId:
-        doc = {'stream': name, 'created': utcnow(), 'data': data, 'processed': False, 'query': query or []}
-        return self._collections()[2].insert_one(doc).inserted_id
+        """As the contract says; a record whose data would exceed MongoDB's document limit is written
+        without it: ``data`` ``[]`` and ``data_omitted`` True (see :mod:`~minibatch.store.mongodb_windows`)."""
+        return window_store.save_window(self._collections()[2], name, data, query, token, self.server().max_bson)
 
     @_translate_errors
     def windows(self, name: str, processed: bool | None = None) -> list[WindowRecord]:
-        query: dict[str, Any] = {'stream': name}
-        if processed is not None:
-            query['processed'] = processed
-        return [WindowRecord(id=doc['_id'], stream=doc['stream'], created=doc.get('created'),
-                             data=doc.get('data', []), processed=doc.get('processed', False),
-                             query=doc.get('query', []))
-                for doc in self._collections()[2].find(query).sort('_id', 1)]
+        return window_store.window_records(self._collections()[2], name, processed)
 
     # -- inspection and housekeeping --------------------------------------
     @_translate_errors
     def messages(self, name: str, state: str | None = None, limit: int | None = None) -> list[Message]:
-        query: dict[str, Any] = {'stream': name}
-        if state is not None:
-            query['state'] = state
-        cursor = self._buffer().find(query).sort('_id', 1)
-        return [self._message(doc) for doc in (cursor.limit(limit) if limit else cursor)]
+        # every state but that of a batch still being written, which no query of the contract sees
+        query: dict[str, Any] = {'stream': name, 'state': {'$ne': PENDING} if state is None else state}
+        messages, bad = read(self._buffer(), query, limit)
+        if bad:  # shown as they are, with empty data and the reason; reading changes nothing
+            messages = sorted(messages + [item.message(name) for item in bad], key=lambda m: m.id)
+        return messages
 
     @_translate_errors
     def counts(self, name: str) -> dict[str, int]:
         _, buffer, windows = self._collections()
         counts = dict.fromkeys(STATES, 0)
         for row in buffer.aggregate([{'$match': {'stream': name}}, {'$group': {'_id': '$state', 'n': {'$sum': 1}}}]):
-            state = row['_id'] if row['_id'] in counts else AVAILABLE
-            counts[state] += row['n']
+            if row['_id'] != PENDING:  # a batch still being written is not there yet
+                state = row['_id'] if row['_id'] in counts else AVAILABLE
+                counts[state] += row['n']
         counts['windows'] = windows.count_documents({'stream': name})
         record = self._collections()[0].find_one({'name': name}, {'expired': 1}) or {}
         counts['expired'] = int(record.get('expired') or 0)
@@ -412,47 +296,11 @@ class MongoStore(MongoConnection):
         removed += windows.delete_many({'stream': name, 'processed': True, 'created': {'$lt': cutoff}}).deleted_count
         return removed + expired, expired
 
-    # -- consumers --------------------------------------------------------
-    @_translate_errors
-    def heartbeat(self, name: str, consumer: str, info: Mapping[str, Any]) -> None:
-        record = {**dict(info), 'stream': name, 'consumer': str(consumer), 'seen': utcnow()}
-        try:
-            self._db()['consumer'].replace_one({'_id': f'{name}\x00{consumer}'}, record, upsert=True)
-        except bson.errors.InvalidDocument as exc:
-            raise InvalidMessage(f'consumer info of {consumer!r} cannot be stored: {exc}') from exc
-
-    @_translate_errors
-    def consumers(self, name: str) -> list[dict[str, Any]]:
-        cursor = self._db()['consumer'].find({'stream': name}).sort('consumer', 1)
-        records = []
-        for doc in cursor:
-            doc.pop('_id'), doc.pop('stream')
-            doc['id'] = doc.pop('consumer')
-            records.append(doc)
-        return records
-
-    @_translate_errors
-    def forget_consumers(self, name: str, older_than: float) -> int:
-        cutoff = utcnow() - datetime.timedelta(seconds=older_than)
-        return self._db()['consumer'].delete_many({'stream': name, 'seen': {'$lt': cutoff}}).deleted_count
-
     # -- wake-ups ---------------------------------------------------------
     def waiter(self, name: str) -> ChangeStreamWaiter:
         return ChangeStreamWaiter(self, name)
 
 
-def _shown(data: object) -> str:
-    try:
-        return f'{data!r:.200}'
-    except RecursionError:  # a repr of a circular or absurdly deep message
-        return f'<{type(data).__name__} too deep to show>'
-
-
 def _after(seconds: float) -> datetime.datetime:
     return utcnow() + datetime.timedelta(seconds=seconds)
 
-
-def _error_text(error: object) -> str | None:
-    if error is None or isinstance(error, str):
-        return error
-    return f'{type(error).__name__}: {error}'

@@ -46,7 +46,10 @@ class ChangeStreamWaiter(Waiter):
         self._thread.start()
 
     def _watch(self) -> None:
-        pipeline = [{'$match': {'operationType': 'insert', 'fullDocument.stream': self.stream}}]
+        # only the event's id comes back: the message itself is not needed, and one the driver
+        # cannot decode (written by another program) must not end the watch
+        pipeline = [{'$match': {'operationType': 'insert', 'fullDocument.stream': self.stream}},
+                    {'$project': {'_id': 1}}]
         while not self._closed.is_set():
             try:
                 with self.store._buffer().watch(pipeline, max_await_time_ms=self.MAX_AWAIT_MS) as changes:

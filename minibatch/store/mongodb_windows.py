@@ -1,0 +1,76 @@
+"""Window records of the MongoDB store: kept within the size limit, and removed when their consumer died.
+
+A window record holds the window's data (``keep=True``) and the ``token`` of
+the claim its messages are held under. Two edges:
+
+* **Too large.** A window of 100 messages of 200 KB is 20 MB, over MongoDB's
+  16 MB per document: such a record is written without its data (``data``
+  ``[]``, ``data_omitted`` True, ``data_bytes`` the size it would have had), so
+  the window still runs and commits; the messages themselves hold the data.
+* **A dead consumer.** Its window record stays unprocessed for ever, while the
+  messages go back to the stream and make another window:
+  :func:`forget_dead_windows` removes the unprocessed records of the claims
+  whose leases ``expire_leases`` just ended.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import bson
+from bson.raw_bson import RawBSONDocument
+
+from minibatch.errors import InvalidMessage
+from minibatch.store.mongodb_append import DEFAULT_MAX_BSON, HEADROOM
+from minibatch.store.records import CLAIMED, RecordId, WindowRecord, utcnow
+
+
+def save_window(windows: Any, name: str, data: list[Any], query: list[Any] | None, token: str | None,
+                max_bson: int = DEFAULT_MAX_BSON) -> RecordId:
+    """Insert an unprocessed window record of ``name`` (one write); its id.
+
+    A record whose data would take it over ``max_bson`` less HEADROOM is
+    written without the data (``data_omitted``); data BSON cannot hold raises
+    InvalidMessage, writing nothing.
+    """
+    id_ = bson.ObjectId()
+    doc = {'_id': id_, 'stream': name, 'created': utcnow(), 'data': data, 'processed': False, 'query': query or [],
+           'token': token}
+    try:
+        encoded = bson.encode(doc)
+    except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError, RecursionError) as exc:
+        raise InvalidMessage(f'window data cannot be stored in MongoDB: {type(exc).__name__}: {exc}') from exc
+    if len(encoded) > max_bson - HEADROOM:
+        doc.update(data=[], data_omitted=True, data_bytes=len(encoded))
+        encoded = bson.encode(doc)
+    windows.insert_one(RawBSONDocument(encoded))
+    return id_
+
+
+def window_records(windows: Any, name: str, processed: bool | None = None) -> list[WindowRecord]:
+    """The window records of ``name``, oldest first, optionally only the (un)processed ones. Read-only."""
+    query: dict[str, Any] = {'stream': name}
+    if processed is not None:
+        query['processed'] = processed
+    return [WindowRecord(id=doc['_id'], stream=doc['stream'], created=doc.get('created'),
+                         data=doc.get('data', []), processed=doc.get('processed', False),
+                         query=doc.get('query', []))
+            for doc in windows.find(query).sort('_id', 1)]
+
+
+def forget_dead_windows(buffer: Any, windows: Any, name: str, expired: Sequence[str]) -> int:
+    """Remove the unprocessed window records of the claims ``expired`` that hold no claimed message any more.
+
+    ``expired`` are the tokens whose leases ``expire_leases`` just ended; a
+    token is only checked after that, when its messages can no longer be
+    renewed (a renewal needs state ``claimed``), so a live consumer's record is
+    never removed. Two queries whatever the number of records. Returns the
+    number of records removed.
+    """
+    if not expired:
+        return 0
+    held = set(buffer.distinct('claim', {'stream': name, 'state': CLAIMED, 'claim': {'$in': list(expired)}}))
+    dead = [token for token in expired if token not in held]
+    if not dead:
+        return 0
+    return int(windows.delete_many({'stream': name, 'processed': False, 'token': {'$in': dead}}).deleted_count)
