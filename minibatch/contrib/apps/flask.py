@@ -1,4 +1,4 @@
-"""``StreamingApp``: a Flask app that runs streaming consumers and serves their ``/status``.
+"""``StreamingApp``: a Flask app that runs streaming consumers and serves their ``/status`` and dashboard.
 
 ::
 
@@ -17,7 +17,9 @@ Each consumer runs in a supervised child process (see
 stopped with SIGTERM). ``GET /status`` answers JSON with the figures of the
 streams (from :func:`minibatch.status.stream_stats`, the same figures as
 ``stream.stats()``, never recomputed here) and the state of the app's
-consumer processes. See docs/app.rst for the JSON and deployment notes.
+consumer processes. The live dashboard (:mod:`minibatch.dashboard`) is
+mounted at ``/dashboard/`` and Prometheus' ``/metrics`` beside ``/status``.
+See docs/app.rst for the JSON and deployment notes.
 """
 import datetime
 import logging
@@ -28,6 +30,7 @@ import time
 from minibatch.contrib.apps import child as consumer_child
 from minibatch.contrib.base import require
 from minibatch.contrib.apps.supervisor import DEAD, ConsumerProcess, Supervisor
+from minibatch.dashboard import Dashboard
 from minibatch.errors import ConfigurationError
 from minibatch.status import stream_stats
 from minibatch.store import get_store, resolve_url
@@ -76,6 +79,10 @@ class StreamingApp:
     :param stop_grace: seconds a consumer gets to stop after SIGTERM before SIGKILL
     :param executable: the Python interpreter for the consumer processes (default
         ``sys.executable``; set it where that is not Python, e.g. under uWSGI)
+    :param dashboard: mount the live dashboard at ``/dashboard/`` and ``/metrics``
+        beside ``/status`` (default True; False: only ``/status``)
+    :param allow_write: let the dashboard requeue and purge dead letters (default: read-only)
+    :param token: a secret the dashboard's requeue and purge requests must carry (allows them)
     :param kwargs: given to the ``/status`` ``flask.Blueprint`` (``template_folder``,
         ``static_folder``, ...), as 0.6 gave them to its blueprint
 
@@ -91,7 +98,8 @@ class StreamingApp:
     DISCOVERY_INTERVAL = 2.0
 
     def __init__(self, consumer=None, name=None, import_name=None, uri=None, server=None, *, url=None,
-                 streams=None, url_prefix=None, stop_grace=35.0, executable=None, **kwargs):
+                 streams=None, url_prefix=None, stop_grace=35.0, executable=None, dashboard=True,
+                 allow_write=False, token=None, **kwargs):
         flask = require('flask', 'apps')
         if isinstance(consumer, flask.Flask) and server is None:
             # StreamingApp(flask_app): the first parameter used to be server=
@@ -123,7 +131,15 @@ class StreamingApp:
         self._discovery_lock = threading.Lock()  # /status requests arrive on several threads
         self.blueprint = flask.Blueprint(self.name, __name__, **kwargs)
         self.blueprint.add_url_rule('/status', 'status', self._status_view, methods=['GET'])
+        #: the :class:`~minibatch.dashboard.Dashboard` of the app's store (None with ``dashboard=False``)
+        self.dashboard = None
+        if dashboard:
+            self.dashboard = Dashboard(store=lambda: self.store, allow_write=allow_write, token=token)
+            self.blueprint.add_url_rule('/metrics', 'metrics', self.dashboard.metrics_view, methods=['GET'])
         self.server.register_blueprint(self.blueprint, url_prefix=self.url_prefix)
+        if self.dashboard is not None:
+            self.server.register_blueprint(self.dashboard.blueprint(f'{self.name}_dashboard', metrics=False),
+                                           url_prefix=(self.url_prefix or '').rstrip('/') + '/dashboard')
 
     # -- the store URL ----------------------------------------------------------
     def initial_url(self, url):
@@ -270,9 +286,11 @@ class StreamingApp:
 
         Blocks until all have exited. Also runs at interpreter exit and when
         :meth:`run` returns. Also called ``stop_streaming`` and
-        ``_stop_consumer``, 0.6's names.
+        ``_stop_consumer``, 0.6's names. The dashboard's sampler stops too.
         """
         self.supervisor.stop(timeout)
+        if self.dashboard is not None:
+            self.dashboard.stop()
 
     def stop_streaming(self, timeout=None):
         """0.6's name of :meth:`stop`."""
