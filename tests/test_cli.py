@@ -507,6 +507,48 @@ def test_demo_as_a_subprocess_on_the_embedded_store(tmp_path):
     assert table_rows(out.stdout)['demo']['processed'] == '100'
 
 
+# -- read-only commands open the embedded store read-only (issue 12, item 12) ------
+def test_read_only_commands_create_no_store(tmp_path):
+    folder = tmp_path / 'nothing' / 'here'
+    url = f'sqlite:///{folder}/mb.db'
+    result = invoke(['--url', url, 'status'])
+    assert result.exit_code == 0, result.stderr
+    assert 'no streams' in result.stdout
+    for args in (['tail', 's'], ['dead-letters', 'list', 's']):
+        result = invoke(['--url', url, *args])
+        assert result.exit_code == 1
+        assert_error_line(result.stderr, "no stream named 's'")
+    assert not (tmp_path / 'nothing').exists(), 'looking created no folder and no file'
+
+
+def test_read_only_commands_work_on_a_file_this_user_may_only_read(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip('root may write any file: run as a user to test file permissions')
+    folder = tmp_path / 'ro'
+    url = f'sqlite:///{folder}/mb.db'
+    stream = mb.stream('s', url=url)
+    stream.append([{'i': 1}, {'i': 2}])
+    stream.reject({'bad': 1}, 'not JSON')
+    from minibatch.store import reset_stores
+    reset_stores()
+    os.chmod(folder / 'mb.db', 0o400)
+    os.chmod(folder, 0o500)
+    try:
+        out = run(['status', '--json'], url=url)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)['streams']['s']['backlog'] == 2
+        out = run(['tail', 's'], url=url)
+        assert (out.returncode, out.stdout.splitlines()) == (0, ['{"i": 1}', '{"i": 2}']), out.stderr
+        out = run(['dead-letters', 'list', 's', '--json'], url=url)
+        assert out.returncode == 0 and json.loads(out.stdout)['data'] == {'bad': 1}, out.stderr
+        out = run(['append', 's', '{"i": 3}'], url=url)
+        assert out.returncode == 1
+        assert_error_line(out.stderr, 'read-only', 'may not write')
+    finally:
+        os.chmod(folder, 0o700)
+        os.chmod(folder / 'mb.db', 0o600)
+
+
 # -- errors are one line, and secrets are masked (issue 12, items 10 and 11) -----
 @pytest.mark.parametrize('url, secret, fragment', [
     ('mongodb://u:pwSECRET1@ss@h/x', 'pwSECRET1', 'bad MongoDB URL'),

@@ -12,6 +12,7 @@ import uuid
 import pytest
 
 import minibatch as mb
+from minibatch.errors import ConfigurationError
 from minibatch.store.sqlite import SQLiteStore
 from tests.helpers import ListSink, settled, wait_until
 from tests.test_reliability import delivered, events, start_consumer, stop_all
@@ -27,6 +28,92 @@ def store(db_path):
     store = SQLiteStore('sqlite:///' + db_path)
     yield store
     store.close()
+
+
+# -- read-only files (issue 12, item 12) -------------------------------------------
+def as_non_root():
+    if os.geteuid() == 0:
+        pytest.skip('root may write any file: run as a user to test file permissions')
+
+
+def fill(url, name='s', n=3):
+    stream = mb.stream(name, url=url)
+    stream.append([{'i': i} for i in range(n)])
+    return stream
+
+
+def test_a_read_only_store_reads_and_refuses_every_write(db_path):
+    url = 'sqlite:///' + db_path
+    writer = fill(url)
+    before = os.stat(db_path).st_mtime_ns, writer.stats()
+    reader = SQLiteStore(url + '?readonly=true')
+    try:
+        assert [m.data for m in reader.messages('s')] == [{'i': 0}, {'i': 1}, {'i': 2}]
+        assert reader.counts('s')['available'] == 3 and [s.name for s in reader.list_streams()] == ['s']
+        assert reader.ensure_stream('s').name == 's', 'an existing stream needs no write'
+        for write in (lambda: reader.append('s', [{'i': 3}]), lambda: reader.ensure_stream('new'),
+                      lambda: reader.expire_leases('s'), lambda: reader.heartbeat('s', 'c', {}),
+                      lambda: reader.ensure_stream('s', interval=5.0)):
+            with pytest.raises(ConfigurationError, match='read-only .opened with readonly=True.'):
+                write()
+        writer.append([{'i': 3}])  # a writer goes on meanwhile, and the reader sees it
+        assert reader.counts('s')['available'] == 4
+    finally:
+        reader.close()
+    assert writer.stats()['available'] == 4 and before[0] <= os.stat(db_path).st_mtime_ns
+
+
+def test_a_read_only_stream_gives_its_stats(db_path):
+    fill('sqlite:///' + db_path)
+    stream = mb.stream('s', url=f'sqlite:///{db_path}?readonly=1')
+    assert stream.stats()['available'] == 3
+    with pytest.raises(ConfigurationError, match='read-only'):
+        stream.append({'i': 9})
+    assert stream.stats()['available'] == 3
+
+
+def test_a_missing_file_opened_read_only_is_not_created_and_reads_as_empty(tmp_path):
+    path = tmp_path / 'not' / 'yet.db'
+    reader = SQLiteStore(f'sqlite:///{path}', readonly=True)
+    try:
+        assert reader.list_streams() == [] and reader.counts('s')['available'] == 0
+        assert not (tmp_path / 'not').exists(), 'reading created nothing'
+        with pytest.raises(ConfigurationError, match='read-only'):
+            reader.append('s', [{'i': 1}])
+        assert not (tmp_path / 'not').exists()
+        fill(f'sqlite:///{path}', n=2)  # the file appears: the reader reads it
+        assert reader.counts('s')['available'] == 2
+    finally:
+        reader.close()
+
+
+def test_a_bad_readonly_option_is_refused(db_path):
+    with pytest.raises(ConfigurationError, match='readonly must be true or false'):
+        SQLiteStore(f'sqlite:///{db_path}?readonly=maybe')
+
+
+@pytest.mark.parametrize('file_mode, folder_mode', [(0o400, 0o700), (0o600, 0o500), (0o400, 0o500)])
+def test_a_file_this_user_may_only_read_opens_read_only(tmp_path, file_mode, folder_mode):
+    as_non_root()
+    folder = tmp_path / 'ro'
+    path = folder / 'mb.db'
+    fill(f'sqlite:///{path}')
+    from minibatch.store import reset_stores
+    reset_stores()  # the writer's connections closed: no -wal or -shm left behind
+    os.chmod(path, file_mode)
+    os.chmod(folder, folder_mode)
+    try:
+        store = SQLiteStore(f'sqlite:///{path}')  # no option: the permissions decide
+        try:
+            assert store.counts('s')['available'] == 3
+            assert mb.stream('s', url=f'sqlite:///{path}').stats()['available'] == 3
+            with pytest.raises(ConfigurationError, match='read-only .this user may not write'):
+                store.append('s', [{'i': 3}])
+        finally:
+            store.close()
+    finally:
+        os.chmod(folder, 0o700)
+        os.chmod(path, 0o600)
 
 
 # -- window records of a dead consumer (issue 12, item 8) ------------------------

@@ -48,6 +48,7 @@ class Settings:
         #: the --url given (None: the environment decides, see :func:`minibatch.store.resolve_url`)
         self.url = url
         self._store = None
+        self._reader = None
 
     @property
     def store(self):
@@ -62,20 +63,42 @@ class Settings:
         return self._store
 
 
+    @property
+    def reader(self):
+        """The store for :attr:`url` for commands that only read, resolved on first use and kept.
+
+        Opened read-only where the store can be (``opens_read_only``: the
+        embedded store), so that a user who may only read the file can still
+        look, and nothing (no file, no folder) is created by looking.
+
+        :raises minibatch.errors.MinibatchError: as :attr:`store`
+        """
+        if self._reader is None:
+            from minibatch.store import get_store, resolve_url, store_class
+            read_only = getattr(store_class(resolve_url(self.url)), 'opens_read_only', False)
+            self._reader = get_store(self.url, **({'readonly': True} if read_only else {}))
+        return self._reader
+
+
 #: command decorator: pass the :class:`Settings` of the group as the first argument
 pass_settings = click.make_pass_decorator(Settings, ensure=True)
 
 
-def pass_store(fn):
+def pass_store(fn=None, *, read_only=False):
     """Command decorator: call ``fn(store, ...)`` with the store the group's ``--url`` chose.
 
     The store is resolved when the command starts, before its own work, and
     only once however many commands ask for it. Its errors are minibatch
     errors, so the command's :class:`Group` prints them as one line.
+    ``@pass_store(read_only=True)`` is for commands that only read: they get
+    :attr:`Settings.reader`.
     """
+    if fn is None:
+        return functools.partial(pass_store, read_only=read_only)
+
     @pass_settings
     def wrapper(settings, *args, **kwargs):
-        return fn(settings.store, *args, **kwargs)
+        return fn(settings.reader if read_only else settings.store, *args, **kwargs)
     return functools.update_wrapper(wrapper, fn)
 
 

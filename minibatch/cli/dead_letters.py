@@ -29,7 +29,7 @@ def dead_letters():
 @click.argument('stream')
 @click.option('--json', 'as_json', is_flag=True, help='one JSON object per dead letter')
 @click.option('-n', '--limit', type=click.IntRange(min=1), metavar='N', help='at most N, oldest first')
-@pass_store
+@pass_store(read_only=True)
 def dead_letters_list(store, stream, as_json, limit):
     """List the dead letters of STREAM, oldest first, with their attempts and last error."""
     require_stream(store, stream)

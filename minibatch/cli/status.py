@@ -30,7 +30,7 @@ CONSUMER_COLUMNS = ('consumer', 'host', 'pid', 'state', 'seen', 'alive', 'proces
 @click.option('--consumers', is_flag=True, help="list each stream's consumer reports too")
 @click.option('--watch', type=click.FloatRange(min=0.1), metavar='SECONDS',
               help='refresh every SECONDS until Ctrl-C')
-@pass_store
+@pass_store(read_only=True)
 def status(store, streams, as_json, consumers, watch):
     """Show the store and the figures of every stream (or of the STREAMS named).
 

@@ -33,7 +33,7 @@ MAX_GAP = 1.0
 @click.option('-f', '--follow', is_flag=True, help='keep printing messages as they are appended')
 @click.option('--timeout', type=click.FloatRange(min=0), metavar='SECONDS', help='with -f: stop after SECONDS')
 @click.option('--meta', is_flag=True, help='print id, created, state and attempts with the data')
-@pass_store
+@pass_store(read_only=True)
 def tail(store, stream, count, follow, timeout, meta):
     """Print the last messages of STREAM as JSON lines; with -f, follow new ones.
 

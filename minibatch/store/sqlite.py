@@ -23,7 +23,7 @@ import operator
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from minibatch.errors import InvalidMessage
 from minibatch.store import sqlite_messages as lifecycle
@@ -48,10 +48,16 @@ class SQLiteStore(Store):
     ``UPDATE ... RETURNING`` on rows still available, so they are atomic
     across processes. Ids come from AUTOINCREMENT: they only increase and are
     never reused.
+
+    ``readonly=True`` (or ``?readonly=true``) opens the file read-only, as does
+    a file this user may not write: reads work, writes raise ConfigurationError
+    (see :class:`~minibatch.store.sqlite_connection.Database`).
     """
     querysets = False
     # the write lock held longer than busy timeout plus retries: worth waiting out
     transient_errors = (ConnectionError, sqlite3.OperationalError)
+    #: ``readonly=True`` opens the file without creating or writing anything (read-only tools use it)
+    opens_read_only: ClassVar[bool] = True
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
@@ -71,6 +77,12 @@ class SQLiteStore(Store):
     # -- streams ----------------------------------------------------------
     def ensure_stream(self, name: str, **defaults: Any) -> StreamInfo:
         values = stream_values(defaults)
+        if self.db.read_only_now():
+            # nothing to write for a stream that exists as asked: mb.stream(name).stats() works read-only
+            info = self.get_stream(name)
+            if info is not None and all(values.get(key) in (None, getattr(info, key))
+                                        for key in ('interval', 'max_age')):
+                return info
         created = values.get('created') or to_epoch(utcnow())
         record: dict[str, Any] = {'created': created, 'last_read': created, 'interval': 1.0, 'closed': 0,
                   'max_age': None, 'status': '{}'}

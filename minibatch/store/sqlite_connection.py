@@ -4,18 +4,23 @@ Every process and thread has its own connection (SQLite connections must not
 cross a fork), in autocommit mode; every write is one ``BEGIN IMMEDIATE``
 transaction (:meth:`Database.write`), so the write lock is taken up front and a
 transaction never fails half-way when upgrading from a read lock.
+
+A file can be opened read-only (``readonly=True``, or by itself when this user
+may not write the file or its folder): nothing is created, the schema is not
+touched, and every write raises :class:`~minibatch.errors.ConfigurationError`.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 from minibatch.errors import ConfigurationError, StoreUnavailable
 
@@ -83,7 +88,11 @@ CREATE TABLE IF NOT EXISTS consumers (
 """
 
 SYNCHRONOUS = ('OFF', 'NORMAL', 'FULL', 'EXTRA')
-OPTIONS = ('synchronous', 'timeout')
+OPTIONS = ('synchronous', 'timeout', 'readonly')
+_BOOLEANS = {'1': True, 'true': True, 'yes': True, 'on': True, '0': False, 'false': False, 'no': False, 'off': False}
+#: table name -> its CREATE statement (a read-only connection makes empty TEMP copies of the tables a file lacks)
+TABLES = {match.group(1): match.group(0) for match in
+          re.finditer(r'CREATE TABLE IF NOT EXISTS (\w+) \(.*?\n\);', SCHEMA, re.S)}
 LOCK_RETRIES = 5
 _T = TypeVar('_T')
 
@@ -113,19 +122,26 @@ def _is_locked(exc: BaseException) -> bool:
 
 class _Holder:
     """A thread's connection; weak-referenceable (sqlite3.Connection is not) so close() can find it."""
-    __slots__ = ('conn', 'pid', '__weakref__')
+    __slots__ = ('conn', 'pid', 'stand_in', '__weakref__')
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, stand_in: bool = False) -> None:
         self.conn: sqlite3.Connection | None = conn
         self.pid = os.getpid()
+        #: an empty in-memory database standing in for a read-only file that does not exist (yet)
+        self.stand_in = stand_in
 
 
 class Database:
     """One SQLite file in WAL mode: a connection per thread, transactions, reads.
 
     ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``, options
-    ``synchronous`` (default NORMAL) and ``timeout`` (the busy timeout, seconds)
-    in the query string or as keywords.
+    ``synchronous`` (default NORMAL), ``timeout`` (the busy timeout, seconds)
+    and ``readonly`` (default false) in the query string or as keywords.
+
+    Read-only (``readonly=True``, or when the file exists and this user may
+    not write it or its folder): opened with SQLite's ``mode=ro``, creating
+    nothing; a file that does not exist reads as an empty store until it
+    appears, and writes raise ConfigurationError saying why the file is read-only.
     """
 
     def __init__(self, url: str, **options: Any) -> None:
@@ -149,6 +165,13 @@ class Database:
             self.timeout = float(settings.get('timeout', 30.0))
         except ValueError:
             raise ConfigurationError(f'timeout must be a number of seconds, not {settings["timeout"]!r}')
+        readonly = settings.get('readonly', False)
+        if isinstance(readonly, str):
+            readonly = _BOOLEANS.get(readonly.lower(), readonly)
+        if not isinstance(readonly, bool):
+            raise ConfigurationError(f'readonly must be true or false, not {readonly!r}')
+        #: why this file is open read-only, or None when it is writable (decided on first use when not asked)
+        self.read_only: str | None = 'opened with readonly=True' if readonly else None
         # resolved now, so that a later chdir() does not move the database
         self.path = os.path.abspath(path)
         self._local = threading.local()
@@ -159,9 +182,14 @@ class Database:
         """This thread's connection, opened (and the schema made) on first use in this process."""
         holder: _Holder | None = getattr(self._local, 'holder', None)
         if holder is not None and holder.conn is not None and holder.pid == os.getpid():
-            return holder.conn
-        conn = self._connect()
-        holder = self._local.holder = _Holder(conn)
+            if not (holder.stand_in and os.path.exists(self.path)):
+                return holder.conn
+            holder.conn.close()  # the file appeared: read it instead of the empty stand-in
+        if self.read_only is None and _unwritable(self.path):
+            self.read_only = 'this user may not write the file or its folder'
+            logger.info('%s: opened read-only: %s', self.describe(), self.read_only)
+        conn, stand_in = self._connect_read_only() if self.read_only else (self._connect(), False)
+        holder = self._local.holder = _Holder(conn, stand_in)
         with _lock:
             self._holders.add(holder)
             _open.add(holder)
@@ -184,6 +212,38 @@ class Database:
             conn.close()
             raise StoreUnavailable(f'cannot use {self.describe()}: {exc}') from exc
         return conn
+
+    def read_only_now(self) -> bool:
+        """Whether the file is open read-only (connecting first: a file we may not write is found out then)."""
+        self.conn()
+        return self.read_only is not None
+
+    def _connect_read_only(self) -> tuple[sqlite3.Connection, bool]:
+        """A connection that cannot write the file, and whether it is an empty stand-in (no file yet)."""
+        exists = os.path.exists(self.path)
+        try:
+            conn = self._open_uri('mode=ro') if exists else sqlite3.connect(':memory:', check_same_thread=False)
+            try:
+                tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            except sqlite3.OperationalError:
+                # WAL needs the -wal and -shm files; a folder we cannot write has none (or mode=ro would have
+                # used them): then no writer has the file open, and it may be read as an immutable one
+                conn.close()
+                if os.path.exists(self.path + '-wal'):
+                    raise
+                conn = self._open_uri('immutable=1')
+                tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            # tables a file of an earlier version (or an empty one) lacks read as empty
+            for name, create in TABLES.items():
+                if name not in tables:
+                    conn.execute(create.replace('CREATE TABLE IF NOT EXISTS', 'CREATE TEMP TABLE', 1))
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(f'cannot open {self.describe()} read-only: {exc}') from exc
+        return conn, not exists
+
+    def _open_uri(self, mode: str) -> sqlite3.Connection:
+        return sqlite3.connect(f'file:{quote(self.path)}?{mode}', uri=True, timeout=self.timeout,
+                               isolation_level=None, check_same_thread=False)
 
     def _init_schema(self, conn: sqlite3.Connection) -> None:
         # journal_mode=WAL is persistent in the file; readers then never block the writer
@@ -212,6 +272,8 @@ class Database:
         """
         for attempt in range(LOCK_RETRIES):
             conn = self.conn()
+            if self.read_only:
+                raise ConfigurationError(f'cannot write to {self.describe()}: it is read-only ({self.read_only})')
             try:
                 conn.execute('BEGIN IMMEDIATE')
                 try:
@@ -264,6 +326,11 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
     for table, column, declaration in ADDED_COLUMNS:
         if column not in {row[1] for row in conn.execute(f'PRAGMA table_info({table})')}:
             conn.execute(f'ALTER TABLE {table} ADD COLUMN {column} {declaration}')
+
+
+def _unwritable(path: str) -> bool:
+    """True when ``path`` exists and this user may not write it or its folder (where WAL keeps -wal and -shm)."""
+    return os.path.exists(path) and not (os.access(path, os.W_OK) and os.access(os.path.dirname(path), os.W_OK))
 
 
 def _create_private(path: str) -> None:
