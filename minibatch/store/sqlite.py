@@ -1,7 +1,9 @@
 """The embedded store: one SQLite file in WAL mode, shared by the processes of one machine.
 
 URLs follow SQLAlchemy: ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``,
-optionally ``?synchronous=FULL`` (default NORMAL) and ``&timeout=SECONDS`` (busy timeout).
+optionally ``?synchronous=FULL`` (default NORMAL), ``&timeout=SECONDS`` (busy timeout) and
+``&readonly=true`` (open the file read-only, creating nothing; see
+:class:`~minibatch.store.sqlite_connection.Database`).
 
 Concurrency model: every process and thread has its own connection, in
 autocommit mode; every write is one ``BEGIN IMMEDIATE`` transaction
