@@ -247,11 +247,12 @@ def stop_window(executor: Any, future: concurrent.futures.Future[Any], owned: bo
 class Alarm:
     """Calls ``fn`` with a SIGALRM after ``seconds`` that raises :class:`WindowTimeout` inside it.
 
-    For the inline executor, whose functions run in the consumer's own thread:
-    only the main thread receives signals, so elsewhere (a ``blocking=False``
-    consumer), or while the process's interval timer is in use, the function
-    runs without a limit. A function that catches the timeout and returns
-    fails all the same.
+    For the inline executor, whose functions run in the consumer's own thread.
+    Only the main thread receives signals: elsewhere (a ``blocking=False``
+    consumer) the function runs without a limit. An interval timer already set
+    (e.g. by pytest-timeout) is put back afterwards, less the time spent; if
+    it is due first, it is left alone. A function that catches the timeout and
+    returns fails all the same.
     """
 
     def __init__(self, fn: Callable[..., Any], seconds: float):
@@ -259,25 +260,31 @@ class Alarm:
         self.seconds = seconds
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if threading.current_thread() is not threading.main_thread() or signal.getitimer(signal.ITIMER_REAL)[0]:
+        if threading.current_thread() is not threading.main_thread():
+            return self.fn(*args, **kwargs)
+        other, interval = signal.getitimer(signal.ITIMER_REAL)
+        if other and other <= self.seconds:  # the timer someone else set rings first: theirs to handle
             return self.fn(*args, **kwargs)
         state = {'fired': False, 'finished': False}
 
-        def on_alarm(signum, frame):
+        def on_alarm(signum: int, frame: Any) -> None:
             state['fired'] = True
             if not state['finished']:
                 raise WindowTimeout(self.seconds, 'interrupted by SIGALRM (inline executor)')
+        started = time.monotonic()
         previous = signal.signal(signal.SIGALRM, on_alarm)
         try:
             try:
                 signal.setitimer(signal.ITIMER_REAL, self.seconds)
                 result = self.fn(*args, **kwargs)
             finally:
-                # (a handler that runs before this line raises; the outer finally still restores it)
+                # (a handler that runs before this line raises; the outer finally still cleans up)
                 state['finished'] = True
                 signal.setitimer(signal.ITIMER_REAL, 0)
         finally:
             signal.signal(signal.SIGALRM, previous)
+            if other:
+                signal.setitimer(signal.ITIMER_REAL, max(other - (time.monotonic() - started), 0.001), interval)
         if state['fired']:
             raise WindowTimeout(self.seconds, 'the function caught the interruption')
         return result
