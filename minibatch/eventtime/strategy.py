@@ -101,22 +101,20 @@ class EventTimeWindow(WindowEmitter):
 
     # -- the round --------------------------------------------------------
     def window_ready(self):
+        self._due_at = None  # read again when the loop next asks (due_in), not every round
         self._index()
-        try:
-            if self._late_pending:
-                claimed = self._handle_late()
-                if claimed:
-                    return True, (claimed,)
-            for _ in range(self.READY_BATCH):
-                row = self._next_ready()
-                if row is None:
-                    break
-                claimed = self._take(row)
-                if claimed:
-                    return True, (claimed,)
-            return False, ()
-        finally:
-            self._due_at = self.state.next_due(self.spec.grace if self.spec.close_by_clock else None)
+        if self._late_pending:
+            claimed = self._handle_late()
+            if claimed:
+                return True, (claimed,)
+        for _ in range(self.READY_BATCH):
+            row = self._next_ready()
+            if row is None:
+                break
+            claimed = self._take(row)
+            if claimed:
+                return True, (claimed,)
+        return False, ()
 
     def query(self, claimed=()):
         return list(claimed)
@@ -125,8 +123,10 @@ class EventTimeWindow(WindowEmitter):
         return self.select(qs)  # claimed in window_ready already, all or nothing
 
     def due_in(self) -> float:
+        """Seconds until the next open window closes by the clock (or a taken one may be taken over)."""
         if self._due_at is None:
-            return float('inf')
+            due = self.state.next_due(self.spec.grace if self.spec.close_by_clock else None)
+            self._due_at = float('inf') if due is None else due
         return max(0.02, self._due_at - time.time())
 
     # -- indexing ---------------------------------------------------------
@@ -179,7 +179,7 @@ class EventTimeWindow(WindowEmitter):
             return []
         items = self.state.contents(row)
         if not items:  # all committed (a crash after the commit) or dead-lettered: nothing to emit
-            self.state.done(row, [])
+            self.state.done(row, [], sweep=True)
             return []
         busy = [item.lease for item in items if item.state != AVAILABLE]
         if busy:  # held by an overlapping window, or waiting for a retry: look again when that lease ends

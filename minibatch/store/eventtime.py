@@ -121,11 +121,13 @@ class EventTimeState(abc.ABC):
         """Make TAKEN ``rows`` due now (a consumer gave its windows back when stopping)."""
 
     @abc.abstractmethod
-    def done(self, row: Row, ids: Sequence[RecordId]) -> None:
+    def done(self, row: Row, ids: Sequence[RecordId], sweep: bool = False) -> None:
         """Mark ``row`` DONE and forget the index entries of ``ids`` (its committed messages).
 
-        Also removes DONE rows the watermark has passed by more than the span: an event
-        for them is late by the watermark alone.
+        ``sweep``: also forget the row's entries whose messages left the stream otherwise (dead
+        letters, or committed just before a crash), so that a dead letter requeued later is
+        indexed again, as a late event. Removes (now and then) DONE rows the watermark has
+        passed by more than the span: an event for them is late by the watermark alone.
         """
 
     @abc.abstractmethod

@@ -171,11 +171,11 @@ class State(EventTimeState):
             now = (utcnow() - _EPOCH).total_seconds()
             self.windows.update_many({'_id': {'$in': ids}, 'state': TAKEN}, {'$set': {'due': now}})
 
-    def done(self, row: Row, ids: Sequence[RecordId]) -> None:
+    def done(self, row: Row, ids: Sequence[RecordId], sweep: bool = False) -> None:
         self.windows.update_one({'_id': _row_id(self.spec, row.key, row.start, row.end)},
                                 {'$set': {'state': DONE, 'due': row.end}})
-        # dead letters of this window leave the index: requeued, they are indexed again (as late events)
-        self.buffer.update_many({**self._window_query(row), 'state': DEAD}, {'$unset': {'et': ''}})
+        if sweep:  # committed messages are gone with their entries; dead letters keep theirs until now
+            self.buffer.update_many({**self._window_query(row), 'state': DEAD}, {'$unset': {'et': ''}})
         self._done_calls += 1
         if self._done_calls % PURGE_EVERY == 1:
             doc = self.specs.find_one({'_id': self.spec}, {'max_t': 1}) or {}

@@ -174,17 +174,16 @@ class State(EventTimeState):
             self.db.write(lambda conn: conn.executemany(
                 f'UPDATE et_windows SET due = ? WHERE {_ROW} AND state = {TAKEN}', params))
 
-    def done(self, row: Row, ids: Sequence[RecordId]) -> None:
+    def done(self, row: Row, ids: Sequence[RecordId], sweep: bool = False) -> None:
         def work(conn: sqlite3.Connection) -> None:
             conn.execute(f'UPDATE et_windows SET state = {DONE}, due = wend WHERE {_ROW}',
                          (self.spec, row.key, row.start, row.end))
             for chunk in chunks(ids):
                 conn.execute(f'DELETE FROM et_events WHERE spec = ? AND msg IN ({marks(chunk)})', (self.spec, *chunk))
-            # entries of messages that left the stream otherwise (dead letters; a commit before a crash):
-            # a dead letter requeued later is indexed again, as a late event of this window
-            conn.execute('DELETE FROM et_events WHERE spec = ? AND late = 0 AND key = ? AND t >= ? AND t < ?'
-                         ' AND NOT EXISTS (SELECT 1 FROM buffer b WHERE b.id = et_events.msg'
-                         f' AND b.state IN {_IN_STREAM})', (self.spec, row.key, row.start, row.end))
+            if sweep:
+                conn.execute('DELETE FROM et_events WHERE spec = ? AND late = 0 AND key = ? AND t >= ? AND t < ?'
+                             ' AND NOT EXISTS (SELECT 1 FROM buffer b WHERE b.id = et_events.msg'
+                             f' AND b.state IN {_IN_STREAM})', (self.spec, row.key, row.start, row.end))
             # rows the watermark passed by more than the span: late by the watermark alone
             conn.execute(f'DELETE FROM et_windows WHERE spec = ? AND state = {DONE} AND due <= '
                          '(SELECT max_t - grace - span FROM et_specs WHERE spec = ?)', (self.spec, self.spec))
