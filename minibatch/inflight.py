@@ -7,10 +7,14 @@ options it reads. :class:`minibatch.window.WindowEmitter` fulfils it.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import time
 from typing import Any, Callable, ClassVar, Protocol
 
+from minibatch.executors import stop_window
 from minibatch.store.base import Message, Store
+
+logger = logging.getLogger('minibatch.window')
 
 #: a window function's future, as the executors return it
 WindowFuture = concurrent.futures.Future[Any]
@@ -100,6 +104,59 @@ def next_deadline(flights: list[InFlight]) -> float:
     """The earliest deadline of ``flights`` still running (``time.monotonic()``), ``inf`` if none."""
     return min((f.deadline for f in flights if f.deadline is not None and not f.future.done()),
                default=float('inf'))
+
+
+def renew_leases(store: Store, stream: str, lease: float, flights: list[InFlight]) -> None:
+    """Renew the lease of each of ``flights`` last renewed more than a third of ``lease`` ago."""
+    now = time.monotonic()
+    for flight in flights:
+        token = flight.token
+        if now - flight.renewed > lease / 3 and token is not None:
+            held = store.renew(stream, token, lease)
+            flight.renewed = now
+            if not held:
+                logger.warning('minibatch: lost the lease of a running window on %r', stream)
+
+
+def stop_flight(flights: list[InFlight], flight: InFlight, owned: bool,
+                give_back: Callable[[list[Message]], None]) -> tuple[str, bool]:
+    """Stop what runs ``flight`` (see :func:`minibatch.executors.stop_window`); return what was done, and whether
+    its process pool was killed.
+
+    A killed pool interrupts every window in it: those not finished are given
+    back untouched (no attempt counted: they did nothing wrong) and removed
+    from ``flights``; a new pool is the caller's to start.
+    """
+    detail, pool_killed = stop_window(flight.executor, flight.future, owned)
+    if pool_killed:
+        for other in list(flights):
+            finished = other.future.done() and other.future.exception() is None  # settled as usual
+            if other is not flight and other.executor is flight.executor and not finished:
+                give_back(other.messages)
+                flights.remove(other)
+    return detail, pool_killed
+
+
+def retrying(transient: tuple[type[BaseException], ...], lease: float, stream: str, fn: Callable[..., Any],
+             *args: Any) -> Any:
+    """Call ``fn(*args)``, retrying while the store raises ``transient`` errors, until a lease would have run out.
+
+    Settling a window must survive a short outage; after the lease the messages
+    are someone else's anyway (they will be delivered again), so this gives up
+    and returns None.
+    """
+    deadline = time.monotonic() + lease
+    delay = 0.1
+    while True:
+        try:
+            return fn(*args)
+        except transient as exc:
+            if time.monotonic() > deadline:
+                logger.error('minibatch: could not settle a window on %r (%s); its lease will expire and '
+                             'it will be delivered again', stream, summary(exc))
+                return None
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 def sink_payload(result: Any, window: Any) -> Any:

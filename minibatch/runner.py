@@ -38,7 +38,8 @@ from minibatch import retention
 from minibatch.asyncio_executor import DEFAULT_CONCURRENCY, AsyncioExecutor, RunCoroutine, is_async
 from minibatch.executors import Alarm, LocalExecutor, SendableErrors, WindowTimeout, make_executor, stop_window
 from minibatch.marshaller import marshal
-from minibatch.inflight import InFlight, Strategy, WindowFuture, next_deadline, overdue, sink_payload, summary
+from minibatch.inflight import (InFlight, Strategy, WindowFuture, next_deadline, overdue, renew_leases, retrying,
+                                sink_payload, stop_flight, summary)
 from minibatch.store.base import Message, Store, utcnow
 
 logger = logging.getLogger('minibatch.window')
@@ -217,10 +218,12 @@ class Runner:
                   or isinstance(f.future.exception(), concurrent.futures.BrokenExecutor)]
         if any(flight.executor is self.executor for flight in broken):
             self._replace_broken_executor()
-        if len(broken) > 1:
+        if len(broken) > 1 or (broken and self.stop_event.is_set()):
             # a dead worker fails every window of its pool, and which one killed it is
             # unknown: give them all back without counting an attempt, and run the next
-            # windows one at a time, so that a repeat crash points at its culprit
+            # windows one at a time, so that a repeat crash points at its culprit. When
+            # stopping, the workers most likely got the same SIGTERM as we did (systemd
+            # signals the whole group): nobody's fault either
             for flight in broken:
                 self.give_back(flight.messages)
                 self.inflight.remove(flight)
@@ -233,32 +236,17 @@ class Runner:
                 self.time_out(flight)
 
     def time_out(self, flight: InFlight) -> None:
-        """``flight`` ran past its ``timeout=``: stop what runs it, and fail it (an attempt counted)."""
-        timeout = self.em.timeout or 0.0
-        detail = self.stop(flight)
+        """``flight`` ran past its ``timeout=``: stop what runs it (a process pool killed for it is
+        replaced, see :func:`stop_flight`), and fail it: an attempt counted."""
+        detail, pool_killed = stop_flight(self.inflight, flight, self._owns_executor, self.give_back)
+        if pool_killed and flight.executor is self.executor:
+            self._new_pool('its workers were killed to stop a window')
         self.inflight.remove(flight)
+        timeout = self.em.timeout or 0.0
         logger.warning('minibatch: a window of %d messages on %r timed out after %gs; %s', len(flight.messages),
                        self.name, timeout, detail)
         self.settle_call(self.em.undo, flight.messages, flight.window,
                          f'{WindowTimeout.__name__}: {WindowTimeout(timeout, detail)}')
-
-    def stop(self, flight: InFlight) -> str:
-        """Stop what runs ``flight`` (see :func:`minibatch.executors.stop_window`); say what was done.
-
-        A process pool is killed whole: its other windows are given back
-        untouched (no attempt counted: they did nothing wrong), and the next
-        windows run on a new pool.
-        """
-        detail, pool_killed = stop_window(flight.executor, flight.future, self._owns_executor)
-        if pool_killed:
-            for other in list(self.inflight):
-                if other is not flight and other.executor is flight.executor and not (
-                        other.future.done() and other.future.exception() is None):  # (finished: reap settles it)
-                    self.give_back(other.messages)
-                    self.inflight.remove(other)
-            if flight.executor is self.executor:
-                self._new_pool('its workers were killed to stop a window')
-        return detail
 
     def settle(self, flight: InFlight) -> None:
         """Commit a finished window (and put its result to the sink), or undo it when it failed."""
@@ -285,23 +273,8 @@ class Runner:
         self.inflight.remove(flight)
 
     def settle_call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Call ``fn(*args)``, retrying while the store is unreachable, until the lease would have run out.
-
-        Settling must survive a short outage; after the lease the messages are
-        someone else's anyway (they will be delivered again), so we give up.
-        """
-        deadline = time.monotonic() + self.em.lease
-        delay = 0.1
-        while True:
-            try:
-                return fn(*args)
-            except self.store.transient_errors as exc:
-                if time.monotonic() > deadline:
-                    logger.error('minibatch: could not settle a window on %r (%s); its lease will expire and '
-                                 'it will be delivered again', self.name, summary(exc))
-                    return None
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        """Call ``fn(*args)``, retrying while the store is unreachable, for up to a lease (see :func:`retrying`)."""
+        return retrying(self.store.transient_errors, self.em.lease, self.name, fn, *args)
 
     def retry_due_in(self, seconds: float) -> None:
         """A window of ours was released for a retry in ``seconds``: look for it then, not at the next expiry."""
@@ -324,14 +297,7 @@ class Runner:
 
     def renew_leases(self) -> None:
         """Renew the lease of every in-flight window every third of the lease."""
-        now = time.monotonic()
-        for flight in self.inflight:
-            token = flight.token
-            if now - flight.renewed > self.em.lease / 3 and token is not None:
-                held = self.store.renew(self.name, token, self.em.lease)
-                flight.renewed = now
-                if not held:
-                    logger.warning('minibatch: lost the lease of a running window on %r', self.name)
+        renew_leases(self.store, self.name, self.em.lease, self.inflight)
 
     def maintain(self) -> None:
         """Periodic work of a round: leases, expired claims of others, retention, heartbeats."""
