@@ -59,7 +59,7 @@ class History:
         return int(self.span // self.interval) + 1
 
     def samples(self, info: StreamInfo, now: datetime.datetime) -> list[Sample]:
-        """The samples of ``info``'s stream no older than :attr:`span`, oldest first. Read-only.
+        """The samples of ``info``'s stream no older than :attr:`span` (nor in the future), oldest first. Read-only.
 
         Anything in the status entry that is not a ``[time, backlog, rate]``
         list of numbers is ignored, so a damaged entry draws an empty chart
@@ -69,11 +69,12 @@ class History:
         raw = dashboard.get(STATUS_PATH[1]) if isinstance(dashboard, dict) else None
         if not isinstance(raw, list):
             return []
-        cutoff = epoch(now) - self.span
+        t = epoch(now)
         kept = [list(map(float, item)) for item in raw
                 if isinstance(item, list) and len(item) == 3
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in item)]
-        return [sample for sample in kept if sample[0] >= cutoff][-self.limit:]
+        # samples from the future (a dashboard whose clock runs ahead) would stop sampling: dropped too
+        return [sample for sample in kept if t - self.span <= sample[0] <= t + self.interval][-self.limit:]
 
     def record(self, store: Store, info: StreamInfo, figures: dict[str, Any],
                now: datetime.datetime) -> list[Sample]:

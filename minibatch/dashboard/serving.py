@@ -22,8 +22,9 @@ class BackgroundServer:
         self.server = make_server(host, port, app, threaded=True)
         self.host = host
         self.port = self.server.server_port
-        self.thread = threading.Thread(target=self.server.serve_forever, name='minibatch-dashboard-server',
-                                       daemon=True)
+        # a short poll interval: stop() returns within 50 ms
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                       name='minibatch-dashboard-server', daemon=True)
         self.thread.start()
 
     @property
