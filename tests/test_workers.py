@@ -3,6 +3,7 @@
 Issue 12, item 8 (orphaned workers) and its siblings: ``os._exit`` in a worker,
 an exception that cannot travel back from the worker.
 """
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 
 import minibatch as mb
 from tests.helpers import ListSink, wait_until
-from tests.test_reliability import delivered, events, start_consumer, stop_all
+from tests.test_reliability import CONSUMER, delivered, events, start_consumer, stop_all
 from tests.test_timeouts import process_alive
 
 
@@ -57,6 +58,26 @@ def test_a_pool_worker_obeys_sigterm_and_its_window_runs_again(tmp_path):
     finally:
         stop_all([proc])
     assert proc.returncode == 0
+
+
+def test_sigterm_to_the_whole_group_gives_the_window_back_uncounted(tmp_path):
+    """systemd (KillMode=control-group) signals the consumer and its workers at once: nobody's failure."""
+    url = 'sqlite:///' + str(tmp_path / 'store.db')
+    stream = mb.stream('group-stop', url=url)
+    stream.append({'i': 0})
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
+                                                       os.environ.get('PYTHONPATH', '')]))
+    options = json.dumps({'size': 1, 'executor': 'process', 'workers': 1, 'slow': 60})
+    proc = subprocess.Popen([sys.executable, CONSUMER, url, 'group-stop', str(tmp_path), options], env=env,
+                            start_new_session=True)  # its own process group, so that killpg spares pytest
+    try:
+        wait_until(lambda: worker_pids(tmp_path, proc), timeout=60, message='the worker running', alive=[proc])
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        stop_all([proc])
+    assert [(m.data['i'], m.attempts) for m in stream.store.find_available('group-stop')] == [(0, 0)], \
+        'available again at once, no attempt counted'
 
 
 ORPHAN = textwrap.dedent('''
