@@ -285,3 +285,32 @@ def test_bad_window_specs(call, words):
 
 def test_the_strategy_is_a_window_emitter():
     assert issubclass(EventTimeWindow, mb.WindowEmitter)
+
+
+def test_the_watermark_example_of_the_docs(store_url):
+    """docs/windows.rst, "Watermark, grace and closing": the table, event by event."""
+    stream = mb.stream('docs', url=store_url)
+    got = []
+    em = consumer(store_url, 'docs', got.append, window=tumbling(60), key=None, grace=10)
+    for ts in (5, 30, 58, 62, 50, 71, 12):
+        stream.append([{'ts': ts, 'v': ts}])
+        rounds(em, 2)
+    (w0,) = got
+    assert (w0.start, w0.end, [d['ts'] for d in w0.data]) == (at(0), at(60), [5, 30, 50, 58])
+    (late,) = stream.store.dead_letters('docs')
+    assert late.data['ts'] == 12 and 'late' in late.error
+    assert stream.stats()['watermark'] == at(61)
+
+
+def test_the_sensor_minutes_example_runs_and_ends_by_itself(tmp_path):
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONPATH=os.getcwd(), TMPDIR=str(tmp_path))
+    done = subprocess.run([sys.executable, 'examples/sensor_minutes.py'], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith('replayed: 12 windows') and 'late 1' in lines[0]
+    assert sum(' readings ' in line for line in lines) == 15  # 3 sensors x 5 minutes
+    assert 'open windows 0' in done.stdout and 'late event: key "north"' in done.stdout
