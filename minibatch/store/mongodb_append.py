@@ -215,7 +215,8 @@ def error_text(error: object) -> str | None:
     if error is None:
         return None
     text = error if isinstance(error, str) else f'{type(error).__name__}: {error}'
-    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS - 15] + ' ... (cut short)'
+    cut = ' ... (cut short)'
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS - len(cut)] + cut
 
 
 def _refused(exc: BaseException, count: int) -> str:
