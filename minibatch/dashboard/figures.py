@@ -100,11 +100,14 @@ def letter_row(message: Message) -> dict[str, Any]:
 def recent_windows(store: Store, name: str, limit: int) -> list[dict[str, Any]]:
     """The ``limit`` newest window records of ``name``, newest first: id, created, size, processed.
 
+    ``size`` is the number of messages the record keeps, None when it keeps
+    none (windows of ``keep=False`` consumers are recorded without their data).
+
     Reads every window record of the stream (the store contract has no
     newest-first limit), so callers cache it; see :class:`~minibatch.dashboard.server.Dashboard`.
     """
     records = store.windows(name)[-limit:] if limit > 0 else []
-    return [{'id': json_id(w.id), 'created': iso(w.created), 'size': len(w.data), 'processed': w.processed}
+    return [{'id': json_id(w.id), 'created': iso(w.created), 'size': len(w.data) or None, 'processed': w.processed}
             for w in reversed(records)]
 
 

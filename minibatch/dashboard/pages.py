@@ -51,7 +51,7 @@ _STREAM = """<section class="cards" id="figures"></section>
 <th>rate/s</th><th>windows in flight</th><th>processed</th><th>failed</th><th>last heartbeat</th></tr></thead>
 <tbody></tbody></table></section>
 <section><h2>recent windows</h2>
-<table id="windows" class="figures"><thead><tr><th>window</th><th>created</th><th>messages</th><th>processed</th>
+<table id="windows" class="figures"><thead><tr><th>window</th><th>created</th><th>messages kept</th><th>processed</th>
 </tr></thead><tbody></tbody></table></section>
 <section><h2>dead letters <span id="dead-count" class="muted"></span></h2>
 <p class="actions"><button id="requeue-all" type="button">requeue all</button>

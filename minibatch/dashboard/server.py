@@ -76,7 +76,7 @@ class Dashboard:
 
     def __init__(self, url: str | None = None, *, store: Callable[[], Store] | None = None, allow_write: bool = False,
                  token: str | None = None, refresh: float = 2.0, history: History | None = None,
-                 windows: int = 20, letters: int = 100, sample: bool = True) -> None:
+                 windows: int = 10, letters: int = 100, sample: bool = True) -> None:
         from minibatch.errors import ConfigurationError
         if not isinstance(refresh, (int, float)) or not 0 < refresh <= 3600:
             raise ConfigurationError(f'refresh must be a number of seconds in (0, 3600], got {refresh!r}')

@@ -74,12 +74,12 @@
     root.appendChild(backlog.node);
     root.appendChild(speed.node);
     var title = svg('title', {});
-    title.textContent = samples.length + ' samples; backlog up to ' + number(backlog.top) +
+    title.textContent = samples.length + ' samples; backlog up to ' + number(Math.round(backlog.top)) +
       ', rate up to ' + rate(speed.top) + '/s';
     root.appendChild(title);
     if (labels) {
       var a = svg('text', {x: 4, y: 12, 'class': 'label-backlog'});
-      a.textContent = 'backlog max ' + number(backlog.top);
+      a.textContent = 'backlog max ' + number(Math.round(backlog.top));
       var b = svg('text', {x: width - 4, y: 12, 'class': 'label-rate', 'text-anchor': 'end'});
       b.textContent = 'rate max ' + rate(speed.top) + '/s';
       var c = svg('text', {x: 4, y: height - 4, 'class': 'label-time'});
@@ -204,7 +204,7 @@
     rows(document.querySelector('#windows tbody'), data.windows, 'id', function (row, w) {
       cell(row, 'id', w.id);
       cell(row, 'created', ago(w.created, now));
-      cell(row, 'size', number(w.size));
+      cell(row, 'size', w.size === null ? '-' : number(w.size));
       cell(row, 'processed', w.processed ? 'yes' : 'in flight');
     });
     rows(document.querySelector('#dead-letters tbody'), data.dead_letters, 'id', function (row, m) {
