@@ -5,7 +5,8 @@ server until Ctrl-C (exit code 0). Binds 127.0.0.1:8765 by default; the
 address it listens on goes to stderr, with the store as ``describe()``
 names it (never its password). Read-only unless ``--allow-write``, or
 ``--token`` (also ``MINIBATCH_DASHBOARD_TOKEN``, which keeps it out of the
-process list), which the requeue and purge requests must then carry. Bound
+process list), which the requeue and purge requests must then carry. The
+request log lines show with ``-v`` only. Bound
 to another address than loopback, ``--allow-write`` needs ``--token``:
 anyone who can reach the port could otherwise purge dead letters.
 
@@ -13,6 +14,7 @@ Exit codes: 0 after Ctrl-C; 1 with one error line when the store cannot be
 used, the port is taken, or the options are unsafe; 2 for bad options.
 """
 import ipaddress
+import logging
 
 import click
 
@@ -72,6 +74,9 @@ def dashboard(store, host, port, allow_write, token, refresh, sample_every):
     click.echo(f'minibatch dashboard: {where} (metrics: {where}metrics), store: {store.describe()}, '
                f'{"read-only" if mode == "read-only" else "requeue/purge allowed" if mode == "writable" else "requeue/purge need the token"}; '
                'Ctrl-C to stop', err=True)
+    if logging.getLogger('minibatch').getEffectiveLevel() > logging.INFO:
+        # a line per poll of every open page would drown the warnings; -v shows them
+        logging.getLogger('werkzeug').setLevel(logging.WARNING)
     app.dashboard.start_sampler()
     try:
         server.serve_forever()

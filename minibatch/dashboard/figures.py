@@ -13,11 +13,15 @@ SQLite's integers or the hex of MongoDB's ObjectIds (:func:`json_id`).
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from typing import Any
 
 from minibatch.dashboard.history import History
 from minibatch.status import stream_stats
 from minibatch.store.base import DEAD, RETRY, Message, Store, StreamInfo, utcnow
+
+#: minibatch.status is untyped; its function returns a dict of plain values
+_stream_stats: Callable[..., dict[str, Any]] = stream_stats
 
 #: the keys of stream_stats the overview shows for every stream
 OVERVIEW_KEYS = ('backlog', 'in_flight', 'processed', 'failed', 'dead', 'expired', 'rate', 'consumers_alive',
@@ -60,7 +64,7 @@ def age_seconds(moment: datetime.datetime | None, now: datetime.datetime) -> flo
 
 def stream_figures(store: Store, name: str, now: datetime.datetime) -> dict[str, Any]:
     """``stream_stats`` of ``name`` plus ``oldest_age`` (seconds the oldest waiting message has waited)."""
-    stats = stream_stats(store, name, now=now)
+    stats = _stream_stats(store, name, now=now)
     stats['oldest_age'] = age_seconds(oldest_waiting(store, name, stats), now)
     return stats
 
@@ -139,7 +143,8 @@ def match_dead_ids(store: Store, name: str, ids: list[Any]) -> tuple[list[Any], 
     both come back from JSON without guessing their type. Read-only.
     """
     known = {str(m.id): m.id for m in store.dead_letters(name)}
-    found, unknown = [], []
+    found: list[Any] = []
+    unknown: list[Any] = []
     for item in dict.fromkeys(str(i) for i in ids):
         (found if item in known else unknown).append(known.get(item, item))
     return found, unknown

@@ -62,7 +62,7 @@ def merge_durations(records: list[dict[str, Any]]) -> tuple[list[float], list[in
     counts: list[int] = []
     total = 0.0
     for record in records:
-        hist = record.get('window_seconds')
+        hist: Any = record.get('window_seconds')
         try:
             le = [float(b) for b in hist['le']]
             per_bucket = [int(c) for c in hist['counts']]
