@@ -54,6 +54,22 @@ def test_good_timeouts_are_kept_as_floats(store_url):
     assert (em.timeout, em.stop_grace) == (None, em.STOP_GRACE)
 
 
+def consume_until(url, name, fn, dead, processed, **options):
+    """Run a background consumer of stream ``name`` until ``dead`` messages are dead-lettered and its sink got
+    ``processed`` windows; stop it, check it ended cleanly, and return it and its sink."""
+    stream = mb.stream(name, url=url)
+    sink = ListSink()
+    em = mb.streaming(name, size=1, url=url, sink=sink, blocking=False, **options)(fn)
+    try:
+        wait_until(lambda: stream.stats()['dead'] == dead and len(sink.items) == processed, timeout=60,
+                   message=f'{dead} dead-lettered and {processed} windows processed')
+    finally:
+        em.stop()
+        em.thread.join(30)
+    assert not em.thread.is_alive() and em.error is None, em.error
+    return em, sink
+
+
 def stuck_unless_told(window):
     """Never returns for a message with ``stuck``: spins in a process, waits for RELEASE in a thread."""
     if window.data[0].get('stuck'):
@@ -115,15 +131,8 @@ def test_other_windows_of_a_pool_killed_for_a_timeout_are_given_back_uncounted(t
     stream = mb.stream('killed-pool', url=url)
     # the stuck window is cut first, so it times out while the other still runs in the same pool
     stream.append([{'stuck': True}, {'marker': marker}])
-    sink = ListSink()
-    em = mb.streaming('killed-pool', size=1, url=url, executor='process', workers=2, timeout=1, max_attempts=1,
-                      sink=sink, blocking=False)(sleeps_on_first_delivery)
-    try:
-        wait_until(lambda: sink.items and stream.stats()['dead'] == 1, timeout=30,
-                   message='the stuck window dead-lettered and the other one processed on its second delivery')
-    finally:
-        em.stop()
-        em.thread.join(30)
+    em, sink = consume_until(url, 'killed-pool', sleeps_on_first_delivery, dead=1, processed=1, executor='process',
+                             workers=2, timeout=1, max_attempts=1)
     assert os.path.exists(marker), 'the other window had started in the killed pool'
     assert [m.data for m in stream.dead_letters()] == [{'stuck': True}], \
         'with max_attempts=1 the interrupted window would be dead too, had it counted an attempt'
@@ -148,16 +157,9 @@ def test_an_async_window_is_cancelled_at_its_timeout(store_url):
     CANCELLED.clear()
     stream = mb.stream('async-stuck', url=store_url)
     stream.append([{'stuck': True}, {'i': 0}, {'i': 1}])
-    sink = ListSink()
-    em = mb.streaming('async-stuck', size=1, url=store_url, timeout=0.3, max_attempts=2, retry_backoff=0.05,
-                      sink=sink, blocking=False)(awaits_for_ever_when_stuck)
-    try:
-        wait_until(lambda: stream.stats()['dead'] == 1 and len(sink.items) == 2, timeout=30,
-                   message='the stuck window dead-lettered and the others processed')
-        wait_until(lambda: len(CANCELLED) == 2, timeout=5, message='both attempts cancelled inside the coroutine')
-    finally:
-        em.stop()
-        em.thread.join(30)
+    consume_until(store_url, 'async-stuck', awaits_for_ever_when_stuck, dead=1, processed=2, timeout=0.3,
+                  max_attempts=2, retry_backoff=0.05)
+    wait_until(lambda: len(CANCELLED) == 2, timeout=5, message='both attempts cancelled inside the coroutine')
     [dead] = stream.dead_letters()
     assert dead.attempts == 2 and 'timed out after 0.3 s' in dead.error and 'cancelled' in dead.error
 

@@ -13,9 +13,9 @@ import textwrap
 import pytest
 
 import minibatch as mb
-from tests.helpers import ListSink, wait_until
+from tests.helpers import wait_until
 from tests.test_reliability import CONSUMER, delivered, events, start_consumer, stop_all
-from tests.test_timeouts import process_alive
+from tests.test_timeouts import consume_until, process_alive
 
 
 def worker_pids(outdir, consumer):
@@ -118,16 +118,8 @@ def exits_abruptly(window):
 def test_os_exit_in_a_worker_fails_its_window_and_the_pool_is_replaced(store_url):
     stream = mb.stream('os-exit', url=store_url)
     stream.append([{'exit': True}, {'i': 0}, {'i': 1}])
-    sink = ListSink()
-    em = mb.streaming('os-exit', size=1, url=store_url, executor='process', workers=1, max_attempts=2,
-                      retry_backoff=0.05, sink=sink, blocking=False)(exits_abruptly)
-    try:
-        wait_until(lambda: stream.stats()['dead'] == 1 and len(sink.items) == 2, timeout=60,
-                   message='the exiting window dead-lettered and the others processed')
-    finally:
-        em.stop()
-        em.thread.join(30)
-    assert em.error is None, em.error
+    consume_until(store_url, 'os-exit', exits_abruptly, dead=1, processed=2, executor='process', workers=1,
+                  max_attempts=2, retry_backoff=0.05)
     [dead] = stream.dead_letters()
     assert dead.attempts == 2 and 'worker process died' in dead.error
 
@@ -160,16 +152,9 @@ def test_an_exception_that_cannot_travel_back_fails_only_its_window(tmp_path, ki
     url = 'sqlite:///' + str(tmp_path / 'store.db')
     stream = mb.stream('unsendable', url=url)
     stream.append([{'raise': kind}] + [{'i': i} for i in range(3)])
-    sink = ListSink()
     # max_attempts=1: had the pool broken, the windows beside the failing one would have failed too
-    em = mb.streaming('unsendable', size=1, url=url, executor='process', workers=2, max_attempts=1, sink=sink,
-                      blocking=False)(raises_what_it_is_told)
-    try:
-        wait_until(lambda: stream.stats()['dead'] == 1 and len(sink.items) == 3, timeout=60,
-                   message='the failing window dead-lettered and the others processed')
-    finally:
-        em.stop()
-        em.thread.join(30)
+    em, _ = consume_until(url, 'unsendable', raises_what_it_is_told, dead=1, processed=3, executor='process',
+                          workers=2, max_attempts=1)
     [dead] = stream.dead_letters()
     assert text in dead.error and 'could not be sent back from the worker process' in dead.error
     assert 'worker process died' not in dead.error
