@@ -25,8 +25,12 @@ class AsyncioExecutor(concurrent.futures.Executor):
 
     A plain function submitted runs in the loop's thread (it must be quick).
     ``shutdown(wait=True)`` waits for the coroutines running, then stops the
-    loop; ``cancel_futures=True`` cancels them instead.
+    loop; ``cancel_futures=True`` cancels them instead. A loop that does not
+    stop within ``STOP_JOIN`` seconds (a coroutine blocks it with a call that
+    never returns) is left to its daemon thread, so the process can still exit.
     """
+    #: seconds ``shutdown(wait=True)`` waits for the loop's thread to end once the loop is told to stop
+    STOP_JOIN = 5.0
 
     def __init__(self, max_workers: int | None = None):
         self._max_workers = max_workers or DEFAULT_CONCURRENCY
@@ -63,8 +67,9 @@ class AsyncioExecutor(concurrent.futures.Executor):
             concurrent.futures.wait(running)
         self._loop.call_soon_threadsafe(self._loop.stop)
         if wait:
-            self._thread.join()
-            self._loop.close()
+            self._thread.join(self.STOP_JOIN)
+            if not self._thread.is_alive():  # (a running loop cannot be closed)
+                self._loop.close()
 
 
 async def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -381,8 +381,8 @@ def make_executor(executor: Any = None, workers: int | None = None) -> ExecutorS
     check_executor(executor, workers)
     if _is_dask_address(executor) or _is_dask_client(executor):
         from minibatch.dask import DaskExecutor
-        instance = DaskExecutor(executor)
-        return ExecutorSetup(instance, workers or instance.capacity(), True, True)
+        dask = DaskExecutor(executor)
+        return ExecutorSetup(dask, workers or dask.capacity(), True, True)
     n = workers or default_workers()
     if executor is None:
         executor = 'process'
@@ -390,7 +390,7 @@ def make_executor(executor: Any = None, workers: int | None = None) -> ExecutorS
         instance = EXECUTORS[executor](n)
         return ExecutorSetup(instance, _capacity(instance, n), True, executor == 'process')
     if isinstance(executor, type) and issubclass(executor, concurrent.futures.Executor):
-        instance = executor(max_workers=n)
+        instance = executor(max_workers=n)  # type: ignore[call-arg]  # (the Executor base takes no arguments)
         return ExecutorSetup(instance, _capacity(instance, n), True, _ships(instance))
     if hasattr(executor, 'submit'):
         return ExecutorSetup(executor, _capacity(executor, workers or None), False, _ships(executor))

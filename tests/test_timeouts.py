@@ -164,6 +164,23 @@ def test_an_async_window_is_cancelled_at_its_timeout(store_url):
     assert dead.attempts == 2 and 'timed out after 0.3 s' in dead.error and 'cancelled' in dead.error
 
 
+async def blocks_the_loop(window):
+    RELEASE.wait(60)  # a blocking call in a coroutine: no await, so nothing can cancel it
+
+
+def test_a_stopped_async_consumer_ends_even_if_a_coroutine_blocks_its_loop(store_url, monkeypatch):
+    from minibatch.asyncio_executor import AsyncioExecutor
+    monkeypatch.setattr(AsyncioExecutor, 'STOP_JOIN', 0.5)
+    stream = mb.stream('async-blocked', url=store_url)
+    stream.append({'i': 0})
+    em = mb.streaming('async-blocked', url=store_url, stop_grace=0.2, blocking=False)(blocks_the_loop)
+    wait_until(lambda: stream.stats()['claimed'] == 1, timeout=30, message='the window running')
+    em.stop()
+    em.thread.join(10)
+    assert not em.thread.is_alive(), 'the consumer ended, its loop still blocked'
+    assert [(m.data, m.attempts) for m in stream.store.find_available('async-blocked')] == [({'i': 0}, 0)]
+
+
 def spins(window):
     while True:
         pass
