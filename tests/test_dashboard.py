@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -127,6 +128,18 @@ def test_writes_are_refused_unless_allowed(tmp_path, serve):
     assert call(with_token + 'requeue', 'POST', headers={'Authorization': 'Bearer s3cret-token'})[1]['requeued'] == 3
     status, body = call(with_token.replace('api/streams/orders/dead-letters/', 'api/overview'))
     assert body['mode'] == 'token' and 's3cret' not in json.dumps(body)
+
+
+def test_a_stream_name_with_a_slash_and_spaces(tmp_path, serve):
+    url = 'sqlite:///' + str(tmp_path / 's.db')
+    stream = dead_stream(url, name='shop/eu orders', letters=1)
+    base = serve(url, allow_write=True)
+    quoted = urllib.parse.quote('shop/eu orders', safe='')
+    status, page = call(base + 'streams/' + quoted)
+    assert status == 200 and 'data-stream="shop/eu orders"' in page
+    assert call(base + 'api/streams/' + quoted)[1]['name'] == 'shop/eu orders'
+    assert call(base + f'api/streams/{quoted}/dead-letters/requeue', 'POST')[1]['requeued'] == 1
+    assert stream.stats()['backlog'] == 3
 
 
 def test_bad_options_are_refused():

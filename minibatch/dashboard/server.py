@@ -171,11 +171,11 @@ class Dashboard:
         flask = require('flask', 'apps')
         bp = flask.Blueprint(name, __name__, static_folder='static', static_url_path='/static')
         bp.add_url_rule('/', 'overview', self._overview_page, methods=['GET'])
-        bp.add_url_rule('/streams/<name>', 'stream', self._stream_page, methods=['GET'])
+        bp.add_url_rule('/streams/<path:name>', 'stream', self._stream_page, methods=['GET'])
         bp.add_url_rule('/api/overview', 'api_overview', self._api(self.overview), methods=['GET'])
-        bp.add_url_rule('/api/streams/<name>', 'api_stream', self._api(self._stream_or_404), methods=['GET'])
+        bp.add_url_rule('/api/streams/<path:name>', 'api_stream', self._api(self._stream_or_404), methods=['GET'])
         for action in ('requeue', 'purge'):
-            bp.add_url_rule(f'/api/streams/<name>/dead-letters/{action}', f'api_{action}',
+            bp.add_url_rule(f'/api/streams/<path:name>/dead-letters/{action}', f'api_{action}',
                             self._api(self._action_view(action)), methods=['GET', 'POST', 'PUT', 'DELETE', 'PATCH'])
         if metrics:
             bp.add_url_rule('/metrics', 'metrics', self.metrics_view, methods=['GET'])
