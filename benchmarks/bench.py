@@ -34,7 +34,7 @@ CONSUMER = os.path.join(HERE, 'consumer.py')
 LEGACY = os.path.join(HERE, 'legacy.py')
 
 SCENARIOS = ('append_one', 'append_batch', 'append_buffered', 'e2e_inline', 'e2e_process', 'latency_inline',
-             'latency_process', 'idle', 'scale_out', 'memory', 'async_io')
+             'latency_process', 'idle', 'scale_out', 'memory', 'async_io', 'eventtime')
 # with minibatch 0.6.0, e2e_inline/e2e_process also give e2e_inline_060n/e2e_process_060n (MongoDB, 0.6.0's n)
 
 # A key suffixed _mongodb overrides the plain key for the MongoDB store. The MongoDB-wire test server
@@ -45,14 +45,18 @@ FULL = dict(append_one_n=2000, append_one_n_mongodb=1000, append_batch_n=20000, 
             legacy_append_one_n=1000, latency_n=300, period=0.02, idle_warmup=3.0, idle_duration=10.0,
             scale_n=20000, scale_n_mongodb=1500, scale_counts=[1, 2, 4], scale_work_ms=20.0,
             scale_work_ms_mongodb=300.0, memory_n=100000, memory_n_mongodb=10000, memory_backlog=2000,
-            async_n=100, async_delay=1.0)
+            async_n=100, async_delay=1.0,
+            et_n=100000, et_keys=1000, et_n_mongodb=5000, et_keys_mongodb=50, et_memory_n=100000,
+            et_memory_keys=10000, et_memory_n_mongodb=5000, et_memory_keys_mongodb=1000)
 # On the wire server a window costs the server (one Python process) ~0.2 s: a function must do more
 # than that to be the bottleneck, hence more work per window for the MongoDB scale-out.
 QUICK = dict(append_one_n=100, append_batch_n=2000, batch=1000, append_repeats=1, e2e_n=500, e2e_n_mongodb=300,
              size=100, legacy_e2e_n=100, legacy_append_one_n=50, latency_n=20, period=0.02, idle_warmup=0.5,
              idle_duration=1.5, scale_n=300, scale_n_mongodb=200, scale_counts=[1, 2, 4], scale_work_ms=5.0,
              scale_work_ms_mongodb=20.0, memory_n=1000, memory_n_mongodb=500, memory_backlog=500,
-             async_n=20, async_delay=0.5)
+             async_n=20, async_delay=0.5,
+             et_n=10000, et_keys=100, et_n_mongodb=1000, et_keys_mongodb=10, et_memory_n=10000,
+             et_memory_keys=2000, et_memory_n_mongodb=500, et_memory_keys_mongodb=100)
 
 
 class Bench:
@@ -239,6 +243,26 @@ class Bench:
                     what = f'{n} x {delay:g} s call, ' + ('async def' if mode == 'async' else 'process pool')
                     r and self.record('async_io', store, 'ours', what, r['seconds'], 's', **r)
 
+        if self.wanted('eventtime'):
+            self.eventtime()
+
+    def eventtime(self):
+        """Keyed tumbling(60) windows (event times out of order by up to the grace) and size=100 count windows,
+        same number of messages, one after the other; then the RSS of a consumer through many keys."""
+        import eventtime
+        import ours
+        for store in self.stores:
+            n, keys = self.param('et_n', store), self.param('et_keys', store)
+            r = self.attempt('eventtime', store, 'ours', lambda: eventtime.keyed_tumbling(self.url(store), n, keys))
+            r and self.record('eventtime', store, 'ours', f'tumbling(60), {keys:,} keys', r['rate'], 'msgs/s', **r)
+            r = self.attempt('eventtime', store, 'ours', lambda: ours.end_to_end(self.url(store), n, 'inline', 100))
+            r and self.record('eventtime', store, 'ours', 'size=100, inline', r['rate'], 'msgs/s', **r)
+            n, keys = self.param('et_memory_n', store), self.param('et_memory_keys', store)
+            r = self.attempt('eventtime', store, 'ours',
+                             lambda: eventtime.keyed_tumbling(self.url(store), n, keys, sample=True))
+            r and self.record('eventtime', store, 'ours', f'RSS growth, {keys:,} keys', r['growth_mib'],
+                              'MiB 10%->end', **r)
+
     def append_pair(self, scenario, store, what):
         """Ours and the raw driver, alternately ``append_repeats`` times; the best rate of each counts.
 
@@ -367,7 +391,15 @@ class Bench:
                                       f'call, seconds ({store})', 'value': v, 'op': '<=', 'bound': bound,
                             'met': None if v is None else v <= bound,
                             'note': f'process pool: {pool["value"]:.1f} s' if pool else ''})
+        self.eventtime_targets(ratio, value)
         return out
+
+    def eventtime_targets(self, ratio, value):
+        for store in self.stores:
+            keys = self.param('et_keys', store)
+            ratio(f'keyed tumbling, {keys:,} keys / size=100 count windows ({store})',
+                  value('eventtime', store, 'ours', f'tumbling(60), {keys:,} keys'),
+                  value('eventtime', store, 'ours', 'size=100, inline'), '>=', 0.5)
 
     def table(self, meta, targets):
         lines = []
@@ -385,7 +417,8 @@ class Bench:
         lines.append('-' * len(header))
         seen = []
         for row in self.results:
-            key = (row['scenario'], row['store'], row['variant'] if row['scenario'] == 'scale_out' else None)
+            per_variant = row['scenario'] in ('scale_out', 'eventtime')
+            key = (row['scenario'], row['store'], row['variant'] if per_variant else None)
             if key in seen or row['impl'] != 'ours':
                 continue
             seen.append(key)
@@ -393,6 +426,8 @@ class Bench:
             raw_row = self.find(row['scenario'], row['store'], 'raw')
             old_row = self.find(row['scenario'], row['store'], 'v060')
             label = row['scenario'] + (f" x{row['details']['consumers']}" if row['scenario'] == 'scale_out' else '')
+            if row['scenario'] == 'eventtime':
+                label = 'et ' + row['variant'].split(',')[0].replace('RSS growth', 'RSS')
             lines.append(self._line(label, row['store'], ours_row, raw_row, old_row, row['unit']))
             if row['scenario'].startswith('latency'):
                 for pct in ('p95_ms', 'p99_ms'):

@@ -11,8 +11,9 @@ Times are UTC epoch seconds. A window is ``[start, end)``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from typing import Iterable
+from collections.abc import Callable, Iterable
 
 from minibatch.eventtime.spec import Hopping, Session, Tumbling, WindowSpec
 
@@ -83,10 +84,7 @@ def decide(spec: WindowSpec, grace: float, events: Iterable[Event], max_t: float
     """
     decision = Decision(max_t=max_t)
     for event in events:
-        watermark = None if decision.max_t is None else decision.max_t - grace
-
-        def closed(row: RowKey) -> bool:
-            return (watermark is not None and row[2] <= watermark) or rows.get(row, OPEN) != OPEN
+        closed = functools.partial(_closed, None if decision.max_t is None else decision.max_t - grace, rows)
         if isinstance(spec, Session):
             _session(spec, event, closed, rows, decision)
         else:
@@ -106,7 +104,12 @@ def decide(spec: WindowSpec, grace: float, events: Iterable[Event], max_t: float
     return decision
 
 
-def _session(spec: Session, event: Event, closed, rows: dict[RowKey, int], decision: Decision) -> None:
+def _closed(watermark: float | None, rows: dict[RowKey, int], row: RowKey) -> bool:
+    """A window is closed once the watermark reached its end, or once it is taken or done."""
+    return (watermark is not None and row[2] <= watermark) or rows.get(row, OPEN) != OPEN
+
+
+def _session(spec: Session, event: Event, closed: Callable[[RowKey], bool], rows: dict[RowKey, int], decision: Decision) -> None:
     t, gap = event.t, spec.gap
     # a session [s, e) (e = its last event + gap) takes the event when their spans overlap
     touching = [row for row in rows if row[0] == event.key and row[1] < t + gap and t < row[2]]

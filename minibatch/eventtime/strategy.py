@@ -34,7 +34,7 @@ from minibatch.eventtime.assign import DONE, Event, decide, span, windows_of
 from minibatch.eventtime.extract import EventReadError, key_reader, key_value, time_reader, to_datetime
 from minibatch.eventtime.spec import EventTimeSpec, Hopping
 from minibatch.eventtime.window import EventWindow
-from minibatch.store.base import AVAILABLE, Message
+from minibatch.store.base import Message
 from minibatch.store.eventtime import EventTimeState, Row, state_for
 
 logger = logging.getLogger('minibatch.window')
@@ -67,6 +67,8 @@ class EventTimeWindow(WindowEmitter):
     #: messages indexed per read; rounds index until a read comes back short, at most INDEX_ROUNDS reads
     INDEX_BATCH = 1000
     INDEX_ROUNDS = 10
+    #: while windows are ready, look for new messages this often (seconds); every round otherwise
+    INDEX_EVERY = 0.05
     #: ready windows read at once (taken one per round)
     READY_BATCH = 100
     #: late events handled per round
@@ -89,6 +91,7 @@ class EventTimeWindow(WindowEmitter):
         self._claims: dict[str, _Claim] = {}
         self._late_pending = True
         self._due_at: float | None = None
+        self._next_index = 0.0
         self.stats['late'] = 0
 
     @property
@@ -102,7 +105,11 @@ class EventTimeWindow(WindowEmitter):
     # -- the round --------------------------------------------------------
     def window_ready(self):
         self._due_at = None  # read again when the loop next asks (due_in), not every round
-        self._index()
+        now = time.monotonic()
+        if not self._ready or now >= self._next_index:
+            # while ready windows are queued, new messages are indexed every INDEX_EVERY seconds only
+            self._next_index = now + self.INDEX_EVERY
+            self._index()
         if self._late_pending:
             claimed = self._handle_late()
             if claimed:
@@ -174,26 +181,12 @@ class EventTimeWindow(WindowEmitter):
 
     def _take(self, row: Row) -> list[Message]:
         """Take ``row`` and claim all its messages; [] if another consumer has it, or not all are free yet."""
-        now = time.time()
-        if not self.state.take(row, now + self.lease):
-            return []
-        items = self.state.contents(row)
-        if not items:  # all committed (a crash after the commit) or dead-lettered: nothing to emit
-            self.state.done(row, [], sweep=True)
-            return []
-        busy = [item.lease for item in items if item.state != AVAILABLE]
-        if busy:  # held by an overlapping window, or waiting for a retry: look again when that lease ends
-            self.state.reschedule(row, min(max([b or now for b in busy] + [now + 0.1]), now + self.lease))
-            return []
         token = uuid.uuid4().hex
-        claimed = self.store.claim(self.stream_name, [item.id for item in items], token, self.lease)
-        if len(claimed) < len(items):  # a racing consumer got some: give ours back, try again shortly
-            if claimed:
-                self.store.unclaim(self.stream_name, token, [m.id for m in claimed])
-            self.state.reschedule(row, now + 0.2)
+        closing = self.state.close(row, time.time(), self.lease, token)
+        if closing.outcome != 'claimed' or not closing.messages:
             return []
-        times = {i.id: (i.t, i.first if i.first is not None else i.t) for i in items}
-        return self._hold(claimed, token, row, row.key, row.start, row.end, times)
+        times = {i.id: (i.t, i.first if i.first is not None else i.t) for i in closing.items}
+        return self._hold(closing.messages, token, row, row.key, row.start, row.end, times)
 
     def _hold(self, claimed, token, row, key, start, end, times, late=False) -> list[Message]:
         claimed.sort(key=lambda m: (times.get(m.id, (0.0,))[0], m.id))
@@ -218,17 +211,23 @@ class EventTimeWindow(WindowEmitter):
     # -- settling ---------------------------------------------------------
     def commit(self, qs, window):
         claim = self._claims.pop(qs[0].token, None) if qs else None
-        if claim is None:
-            return super().commit(qs, window)
-        if claim.late:
+        if claim is None or claim.row is None:  # not ours, or late events: their messages, as any window
             super().commit(qs, window)
-            self.state.forget([m.id for m in qs])
+            if claim is not None:
+                self.state.forget([m.id for m in qs])
             return
         done, back = self._needed_later(claim, qs)
-        super().commit(done, window)
-        if back:
-            self.store.unclaim(self.stream_name, qs[0].token, [m.id for m in back])
-        self.state.done(claim.row, [m.id for m in done])
+        at_commit = getattr(window, '_record_at_commit', False)
+        count, window.id = self.state.commit(claim.row, qs[0].token, [m.id for m in done], [m.id for m in back],
+                                             self.keep, None if at_commit else window.id,
+                                             list(window.data) if (self.keep and at_commit) else None)
+        window._record_at_commit = False
+        if count < len(done):
+            logger.warning('minibatch: %d of %d messages of a window on %r were no longer held (lease expired); '
+                           'they may be delivered again', len(done) - count, len(done), self.stream_name)
+        window.processed = True
+        self.stats['committed'] += 1
+        self.stats['processed'] += count
 
     def _needed_later(self, claim: _Claim, qs: list[Message]) -> tuple[list[Message], list[Message]]:
         """Split a hopping window's messages: those no other open window of the key needs, and the rest."""

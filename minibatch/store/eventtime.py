@@ -23,7 +23,7 @@ import dataclasses
 import importlib
 from typing import Any, Callable, Iterable, Sequence
 
-from minibatch.store.base import Message, RecordId, Store
+from minibatch.store.base import AVAILABLE, Message, RecordId, Store
 
 #: window row states (see minibatch.eventtime.assign)
 OPEN, TAKEN, DONE = 0, 1, 2
@@ -56,6 +56,20 @@ class Indexed:
     lease: float | None = None
     window: tuple[float, float] | None = None  # the window a late event missed
     first: float | None = None  # an on-time event: the start of the first window it belongs to
+
+
+@dataclasses.dataclass
+class Closing:
+    """What :meth:`EventTimeState.close` did with a ready row.
+
+    ``outcome``: ``'claimed'`` (``messages`` are held under the token, ``items`` are the row's
+    events), ``'lost'`` (another consumer took the row first), ``'empty'`` (nothing left to
+    emit: marked done), ``'busy'`` (some of its messages are held or wait for a retry: due
+    again later).
+    """
+    outcome: str
+    messages: list[Message] = dataclasses.field(default_factory=list)
+    items: list[Indexed] = dataclasses.field(default_factory=list)
 
 
 #: ``decide(events, max_t, rows) -> Decision`` (minibatch.eventtime.assign.decide with the spec bound)
@@ -129,6 +143,49 @@ class EventTimeState(abc.ABC):
         indexed again, as a late event. Removes (now and then) DONE rows the watermark has
         passed by more than the span: an event for them is late by the watermark alone.
         """
+
+    def close(self, row: Row, now: float, lease: float, token: str) -> Closing:
+        """Take ``row`` (compare-and-set) and claim all its messages under ``token``, or none of them.
+
+        The default takes, reads the contents and claims with ``store.claim`` (a racing consumer
+        that claimed some first makes it give them back); a store with transactions does it all
+        in one.
+        """
+        if not self.take(row, now + lease):
+            return Closing('lost')
+        items = self.contents(row)
+        if not items:  # all committed (a crash after the commit) or dead-lettered: nothing to emit
+            self.done(row, [], sweep=True)
+            return Closing('empty')
+        busy = [item.lease or now for item in items if item.state != AVAILABLE]
+        if busy:  # held by an overlapping window, or waiting for a retry: look again when that lease ends
+            self.reschedule(row, min(max(busy + [now + 0.1]), now + lease))
+            return Closing('busy')
+        claimed = self.store.claim(self.stream, [item.id for item in items], token, lease)
+        if len(claimed) < len(items):  # a racing consumer got some: give ours back, try again shortly
+            if claimed:
+                self.store.unclaim(self.stream, token, [m.id for m in claimed])
+            self.reschedule(row, now + 0.2)
+            return Closing('busy')
+        return Closing('claimed', claimed, items)
+
+    def commit(self, row: Row, token: str, done: Sequence[RecordId], back: Sequence[RecordId], keep: bool,
+               window_id: RecordId | None, data: list[Any] | None) -> tuple[int, RecordId]:
+        """Commit a row's window: ``done`` ids committed (``keep``: kept as done), ``back`` given back,
+        the window record written (``window_id`` None; with ``data`` when given) or marked processed,
+        the row marked DONE (:meth:`done`). Returns ``(committed, window_id)``.
+
+        The default is the store's ``commit_window`` / ``commit``, ``unclaim`` and :meth:`done`; a store
+        with transactions does it in one.
+        """
+        if window_id is None:
+            count, window_id = self.store.commit_window(self.stream, token, done, keep=keep, data=data)
+        else:
+            count = self.store.commit(self.stream, token, done, keep=keep, window_id=window_id)
+        if back:
+            self.store.unclaim(self.stream, token, back)
+        self.done(row, done)
+        return count, window_id
 
     @abc.abstractmethod
     def rows(self, key: str, lo: float, hi: float) -> dict[tuple[float, float], int]:

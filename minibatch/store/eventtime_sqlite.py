@@ -18,13 +18,20 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from minibatch.store import sqlite_messages as lifecycle
 from minibatch.store.base import AVAILABLE, CLAIMED, RETRY, Message, RecordId, Store
-from minibatch.store.eventtime import DONE, OPEN, TAKEN, Decide, EventTimeState, Indexed, Row
+from minibatch.store.eventtime import DONE, OPEN, TAKEN, Closing, Decide, EventTimeState, Indexed, Row
 from minibatch.store.sqlite_messages import chunks, marks
-from minibatch.store.sqlite_values import AVAILABLE_COLUMNS, available_messages_of
+from minibatch.store.sqlite_values import (AVAILABLE_COLUMNS, MESSAGE_COLUMNS, available_messages_of, dumps,
+                                           message_of, undecodable)
 
 #: seconds between full scans for unindexed messages below the cursor
 RESCAN = 30.0
+#: index entries of committed messages are deleted in batches of this many (or after FORGET_EVERY seconds):
+#: a window's events lie on as many pages as it has events (keys interleave), one write for many windows
+#: touches each page once. Until then the join with the buffer hides them.
+FORGET_BATCH = 5000
+FORGET_EVERY = 2.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS et_specs (
@@ -79,11 +86,16 @@ class State(EventTimeState):
         super().__init__(store, stream, spec, describe, grace, span)
         self.db: Any = getattr(store, 'db')
         self._next_rescan = 0.0
+        self._forgotten: list[RecordId] = []
+        self._next_forget = time.monotonic() + FORGET_EVERY
 
         def create(conn: sqlite3.Connection) -> None:
             _schema(conn)
             conn.execute('INSERT OR IGNORE INTO et_specs (spec, stream, describe, grace, span) VALUES (?, ?, ?, ?, ?)',
                          (spec, stream, describe, grace, span))
+            # entries a consumer that stopped or died had not deleted yet (see FORGET_BATCH)
+            conn.execute('DELETE FROM et_events WHERE spec = ? AND NOT EXISTS (SELECT 1 FROM buffer b WHERE'
+                         f' b.id = et_events.msg AND b.state IN {_IN_STREAM})', (spec,))
         self.db.write(create)
 
     # -- indexing ---------------------------------------------------------
@@ -150,17 +162,70 @@ class State(EventTimeState):
         return [Row(*row) for row in rows]
 
     def take(self, row: Row, due: float) -> bool:
-        count = self.db.write(lambda conn: conn.execute(
+        return bool(self.db.write(lambda conn: self._take(conn, row, due)))
+
+    def _take(self, conn: sqlite3.Connection, row: Row, due: float) -> bool:
+        return bool(conn.execute(
             f'UPDATE et_windows SET state = {TAKEN}, due = ? WHERE {_ROW} AND state = ? AND due = ?',
-            (due, self.spec, row.key, row.start, row.end, row.state, row.due)).rowcount)
-        return bool(count == 1)
+            (due, self.spec, row.key, row.start, row.end, row.state, row.due)).rowcount == 1)
+
+    _CONTENTS = ('SELECT e.msg, e.key, e.t, b.state, b.lease, e.ws FROM et_events e JOIN buffer b ON b.id = e.msg'
+                 ' WHERE e.spec = ? AND e.late = 0 AND e.key = ? AND e.t >= ? AND e.t < ? AND e.ws <= ?'
+                 f' AND b.state IN {_IN_STREAM} ORDER BY e.t, e.msg')
 
     def contents(self, row: Row) -> list[Indexed]:
-        rows = self.db.read(
-            'SELECT e.msg, e.key, e.t, b.state, b.lease, e.ws FROM et_events e JOIN buffer b ON b.id = e.msg'
-            f' WHERE e.spec = ? AND e.late = 0 AND e.key = ? AND e.t >= ? AND e.t < ? AND e.ws <= ?'
-            f' AND b.state IN {_IN_STREAM} ORDER BY e.t, e.msg', (self.spec, row.key, row.start, row.end, row.start))
+        rows = self.db.read(self._CONTENTS, (self.spec, row.key, row.start, row.end, row.start))
         return [Indexed(r[0], r[1], r[2], r[3], r[4], first=r[5]) for r in rows]
+
+    def close(self, row: Row, now: float, lease: float, token: str) -> Closing:
+        """Take, read and claim in one transaction: no other consumer can claim in between."""
+        def work(conn: sqlite3.Connection) -> tuple[Closing, list[Any]]:
+            if not self._take(conn, row, now + lease):
+                return Closing('lost'), []
+            items = [Indexed(r[0], r[1], r[2], r[3], r[4], first=r[5]) for r in
+                     conn.execute(self._CONTENTS, (self.spec, row.key, row.start, row.end, row.start))]
+            if not items:
+                self._done(conn, row, [], sweep=True)
+                return Closing('empty'), []
+            busy = [item.lease or now for item in items if item.state != AVAILABLE]
+            if busy:
+                conn.execute(f'UPDATE et_windows SET due = ? WHERE {_ROW}',
+                             (min(max(busy + [now + 0.1]), now + lease), self.spec, row.key, row.start, row.end))
+                return Closing('busy'), []
+            claimed = lifecycle.claim(conn, self.stream, [i.id for i in items], token, now + lease, MESSAGE_COLUMNS)
+            return Closing('claimed', items=items), claimed
+        closing, rows = self.db.write(work)
+        bad = undecodable(rows, 3)
+        if bad:  # a message whose data cannot be read is dead-lettered with the reason, as the store does
+            getattr(self.store, '_bury')(self.stream, bad, CLAIMED, token)
+            dead = {id_ for id_, _ in bad}
+            rows = [r for r in rows if r[0] not in dead]
+        closing.messages = [message_of(r) for r in rows]
+        for message in closing.messages:
+            message.token = token
+        return closing
+
+    def commit(self, row: Row, token: str, done: Sequence[RecordId], back: Sequence[RecordId], keep: bool,
+               window_id: RecordId | None, data: list[Any] | None) -> tuple[int, RecordId]:
+        """Messages, window record and row in one transaction: a window costs two writes, as a count window."""
+        data_json = '[]' if data is None else dumps(list(data))
+
+        def work(conn: sqlite3.Connection) -> tuple[int, RecordId]:
+            count = lifecycle.commit(conn, self.stream, token, done, keep)
+            wid = window_id
+            if wid is None:
+                wid = lifecycle.insert_window(conn, self.stream, time.time(), data_json, processed=True)
+            else:
+                lifecycle.mark_window(conn, wid)
+            if back:
+                lifecycle.on_token(conn, lifecycle.UNCLAIM, (), self.stream, token, back)
+            self._done(conn, row, ())
+            return count, wid
+        result: tuple[int, RecordId] = self.db.write(work)
+        self._forgotten += done
+        if len(self._forgotten) >= FORGET_BATCH or time.monotonic() >= self._next_forget:
+            self.forget(self._forgotten)
+        return result
 
     def reschedule(self, row: Row, due: float) -> None:
         self.db.write(lambda conn: conn.execute(
@@ -175,19 +240,20 @@ class State(EventTimeState):
                 f'UPDATE et_windows SET due = ? WHERE {_ROW} AND state = {TAKEN}', params))
 
     def done(self, row: Row, ids: Sequence[RecordId], sweep: bool = False) -> None:
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute(f'UPDATE et_windows SET state = {DONE}, due = wend WHERE {_ROW}',
-                         (self.spec, row.key, row.start, row.end))
-            for chunk in chunks(ids):
-                conn.execute(f'DELETE FROM et_events WHERE spec = ? AND msg IN ({marks(chunk)})', (self.spec, *chunk))
-            if sweep:
-                conn.execute('DELETE FROM et_events WHERE spec = ? AND late = 0 AND key = ? AND t >= ? AND t < ?'
-                             ' AND NOT EXISTS (SELECT 1 FROM buffer b WHERE b.id = et_events.msg'
-                             f' AND b.state IN {_IN_STREAM})', (self.spec, row.key, row.start, row.end))
-            # rows the watermark passed by more than the span: late by the watermark alone
-            conn.execute(f'DELETE FROM et_windows WHERE spec = ? AND state = {DONE} AND due <= '
-                         '(SELECT max_t - grace - span FROM et_specs WHERE spec = ?)', (self.spec, self.spec))
-        self.db.write(work)
+        self.db.write(lambda conn: self._done(conn, row, ids, sweep))
+
+    def _done(self, conn: sqlite3.Connection, row: Row, ids: Sequence[RecordId], sweep: bool = False) -> None:
+        conn.execute(f'UPDATE et_windows SET state = {DONE}, due = wend WHERE {_ROW}',
+                     (self.spec, row.key, row.start, row.end))
+        for chunk in chunks(ids):
+            conn.execute(f'DELETE FROM et_events WHERE spec = ? AND msg IN ({marks(chunk)})', (self.spec, *chunk))
+        if sweep:
+            conn.execute('DELETE FROM et_events WHERE spec = ? AND late = 0 AND key = ? AND t >= ? AND t < ?'
+                         ' AND NOT EXISTS (SELECT 1 FROM buffer b WHERE b.id = et_events.msg'
+                         f' AND b.state IN {_IN_STREAM})', (self.spec, row.key, row.start, row.end))
+        # rows the watermark passed by more than the span: late by the watermark alone
+        conn.execute(f'DELETE FROM et_windows WHERE spec = ? AND state = {DONE} AND due <= '
+                     '(SELECT max_t - grace - span FROM et_specs WHERE spec = ?)', (self.spec, self.spec))
 
     def rows(self, key: str, lo: float, hi: float) -> dict[tuple[float, float], int]:
         found = self.db.read('SELECT wstart, wend, state FROM et_windows WHERE spec = ? AND key = ? AND wend > ?'
@@ -202,6 +268,9 @@ class State(EventTimeState):
         return [Indexed(r[0], r[1], r[2], r[3], r[4], window=(r[5], r[6])) for r in rows]
 
     def forget(self, ids: Sequence[RecordId]) -> None:
+        ids = sorted(set(ids) | set(self._forgotten))  # in key order: each page is touched once
+        self._forgotten, self._next_forget = [], time.monotonic() + FORGET_EVERY
+
         def work(conn: sqlite3.Connection) -> None:
             for chunk in chunks(ids):
                 conn.execute(f'DELETE FROM et_events WHERE spec = ? AND msg IN ({marks(chunk)})', (self.spec, *chunk))
