@@ -121,6 +121,9 @@ def test_writes_are_refused_unless_allowed(tmp_path, serve):
     writable = serve(url, allow_write=True) + 'api/streams/orders/dead-letters/'
     status, body = call(writable + 'purge', 'POST', headers={'Origin': 'http://evil.example'})
     assert status == 403 and 'cross-origin' in body['error'] and orders.stats()['dead'] == 3
+    # a name that resolves to 127.0.0.1 (DNS rebinding) is not localhost: refused without a token
+    status, body = call(writable + 'purge', 'POST', headers={'Host': 'evil.example:80'})
+    assert status == 403 and 'localhost' in body['error'] and orders.stats()['dead'] == 3
     with_token = serve(url, token='s3cret-token') + 'api/streams/orders/dead-letters/'
     assert call(with_token + 'requeue', 'POST')[0] == 403
     assert call(with_token + 'requeue', 'POST', headers={'Authorization': 'Bearer wrong-token'})[0] == 403

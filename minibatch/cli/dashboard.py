@@ -13,22 +13,11 @@ anyone who can reach the port could otherwise purge dead letters.
 Exit codes: 0 after Ctrl-C; 1 with one error line when the store cannot be
 used, the port is taken, or the options are unsafe; 2 for bad options.
 """
-import ipaddress
 import logging
 
 import click
 
 from minibatch.cli.common import CliError, pass_store
-
-
-def is_loopback(host):
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host == 'localhost':
-        return True
-    try:
-        return ipaddress.ip_address(host.strip('[]')).is_loopback
-    except ValueError:
-        return False
 
 
 @click.command(short_help='a live web dashboard of every stream, and /metrics for Prometheus')
@@ -55,6 +44,7 @@ def dashboard(store, host, port, allow_write, token, refresh, sample_every):
 
     from minibatch.dashboard import create_app
     from minibatch.dashboard.history import History
+    from minibatch.dashboard.server import is_loopback
 
     if allow_write and not token and not is_loopback(host):
         raise CliError(f'--allow-write on {host} (not loopback) needs --token too '

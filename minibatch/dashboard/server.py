@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import hmac
+import ipaddress
 import json
 import logging
 import threading
@@ -45,6 +46,16 @@ logger = logging.getLogger('minibatch.dashboard')
 
 READ_ONLY = ('write actions are off: this dashboard is read-only. Start it with --allow-write '
              '(minibatch dashboard --allow-write, or Dashboard(allow_write=True)) to requeue or purge')
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ``::1``, bracketed or not)."""
+    if host.lower() == 'localhost':
+        return True
+    try:
+        return ipaddress.ip_address(host.strip('[]')).is_loopback
+    except ValueError:
+        return False
 
 
 def _plain(value: Any) -> Any:
@@ -259,7 +270,9 @@ class Dashboard:
         """Why a request to an action is refused, as ``(status, {"error": ...})``; None when it may go on.
 
         Refused: another method than POST (405), writes off (403), a page of
-        another origin (403), a missing or wrong token when there is one (403).
+        another origin (403), a request addressed to another host than
+        localhost when there is no token (403), a missing or wrong token when
+        there is one (403).
         """
         if method != 'POST':
             return 405, {'error': f'{method} is not allowed here: requeue and purge take POST'}
@@ -270,6 +283,11 @@ class Dashboard:
             return 403, {'error': f'cross-origin request refused (from {origin})'}
         if origin == 'null':
             return 403, {'error': 'cross-origin request refused (from an opaque origin)'}
+        if not self.token and not is_loopback(urlsplit(f'//{host}').hostname or ''):
+            # without a token, only requests addressed to this machine: a page of a site whose name
+            # resolves to 127.0.0.1 (DNS rebinding) sends its own name as Host, and is refused here
+            return 403, {'error': f'requeue and purge without a token answer only requests to localhost, '
+                                  f'not to {host}: give the dashboard a token (--token)'}
         if self.token:
             auth = headers.get('Authorization', '')
             given = auth[7:] if auth.startswith('Bearer ') else headers.get('X-Minibatch-Token', '')
