@@ -14,6 +14,7 @@ timed out, as far as its executor allows.
 """
 import concurrent.futures
 import ctypes
+import functools
 import multiprocessing
 import os
 import pickle
@@ -260,8 +261,8 @@ class Alarm:
         self.seconds = seconds
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if threading.current_thread() is not threading.main_thread():
-            return self.fn(*args, **kwargs)
+        if threading.current_thread() is not threading.main_thread() or not hasattr(signal, 'setitimer'):
+            return self.fn(*args, **kwargs)  # (no SIGALRM on Windows either)
         other, interval = signal.getitimer(signal.ITIMER_REAL)
         if other and other <= self.seconds:  # the timer someone else set rings first: theirs to handle
             return self.fn(*args, **kwargs)
@@ -301,6 +302,7 @@ class SendableErrors:
 
     def __init__(self, fn: Callable[..., Any]):
         self.fn = fn
+        functools.update_wrapper(self, fn, updated=())  # its name, for Dask's task keys and logs
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:

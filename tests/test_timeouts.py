@@ -59,7 +59,7 @@ def consume_until(url, name, fn, dead, processed, **options):
     ``processed`` windows; stop it, check it ended cleanly, and return it and its sink."""
     stream = mb.stream(name, url=url)
     sink = ListSink()
-    em = mb.streaming(name, size=1, url=url, sink=sink, blocking=False, **options)(fn)
+    em = mb.streaming(name, url=url, sink=sink, blocking=False, **{'size': 1, **options})(fn)
     try:
         wait_until(lambda: stream.stats()['dead'] == dead and len(sink.items) == processed, timeout=60,
                    message=f'{dead} dead-lettered and {processed} windows processed')
@@ -72,7 +72,7 @@ def consume_until(url, name, fn, dead, processed, **options):
 
 def stuck_unless_told(window):
     """Never returns for a message with ``stuck``: spins in a process, waits for RELEASE in a thread."""
-    if window.data[0].get('stuck'):
+    if any(message.get('stuck') for message in window.data):
         if threading.current_thread() is threading.main_thread():  # a pool worker process: killed at the timeout
             while True:
                 pass
@@ -111,6 +111,15 @@ def test_a_stuck_window_times_out_is_retried_and_dead_lettered(store_url, execut
     assert not em.thread.is_alive() and em.error is None, em.error
     assert sorted(item[0]['i'] for item in sink.items) == [0, 1, 2, 3, 4]
     assert stream.stats()['dead'] == 1 and em.stats['committed'] == 5
+
+
+def test_isolate_splits_a_timed_out_window_down_to_the_stuck_message(store_url):
+    stream = mb.stream('isolate-stuck', url=store_url)
+    stream.append([{'i': 0}, {'stuck': True}, {'i': 1}, {'i': 2}])
+    em, sink = consume_until(store_url, 'isolate-stuck', stuck_unless_told, dead=1, processed=2, size=4,
+                             isolate=True, executor='thread', workers=4, timeout=0.3, max_attempts=1)
+    assert [m.data for m in stream.dead_letters()] == [{'stuck': True}]
+    assert sorted(m['i'] for window in sink.items for m in window) == [0, 1, 2], 'the others committed'
 
 
 def sleeps_on_first_delivery(window):
