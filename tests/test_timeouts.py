@@ -141,7 +141,7 @@ def test_other_windows_of_a_pool_killed_for_a_timeout_are_given_back_uncounted(t
     # the stuck window is cut first, so it times out while the other still runs in the same pool
     stream.append([{'stuck': True}, {'marker': marker}])
     em, sink = consume_until(url, 'killed-pool', sleeps_on_first_delivery, dead=1, processed=1, executor='process',
-                             workers=2, timeout=1, max_attempts=1)
+                             workers=2, timeout=2, max_attempts=1)
     assert os.path.exists(marker), 'the other window had started in the killed pool'
     assert [m.data for m in stream.dead_letters()] == [{'stuck': True}], \
         'with max_attempts=1 the interrupted window would be dead too, had it counted an attempt'
