@@ -326,3 +326,21 @@ def test_stream_page_requeues_a_dead_letter(tmp_path, serve, page):
     page.locator('#figures .backlog .value').filter(has_text='2').wait_for()
     assert letters.count() == 1 and orders.stats()['backlog'] == 2 and orders.stats()['dead'] == 1
     assert 'requeued 1' in page.locator('#action-result').text_content()
+
+
+def test_stream_page_asks_for_the_token_and_purges(tmp_path, serve, page):
+    url = 'sqlite:///' + str(tmp_path / 's.db')
+    orders = dead_stream(url, letters=2, waiting=0)
+    asked = []
+
+    def answer(dialog):
+        asked.append(dialog.type)
+        dialog.accept('s3cret-token') if dialog.type == 'prompt' else dialog.accept()
+    page.on('dialog', answer)
+    page.goto(serve(url, token='s3cret-token', refresh=0.2) + 'streams/orders')
+    page.locator('#mode').filter(has_text='token').wait_for()
+    wait_until(lambda: page.locator('#dead-letters tbody tr').count() == 2, message='two dead letters listed')
+    page.locator('#purge-all').click()
+    wait_until(lambda: page.locator('#dead-letters tbody tr').count() == 0, message='the list emptied')
+    assert asked == ['confirm', 'prompt'] and orders.stats()['dead'] == 0
+    assert 'purged 2' in page.locator('#action-result').text_content()

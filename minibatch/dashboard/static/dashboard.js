@@ -241,10 +241,20 @@
     return b;
   }
 
+  function askToken(action) {
+    var given = window.prompt('This dashboard needs its token to ' + action + ':') || null;
+    try { window.sessionStorage.setItem('minibatch-dashboard-token', given || ''); } catch (e) { /* no storage */ }
+    return given;
+  }
+
   function act(action, ids, retried) {
     if (action === 'purge') {
       var what = ids ? ids.length + ' dead letter(s)' : 'every dead letter';
       if (!window.confirm('Delete ' + what + ' of ' + streamName + ' for good?')) { return; }
+    }
+    if (mode === 'token' && !token) {
+      token = askToken(action);
+      if (!token) { return; }
     }
     var headers = {Accept: 'application/json'};
     var options = {method: 'POST', headers: headers, cache: 'no-store'};
@@ -253,9 +263,8 @@
     var result = document.getElementById('action-result');
     fetch(api(streamPath(streamName) + '/dead-letters/' + action), options).then(function (r) {
       return r.json().then(function (data) {
-        if (r.status === 403 && mode === 'token' && !retried) {
-          token = window.prompt('This dashboard needs its token for ' + action + ':') || null;
-          try { window.sessionStorage.setItem('minibatch-dashboard-token', token || ''); } catch (e) { /* private */ }
+        if (r.status === 403 && mode === 'token' && !retried) {  // a wrong token: ask again, once
+          token = askToken(action);
           if (token) { return act(action, ids, true); }
         }
         text(result, r.ok ? action + 'd ' + data[action + 'd'] : data.error);
