@@ -4,6 +4,7 @@ import threading
 
 from minibatch.errors import ConfigurationError, InvalidWindowSpec
 from minibatch.eventtime import EventTimeWindow
+from minibatch.eventtime.spec import count
 from minibatch.window import CountWindow, FixedTimeWindow, RelaxedTimeWindow, validate_emitter_class
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,8 @@ def make_emitter(name, emitfn=None, interval=None, size=None, relaxed=False, url
     ``window=tumbling(s)`` / ``hopping(s, step)`` / ``session(gap)`` makes an event-time
     consumer (:class:`~minibatch.eventtime.EventTimeWindow`) with ``key=``, ``time=``,
     ``grace=``, ``on_late=`` and ``close_by_clock=`` (see docs/windows.rst); ``size=`` or
-    ``interval=`` cannot be given with it, and those keywords need it.
+    ``interval=`` cannot be given with it, and those keywords need it, except ``size=N,
+    key=...``: count windows per key (each key's messages, N at a time, in append order).
 
     Otherwise the strategy, as in minibatch 0.6:
 
@@ -65,6 +67,9 @@ def make_emitter(name, emitfn=None, interval=None, size=None, relaxed=False, url
             given = 'size=' if size is not None else 'interval='
             raise InvalidWindowSpec(f'window= sets the windows by event time; {given} cannot be given with it')
         em = EventTimeWindow(name, window=window, **event_time, **options)
+    elif size is not None and interval is None and 'key' in event_time:
+        # count windows per key: each key's messages, size at a time, in append order
+        em = EventTimeWindow(name, window=count(size), **event_time, **options)
     elif event_time:
         names = ', '.join(f'{key}=' for key in event_time)
         raise ConfigurationError(f'{names} belong to event-time windows: add window=tumbling(seconds), '

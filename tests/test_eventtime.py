@@ -314,3 +314,23 @@ def test_the_sensor_minutes_example_runs_and_ends_by_itself(tmp_path):
     assert lines[0].startswith('replayed: 12 windows') and 'late 1' in lines[0]
     assert sum(' readings ' in line for line in lines) == 15  # 3 sensors x 5 minutes
     assert 'open windows 0' in done.stdout and 'late event: key "north"' in done.stdout
+
+
+def test_count_windows_per_key(store_url):
+    stream = mb.stream('counted', url=store_url)
+    got = []
+    em = make_emitter('counted', got.append, url=store_url, executor='inline', size=3, key='k')
+    stream.append([{'k': k, 'v': i} for i, k in enumerate('abaabbcab')])
+    rounds(em, 6)
+    assert sorted((w.key, [d['v'] for d in w.data]) for w in got) == [('a', [0, 2, 3]), ('b', [1, 4, 5])]
+    assert got[0].start is None and got[0].late is False
+    stream.append([{'k': 'c', 'v': 9}, {'k': 'a', 'v': 10}, {'k': 'c', 'v': 11}])
+    rounds(em, 6)
+    assert [(w.key, [d['v'] for d in w.data]) for w in got[2:]] == [('c', [6, 9, 11])]
+    assert stream.store.counts('counted')['available'] == 3  # a: 7, 10 and b: 8 wait for their third
+    assert stream.stats()['watermark'] is None
+
+
+def test_count_windows_per_key_refuse_event_time_options(tmp_path):
+    with pytest.raises(mb.ConfigurationError, match='count windows per key'):
+        mb.streaming('s', url=f'sqlite:///{tmp_path}/x.db', size=3, key='k', time='ts')

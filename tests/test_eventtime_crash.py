@@ -11,16 +11,19 @@ import minibatch as mb
 
 from tests.helpers import wait_until
 
-#: a consumer process: python -c CHILD URL STREAM OUTDIR SLOW LEASE; logs each window's start and end
+#: a consumer process: python -c CHILD URL STREAM OUTDIR SLOW LEASE MODE (tumbling: tumbling(10) by 'ts';
+#: count: size=3 per key); logs each window's start and end
 CHILD = r'''
 import json, os, sys, time
 url, stream, outdir, slow, lease = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
+counted = sys.argv[6] == 'count'
 import minibatch as mb
 from minibatch.eventtime import tumbling
 
 def log(event, window):
     with open(os.path.join(outdir, f'{os.getpid()}.jsonl'), 'a') as out:
-        out.write(json.dumps({'event': event, 'key': window.key, 'start': window.start.isoformat(),
+        out.write(json.dumps({'event': event, 'key': window.key,
+                              'start': window.start.isoformat() if window.start else None,
                               'values': [d['v'] for d in window.data]}) + '\n')
 
 def fn(window):
@@ -29,14 +32,18 @@ def fn(window):
     log('done', window)
 
 open(os.path.join(outdir, f'ready-{os.getpid()}'), 'w').close()
-mb.streaming(stream, url=url, window=tumbling(10), key='k', time='ts', executor='inline', lease=lease,
-             close_by_clock=False)(fn)
+if counted:
+    mb.streaming(stream, url=url, size=3, key='k', executor='inline', lease=lease)(fn)
+else:
+    mb.streaming(stream, url=url, window=tumbling(10), key='k', time='ts', executor='inline', lease=lease,
+                 close_by_clock=False)(fn)
 '''
 
 
-def start(url, stream, outdir, slow=0.0, lease=1.5):
+def start(url, stream, outdir, slow=0.0, lease=1.5, mode='tumbling'):
     env = dict(os.environ, PYTHONPATH=os.getcwd())
-    proc = subprocess.Popen([sys.executable, '-c', CHILD, url, stream, str(outdir), str(slow), str(lease)], env=env)
+    proc = subprocess.Popen([sys.executable, '-c', CHILD, url, stream, str(outdir), str(slow), str(lease), mode],
+                            env=env)
     wait_until(lambda: os.path.exists(os.path.join(outdir, f'ready-{proc.pid}')), timeout=30,
                message='the consumer process started', alive=[proc])
     return proc
@@ -107,3 +114,25 @@ def test_competing_consumers_emit_each_key_window_exactly_once(store_url, tmp_pa
     assert len(per_window) == expected and set(per_window.values()) == {1}, per_window.most_common(3)
     assert sorted(v for r in done for v in r['values']) == list(range(keys)) + [keys + i for i in range(0, keys, 3)]
     assert len({name for name in os.listdir(tmp_path) if name.endswith('.jsonl')}) == 2  # both took part
+
+
+def test_competing_consumers_number_and_emit_count_windows_per_key_exactly_once(store_url, tmp_path):
+    keys = 300 if store_url.startswith('sqlite') else 40  # see the test above
+    stream = mb.stream('counts', url=store_url)
+    for part in range(3):  # appended while the consumers run: both number messages of the same keys
+        stream.append([{'k': f'k{i}', 'v': part * keys * 2 + j * keys + i} for j in range(2) for i in range(keys)])
+        if part == 0:
+            procs = [start(store_url, 'counts', tmp_path, lease=30, mode='count') for _ in range(2)]
+    try:
+        wait_until(lambda: len(logged(tmp_path, 'done')) >= 2 * keys, timeout=120,
+                   message=f'{2 * keys} windows done', alive=procs)
+    finally:
+        stop(*procs)
+    done = logged(tmp_path, 'done')
+    assert len(done) == 2 * keys and all(len(r['values']) == 3 for r in done)
+    per_key = collections.defaultdict(list)
+    for record in done:
+        per_key[record['key']] += record['values']
+    # each key's six messages, each in exactly one window, and each window in append order
+    assert all(sorted(values) == sorted(set(values)) and len(values) == 6 for values in per_key.values())
+    assert all(r['values'] == sorted(r['values']) for r in done)

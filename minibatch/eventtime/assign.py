@@ -15,7 +15,7 @@ import functools
 import math
 from collections.abc import Callable, Iterable
 
-from minibatch.eventtime.spec import Hopping, Session, Tumbling, WindowSpec
+from minibatch.eventtime.spec import Count, Hopping, Session, Tumbling, WindowSpec
 
 #: a session event belongs to whichever session holds it: its ``first`` is below every start
 BEFORE_ALL = -1e300
@@ -31,6 +31,9 @@ def windows_of(spec: WindowSpec, t: float) -> list[Window]:
     if isinstance(spec, Tumbling):
         start = math.floor(t / spec.size) * spec.size
         return [(start, start + spec.size)]
+    if isinstance(spec, Count):
+        start = t - t % spec.size
+        return [(start, start + spec.size)]
     if isinstance(spec, Hopping):
         first, last = math.floor((t - spec.size) / spec.step), math.floor(t / spec.step)
         found = []
@@ -44,7 +47,25 @@ def windows_of(spec: WindowSpec, t: float) -> list[Window]:
 
 def span(spec: WindowSpec) -> float:
     """How far from an event time the windows it touches may reach (size; a session's gap)."""
-    return spec.gap if isinstance(spec, Session) else spec.size
+    return float(spec.gap if isinstance(spec, Session) else spec.size)
+
+
+def assign_counts(size: int, events: list[Event], next_of: dict[str, int]) -> dict[RowKey, int]:
+    """Number the events of each key in arrival order from ``next_of[key]`` (updated in place).
+
+    Each event's ``t`` becomes its number, its window ``[k*size, (k+1)*size)`` of numbers. Returns the
+    events added per window row: a row is ready once ``size`` events were added to it.
+    """
+    added: dict[RowKey, int] = {}
+    for event in events:
+        seq = next_of.get(event.key, 0)
+        next_of[event.key] = seq + 1
+        start = float(seq - seq % size)
+        event.t = float(seq)
+        event.first = start
+        row = (event.key, start, start + size)
+        added[row] = added.get(row, 0) + 1
+    return added
 
 
 @dataclasses.dataclass

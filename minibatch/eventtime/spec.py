@@ -57,7 +57,16 @@ class Session:
         return f'session({self.gap:g})'
 
 
-WindowSpec = Union[Tumbling, Hopping, Session]
+@dataclasses.dataclass(frozen=True)
+class Count:
+    """Per key, windows of ``size`` messages in the order they were appended (``size=N, key=...``)."""
+    size: int
+
+    def describe(self) -> str:
+        return f'count({self.size})'
+
+
+WindowSpec = Union[Tumbling, Hopping, Session, Count]
 
 
 def tumbling(size: float | datetime.timedelta) -> Tumbling:
@@ -89,6 +98,16 @@ def session(gap: float | datetime.timedelta) -> Session:
     return Session(seconds(gap, 'session(gap)'))
 
 
+def count(size: int) -> Count:
+    """Count windows per key: each key's messages, ``size`` at a time, in append order.
+
+    :raises InvalidWindowSpec: ``size`` is not an integer >= 1
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise InvalidWindowSpec(f'size must be an integer >= 1, got {size!r}')
+    return Count(size)
+
+
 def _name_of(reader: Any) -> str:
     if reader is None or isinstance(reader, str):
         return repr(reader)
@@ -117,7 +136,7 @@ class EventTimeSpec:
     close_by_clock: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.window, (Tumbling, Hopping, Session)):
+        if not isinstance(self.window, (Tumbling, Hopping, Session, Count)):
             raise InvalidWindowSpec(f'window= must be tumbling(size), hopping(size, step) or session(gap), '
                                     f'got {self.window!r}')
         grace = self.grace.total_seconds() if isinstance(self.grace, datetime.timedelta) else self.grace
@@ -134,6 +153,12 @@ class EventTimeSpec:
                                      f'of the late window, got {self.on_late!r}')
         if not isinstance(self.close_by_clock, bool):
             raise ConfigurationError(f'close_by_clock= must be True or False, got {self.close_by_clock!r}')
+        if isinstance(self.window, Count):
+            if self.key is None:
+                raise ConfigurationError('count windows per key need key=')
+            if self.time is not None or self.grace or self.on_late != 'dead':
+                raise ConfigurationError('time=, grace= and on_late= are for windows by event time; count windows '
+                                         'per key (size=N, key=...) follow the append order and are never late')
 
     def describe(self, stream: str) -> str:
         """The spec in words: what identifies the consumer's window state in the store."""

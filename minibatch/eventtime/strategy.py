@@ -30,9 +30,9 @@ from typing import Any
 
 from minibatch.emitter import WindowEmitter
 from minibatch.errors import ConfigurationError
-from minibatch.eventtime.assign import DONE, Event, decide, span, windows_of
+from minibatch.eventtime.assign import DONE, Event, assign_counts, decide, span, windows_of
 from minibatch.eventtime.extract import EventReadError, key_reader, key_value, time_reader, to_datetime
-from minibatch.eventtime.spec import EventTimeSpec, Hopping
+from minibatch.eventtime.spec import Count, EventTimeSpec, Hopping
 from minibatch.eventtime.window import EventWindow
 from minibatch.store.base import Message
 from minibatch.store.eventtime import EventTimeState, Row, state_for
@@ -99,7 +99,8 @@ class EventTimeWindow(WindowEmitter):
         """This spec's window state in the store (:mod:`minibatch.store.eventtime`)."""
         if self._state is None:
             self._state = state_for(self.store, self.stream_name, self.spec.spec_id(self.stream_name),
-                                    self.spec.describe(self.stream_name), self.spec.grace, span(self.spec.window))
+                                    self.spec.describe(self.stream_name), self.spec.grace, span(self.spec.window),
+                                    counting=isinstance(self.spec.window, Count))
         return self._state
 
     # -- the round --------------------------------------------------------
@@ -142,14 +143,21 @@ class EventTimeWindow(WindowEmitter):
             messages = self.state.unindexed(self.INDEX_BATCH)
             if not messages:
                 return
+            counting = isinstance(self.spec.window, Count)
             events, bad = [], []
             for message in messages:
                 try:
-                    events.append(Event(message.id, self._key(message.data), self._time(message.data, message.created)))
+                    t = 0.0 if counting else self._time(message.data, message.created)
+                    events.append(Event(message.id, self._key(message.data), t))
                 except EventReadError as exc:
                     bad.append((message, str(exc)))
             if bad:
                 self._unreadable(bad)
+            if isinstance(self.spec.window, Count):
+                self.state.index_counted(events, [m.id for m, _ in bad], self.spec.window.size, assign_counts)
+                if len(messages) < self.INDEX_BATCH:
+                    return
+                continue
             decision = self.state.index(events, [m.id for m, _ in bad], self._decide)
             if decision.late:
                 self._late_pending = True
@@ -176,6 +184,8 @@ class EventTimeWindow(WindowEmitter):
             until = float('-inf') if max_t is None else max_t - self.spec.grace
             if self.spec.close_by_clock:
                 until = max(until, now - self.spec.grace)
+            if isinstance(self.spec.window, Count):
+                until = now  # a full row is due NOW, an unfilled one NOT_YET (minibatch.store.eventtime)
             self._ready = self.state.ready(until, now, self.READY_BATCH)
         return self._ready.pop(0) if self._ready else None
 
@@ -200,8 +210,11 @@ class EventTimeWindow(WindowEmitter):
         if claim is None:
             return super()._window_of(qs)
         data = [m.data for m in qs]
-        window = EventWindow(self.stream_name, data, key_value(claim.key), to_datetime(claim.start),
-                             to_datetime(claim.end), late=claim.late)
+        if isinstance(self.spec.window, Count):  # positions in the key, not times
+            window = EventWindow(self.stream_name, data, key_value(claim.key), None, None)
+        else:
+            window = EventWindow(self.stream_name, data, key_value(claim.key), to_datetime(claim.start),
+                                 to_datetime(claim.end), late=claim.late)
         if self.keep:
             window.id = self.store.save_window(self.stream_name, data, token=qs[0].token)
         else:

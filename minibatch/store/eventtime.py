@@ -27,6 +27,8 @@ from minibatch.store.base import AVAILABLE, Message, RecordId, Store
 
 #: window row states (see minibatch.eventtime.assign)
 OPEN, TAKEN, DONE = 0, 1, 2
+#: due of a count window row until it is full (never ready), and once full (ready at once)
+NOT_YET, NOW = 1e300, -1e300
 
 #: store class module -> the module implementing EventTimeState for it
 IMPLEMENTATIONS = {
@@ -83,9 +85,11 @@ class EventTimeState(abc.ABC):
     """
 
     def __init__(self, store: Store, stream: str, spec: str, describe: str = '', grace: float = 0.0,
-                 span: float = 0.0) -> None:
+                 span: float = 0.0, counting: bool = False) -> None:
         self.store, self.stream, self.spec = store, stream, spec
         self.describe, self.grace, self.span = describe, grace, span
+        #: count windows per key: rows are removed when done (nothing is ever late for them)
+        self.counting = counting
 
     @abc.abstractmethod
     def unindexed(self, limit: int) -> list[Message]:
@@ -100,6 +104,19 @@ class EventTimeState(abc.ABC):
         rows added (OPEN) and removed (OPEN sessions merged), the new latest time, the
         late count. Idempotent: an event indexed already (by another consumer) is left
         out. Returns the Decision (for the events this call indexed).
+        """
+
+    @abc.abstractmethod
+    def index_counted(self, events: Sequence[Any], skipped: Sequence[RecordId], size: int,
+                      assign: Callable[[int, list[Any], dict[str, int]], dict[tuple[str, float, float], int]]) -> int:
+        """Count windows per key: number ``events`` per key in arrival order and record them.
+
+        ``assign(size, events, next_of)`` (minibatch.eventtime.assign.assign_counts) numbers the
+        events from the key's next number (read from, and written back to, the store) and says
+        how many events each row gets. A row becomes ready once all ``size`` of its events are
+        recorded. Each message is numbered exactly once, also with competing consumers (SQLite:
+        one transaction; MongoDB: the batch is claimed while it is numbered, and the numbers are
+        reserved with one atomic ``$inc``). Returns the number of events indexed by this call.
         """
 
     @abc.abstractmethod
@@ -222,13 +239,13 @@ def forget_stream(store: Store, stream: str) -> None:
 
 
 def state_for(store: Store, stream: str, spec: str, describe: str = '', grace: float = 0.0,
-              span: float = 0.0) -> EventTimeState:
+              span: float = 0.0, counting: bool = False) -> EventTimeState:
     """The :class:`EventTimeState` of ``spec`` on ``store``; NotSupportedByStore for a store without one."""
     module = _implementation(store)
     if module is None:
         from minibatch.errors import NotSupportedByStore
         raise NotSupportedByStore(f'event-time windows need the SQLite or MongoDB store, not {store.describe()}')
-    state: EventTimeState = module.State(store, stream, spec, describe, grace, span)
+    state: EventTimeState = module.State(store, stream, spec, describe, grace, span, counting)
     return state
 
 

@@ -19,13 +19,15 @@ writing, and marks late the events whose windows were all taken meanwhile
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable, Sequence
+import hashlib
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from pymongo import UpdateMany, UpdateOne
 
 from minibatch.store.base import AVAILABLE, CLAIMED, DEAD, RETRY, Message, RecordId, Store, utcnow
-from minibatch.store.eventtime import DONE, OPEN, TAKEN, Decide, EventTimeState, Indexed, Row
+from minibatch.store.eventtime import DONE, NOT_YET, NOW, OPEN, TAKEN, Decide, EventTimeState, Indexed, Row
 
 _EPOCH = datetime.datetime(1970, 1, 1)
 _IN_STREAM = [AVAILABLE, CLAIMED, RETRY]
@@ -47,8 +49,8 @@ class State(EventTimeState):
     """:class:`~minibatch.store.eventtime.EventTimeState` on a :class:`~minibatch.store.mongodb.MongoStore`."""
 
     def __init__(self, store: Store, stream: str, spec: str, describe: str = '', grace: float = 0.0,
-                 span: float = 0.0) -> None:
-        super().__init__(store, stream, spec, describe, grace, span)
+                 span: float = 0.0, counting: bool = False) -> None:
+        super().__init__(store, stream, spec, describe, grace, span, counting)
         db = getattr(store, '_db')()
         self.buffer = getattr(store, '_buffer')()
         self.specs, self.windows = db['eventtime_spec'], db['eventtime_window']
@@ -99,6 +101,46 @@ class State(EventTimeState):
             update['$max'] = {'max_t': decision.max_t}
         self.specs.update_one({'_id': spec}, update)
         return decision
+
+    def index_counted(self, events: Sequence[Any], skipped: Sequence[RecordId], size: int,
+                      assign: Callable[[int, list[Any], dict[str, int]], dict[tuple[str, float, float], int]]) -> int:
+        spec = self.spec
+        if skipped:
+            self.buffer.update_many({'_id': {'$in': list(skipped)}, 'et.s': None},
+                                    {'$set': {'et': {'s': spec, 'x': True}}})
+        if not events:
+            return 0
+        # numbered once: only the messages this consumer could claim (a racing one numbers the others)
+        token = uuid.uuid4().hex
+        ours = {m.id for m in self.store.claim(self.stream, [e.id for e in events], token, 60.0)}
+        fresh = [e for e in events if e.id in ours]
+        if not fresh:
+            return 0
+        try:
+            per_key: dict[str, int] = {}
+            for event in fresh:
+                per_key[event.key] = per_key.get(event.key, 0) + 1
+            fields = {key: 'n.' + hashlib.sha1(key.encode()).hexdigest()[:20] for key in per_key}
+            # one atomic $inc reserves each key's numbers for this batch
+            before = self.specs.find_one_and_update(
+                {'_id': spec}, {'$inc': {fields[k]: n for k, n in per_key.items()}},
+                projection={f: 1 for f in fields.values()}, upsert=True) or {}
+            reserved = before.get('n') or {}
+            next_of = {key: int(reserved.get(field[2:], 0)) for key, field in fields.items()}
+            added = assign(size, fresh, next_of)
+            self.buffer.bulk_write([UpdateOne({'_id': e.id}, {'$set': {'et': {
+                's': spec, 'k': e.key, 't': e.t, 'l': False, 'ws': e.first}}}) for e in fresh], ordered=False)
+            self.windows.bulk_write([UpdateOne(
+                {'_id': _row_id(spec, *row)},
+                {'$setOnInsert': {'spec': spec, 'key': row[0], 'start': row[1], 'end': row[2], 'state': OPEN,
+                                  'due': NOT_YET}, '$inc': {'n': n}}, upsert=True)
+                for row, n in added.items()], ordered=False)
+        finally:
+            self.store.unclaim(self.stream, token, [e.id for e in fresh])
+        # after giving the messages back: a full row is taken only when all its messages are free
+        self.windows.update_many({'spec': spec, 'state': OPEN, 'due': NOT_YET, 'n': {'$gte': size}},
+                                 {'$set': {'due': NOW}})
+        return len(fresh)
 
     def _rows_near(self, events: Sequence[Any]) -> dict[tuple[str, float, float], int]:
         if not events:
@@ -172,8 +214,11 @@ class State(EventTimeState):
             self.windows.update_many({'_id': {'$in': ids}, 'state': TAKEN}, {'$set': {'due': now}})
 
     def done(self, row: Row, ids: Sequence[RecordId], sweep: bool = False) -> None:
-        self.windows.update_one({'_id': _row_id(self.spec, row.key, row.start, row.end)},
-                                {'$set': {'state': DONE, 'due': row.end}})
+        if self.counting:  # nothing is late for count windows: a done row is not needed any more
+            self.windows.delete_one({'_id': _row_id(self.spec, row.key, row.start, row.end)})
+        else:
+            self.windows.update_one({'_id': _row_id(self.spec, row.key, row.start, row.end)},
+                                    {'$set': {'state': DONE, 'due': row.end}})
         if sweep:  # committed messages are gone with their entries; dead letters keep theirs until now
             self.buffer.update_many({**self._window_query(row), 'state': DEAD}, {'$unset': {'et': ''}})
         self._done_calls += 1

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from minibatch.store import sqlite_messages as lifecycle
 from minibatch.store.base import AVAILABLE, CLAIMED, RETRY, Message, RecordId, Store
-from minibatch.store.eventtime import DONE, OPEN, TAKEN, Closing, Decide, EventTimeState, Indexed, Row
+from minibatch.store.eventtime import (DONE, NOT_YET, NOW, OPEN, TAKEN, Closing, Decide, EventTimeState, Indexed,
+                                      Row)
 from minibatch.store.sqlite_messages import chunks, marks
 from minibatch.store.sqlite_values import (AVAILABLE_COLUMNS, MESSAGE_COLUMNS, available_messages_of, dumps,
                                            message_of, undecodable)
@@ -63,9 +64,17 @@ CREATE TABLE IF NOT EXISTS et_windows (
     wend REAL NOT NULL,
     state INTEGER NOT NULL DEFAULT 0,
     due REAL NOT NULL,
+    n INTEGER NOT NULL DEFAULT 0,  -- count windows: events recorded in the row
     PRIMARY KEY (spec, key, wstart, wend)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS et_windows_due ON et_windows (spec, state, due);
+-- count windows per key: the number the key's next message gets
+CREATE TABLE IF NOT EXISTS et_keys (
+    spec TEXT NOT NULL,
+    key TEXT NOT NULL,
+    next INTEGER NOT NULL,
+    PRIMARY KEY (spec, key)
+) WITHOUT ROWID;
 """
 _ready_paths: set[tuple[int, str]] = set()
 _ROW = 'spec = ? AND key = ? AND wstart = ? AND wend = ?'
@@ -82,8 +91,8 @@ class State(EventTimeState):
     """:class:`~minibatch.store.eventtime.EventTimeState` on a :class:`~minibatch.store.sqlite.SQLiteStore`."""
 
     def __init__(self, store: Store, stream: str, spec: str, describe: str = '', grace: float = 0.0,
-                 span: float = 0.0) -> None:
-        super().__init__(store, stream, spec, describe, grace, span)
+                 span: float = 0.0, counting: bool = False) -> None:
+        super().__init__(store, stream, spec, describe, grace, span, counting)
         self.db: Any = getattr(store, 'db')
         self._next_rescan = 0.0
         self._forgotten: list[RecordId] = []
@@ -115,15 +124,46 @@ class State(EventTimeState):
             getattr(self.store, '_bury')(self.stream, bad, AVAILABLE)
         return messages
 
+    def _fresh(self, conn: sqlite3.Connection, events: Sequence[Any]) -> list[Any]:
+        """The events not indexed yet (another consumer may have indexed the same batch)."""
+        known: set[int] = set()
+        for chunk in chunks([e.id for e in events]):
+            known.update(row[0] for row in conn.execute(
+                f'SELECT msg FROM et_events WHERE spec = ? AND msg IN ({marks(chunk)})', (self.spec, *chunk)))
+        return [e for e in events if e.id not in known]
+
+    def index_counted(self, events: Sequence[Any], skipped: Sequence[RecordId], size: int,
+                      assign: Callable[[int, list[Any], dict[str, int]], dict[tuple[str, float, float], int]]) -> int:
+        upto = max([int(e.id) for e in events] + [int(i) for i in skipped] + [0])
+
+        def work(conn: sqlite3.Connection) -> int:
+            fresh = self._fresh(conn, events)
+            keys = sorted({e.key for e in fresh})
+            next_of: dict[str, int] = {}
+            for start in range(0, len(keys), 400):
+                part = keys[start:start + 400]
+                next_of.update(conn.execute(f'SELECT key, next FROM et_keys WHERE spec = ? AND key IN ({marks(part)})',
+                                            (self.spec, *part)).fetchall())
+            added = assign(size, fresh, next_of)
+            conn.executemany('INSERT INTO et_keys (spec, key, next) VALUES (?, ?, ?) ON CONFLICT (spec, key)'
+                             ' DO UPDATE SET next = excluded.next', [(self.spec, k, next_of[k]) for k in keys])
+            conn.executemany('INSERT INTO et_events (spec, msg, key, t, late, ws) VALUES (?, ?, ?, ?, 0, ?)',
+                             [(self.spec, e.id, e.key, e.t, e.first) for e in fresh])
+            conn.executemany(f'INSERT INTO et_windows (spec, key, wstart, wend, state, due, n) VALUES'
+                             f' (?, ?, ?, ?, {OPEN}, ?, ?) ON CONFLICT (spec, key, wstart, wend)'
+                             ' DO UPDATE SET n = n + excluded.n',
+                             [(self.spec, *row, NOT_YET, n) for row, n in added.items()])
+            conn.execute(f'UPDATE et_windows SET due = ? WHERE spec = ? AND state = {OPEN} AND due = ? AND n >= ?',
+                         (NOW, self.spec, NOT_YET, size))
+            conn.execute('UPDATE et_specs SET cursor = max(cursor, ?) WHERE spec = ?', (upto, self.spec))
+            return len(fresh)
+        return int(self.db.write(work))
+
     def index(self, events: Sequence[Any], skipped: Sequence[RecordId], decide: Decide) -> Any:
         upto = max([int(e.id) for e in events] + [int(i) for i in skipped] + [0])
 
         def work(conn: sqlite3.Connection) -> Any:
-            known: set[int] = set()
-            for chunk in chunks([e.id for e in events]):
-                known.update(row[0] for row in conn.execute(
-                    f'SELECT msg FROM et_events WHERE spec = ? AND msg IN ({marks(chunk)})', (self.spec, *chunk)))
-            fresh = [e for e in events if e.id not in known]
+            fresh = self._fresh(conn, events)
             max_t = conn.execute('SELECT max_t FROM et_specs WHERE spec = ?', (self.spec,)).fetchone()[0]
             rows: dict[tuple[str, float, float], int] = {}
             if fresh:
@@ -243,8 +283,11 @@ class State(EventTimeState):
         self.db.write(lambda conn: self._done(conn, row, ids, sweep))
 
     def _done(self, conn: sqlite3.Connection, row: Row, ids: Sequence[RecordId], sweep: bool = False) -> None:
-        conn.execute(f'UPDATE et_windows SET state = {DONE}, due = wend WHERE {_ROW}',
-                     (self.spec, row.key, row.start, row.end))
+        if self.counting:  # nothing is late for count windows: a done row is not needed any more
+            conn.execute(f'DELETE FROM et_windows WHERE {_ROW}', (self.spec, row.key, row.start, row.end))
+        else:
+            conn.execute(f'UPDATE et_windows SET state = {DONE}, due = wend WHERE {_ROW}',
+                         (self.spec, row.key, row.start, row.end))
         for chunk in chunks(ids):
             conn.execute(f'DELETE FROM et_events WHERE spec = ? AND msg IN ({marks(chunk)})', (self.spec, *chunk))
         if sweep:
