@@ -1,7 +1,8 @@
 """The ``minibatch`` command (also ``python -m minibatch``).
 
 Commands: ``status``, ``append``, ``tail``, ``consume``, ``dead-letters``
-(``list``, ``requeue``, ``purge``) and ``demo``; see docs/cli.rst. Every
+(``list``, ``requeue``, ``purge``), ``demo`` and ``dashboard``; see docs/cli.rst
+and docs/dashboard.rst. Every
 command works on the store chosen by ``--url`` (or ``MINIBATCH_URL``, then the
 usual precedence, see :func:`minibatch.store.resolve_url`), which
 :func:`~minibatch.cli.common.pass_store` resolves once and hands to the
@@ -23,7 +24,7 @@ import sys
 import click
 
 from minibatch import __version__
-from minibatch.cli import append, consume, dead_letters, demo, status, tail
+from minibatch.cli import append, consume, dashboard, dead_letters, demo, status, tail
 from minibatch.cli.common import CliError, Group, Settings, one_line, setup_logging
 from minibatch.errors import MinibatchError
 
@@ -41,7 +42,8 @@ def cli(ctx, url, verbose):
     ctx.obj = Settings(url)
 
 
-for command in (status.status, append.append, tail.tail, consume.consume, dead_letters.dead_letters, demo.demo):
+for command in (status.status, append.append, tail.tail, consume.consume, dead_letters.dead_letters, demo.demo,
+                dashboard.dashboard):
     cli.add_command(command)
 del command
 
