@@ -9,6 +9,7 @@ that can have been in flight at a kill or at the restart (a window recorded
 but not yet committed is run again: at least once, never lost), nothing is
 left claimed, waiting or dead.
 """
+import json
 import os
 import random
 import signal
@@ -19,7 +20,7 @@ import uuid
 
 import pytest
 
-from minibatch.store import get_store
+from minibatch.store import get_store, reset_stores
 from tests.conftest import require_module, require_mongo
 from tests.helpers import wait_until
 from tests.test_connection_drop import WireServer
@@ -31,7 +32,6 @@ N = 5000
 SIZE = 50
 CONSUMERS = 3
 LEASE = 2.0  # short: a killed consumer's window comes back within seconds
-PAUSE = 0.15  # per window, so that the run lasts long enough for several kills to land mid-window
 KILL_EVERY = (1.0, 2.0)  # seconds between kills, drawn uniformly
 BATCHES = 10  # the producer appends in batches while the kills go on
 DEADLINE = 120  # the whole run; a healthy one takes ~20-30 s
@@ -40,15 +40,14 @@ DEADLINE = 120  # the whole run; a healthy one takes ~20-30 s
 class Chaos:
     """The consumer processes of one run, the kills, and what they delivered."""
 
-    def __init__(self, url, stream, outdir):
+    def __init__(self, url, stream, outdir, pause):
         self.url, self.stream, self.outdir = url, stream, str(outdir)
-        self.options = {'size': SIZE, 'lease': LEASE, 'pause': PAUSE, 'max_attempts': 50}
+        self.options = {'size': SIZE, 'lease': LEASE, 'pause': pause, 'max_attempts': 50}
         self.procs = [self.start() for _ in range(CONSUMERS)]
         self.kills = 0
 
     def start(self):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get('PYTHONPATH', '')]))
-        import json
         return subprocess.Popen([sys.executable, CONSUMER, self.url, self.stream, self.outdir,
                                  json.dumps(self.options)], env=env)
 
@@ -86,16 +85,20 @@ class Chaos:
                 proc.wait()
 
 
-def run_chaos(url, tmp_path, server=None):
-    """Run the chaos on ``url``; restart ``server`` (a WireServer) once midway if given. Returns a summary."""
+def run_chaos(url, tmp_path, pause, server=None):
+    """Run the chaos on ``url``; restart ``server`` (a WireServer) once midway if given. Returns a summary.
+
+    ``pause``: seconds each window takes, so that the run lasts long enough for several kills to land
+    mid-window (the MongoDB-wire server is slower by itself).
+    """
     name = 'chaos-' + uuid.uuid4().hex[:8]
     store = get_store(url)
     store.ensure_stream(name)
     rng = random.Random(os.environ.get('MB_CHAOS_SEED') or time.time_ns())
     outdir = tmp_path / 'delivered'
     outdir.mkdir()
-    chaos = Chaos(url, name, outdir)
-    restarted, appended = False, 0
+    chaos = Chaos(url, name, outdir, pause)
+    restarted, appended = None, 0  # restarted: how long the server was away
     started = time.monotonic()
     next_kill = started + rng.uniform(*KILL_EVERY)
     try:
@@ -108,11 +111,12 @@ def run_chaos(url, tmp_path, server=None):
                 break
             assert time.monotonic() - started < DEADLINE, f'{len(done)} of {N} delivered within {DEADLINE}s'
             chaos.check_alive()
-            if server is not None and not restarted and len(done) >= N // 2:
+            if server is not None and restarted is None and len(done) >= N // 2:
                 # consumers hold windows in flight right now: their renewals and commits fail until it is back
+                down = time.monotonic()
                 server.stop()
                 server.start()
-                restarted = True
+                restarted = time.monotonic() - down
             if time.monotonic() >= next_kill:
                 chaos.kill_one(rng)
                 next_kill = time.monotonic() + rng.uniform(*KILL_EVERY)
@@ -120,11 +124,14 @@ def run_chaos(url, tmp_path, server=None):
         # the last windows' commits, and windows of the last victims, which come back after their lease
         wait_until(lambda: _settled(store, name), timeout=LEASE * 10 + 30, message='every window committed',
                    alive=chaos.procs)
+        summary = {'kills': chaos.kills, 'restarted': restarted, 'counts': store.counts(name),
+                   'dead': store.dead_letters(name), 'seconds': time.monotonic() - started}
     finally:
         chaos.stop()
-    delivered = chaos.delivered()
-    return {'delivered': delivered, 'kills': chaos.kills, 'restarted': restarted, 'counts': store.counts(name),
-            'dead': store.dead_letters(name), 'seconds': time.monotonic() - started}
+        # closed while the server is up: closing a client later waits for a server to say goodbye to
+        reset_stores()
+    summary['delivered'] = chaos.delivered()
+    return summary
 
 
 def _settled(store, name):
@@ -134,6 +141,10 @@ def _settled(store, name):
 
 def check(summary, restarts):
     delivered, kills = summary['delivered'], summary['kills']
+    # shown with -s, and in the failure report: what the run did
+    away = '' if summary['restarted'] is None else f" (server away {summary['restarted']:.1f}s)"
+    print(f"chaos: {kills} kills, {restarts} server restarts{away}, {len(delivered) - N} duplicates, "
+          f"{summary['seconds']:.1f}s")
     assert kills >= 3, f'only {kills} kills landed: the run was too short to show anything'
     assert set(delivered) == set(range(N)), f'{N - len(set(delivered))} messages never delivered'
     duplicates = len(delivered) - N
@@ -148,7 +159,7 @@ def check(summary, restarts):
 
 @pytest.mark.slow
 def test_chaos_sqlite(tmp_path):
-    summary = run_chaos('sqlite:///' + str(tmp_path / 'chaos.db'), tmp_path)
+    summary = run_chaos('sqlite:///' + str(tmp_path / 'chaos.db'), tmp_path, pause=0.3)
     check(summary, restarts=0)
 
 
@@ -161,8 +172,8 @@ def test_chaos_mongodb_with_a_server_restart(tmp_path):
     server.start()
     try:
         url = f'mongodb://127.0.0.1:{server.port}/chaos?retryWrites=false'
-        summary = run_chaos(url, tmp_path, server)
+        summary = run_chaos(url, tmp_path, pause=0.1, server=server)
     finally:
         server.stop()
-    assert summary['restarted'], 'the server restart happened mid-run'
+    assert summary['restarted'] is not None, 'the server restart happened mid-run'
     check(summary, restarts=1)
