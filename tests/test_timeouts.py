@@ -149,6 +149,23 @@ def test_other_windows_of_a_pool_killed_for_a_timeout_are_given_back_uncounted(t
     assert em.stats['failed'] == 1
 
 
+def test_an_abandoned_thread_is_replaced_and_never_waited_for():
+    from minibatch.executors import ThreadExecutor
+    pool = ThreadExecutor(max_workers=1)
+    stuck = pool.submit(RELEASE.wait, 60)
+    queued = pool.submit(lambda: 'queued')
+    wait_until(lambda: stuck.running(), timeout=5, message='the stuck call running')
+    assert pool.abandon(stuck), 'a running call is abandoned'
+    assert queued.result(timeout=5) == 'queued', 'a new thread took over the queue'
+    pool.shutdown(wait=True)  # returns at once: abandoned threads are not joined
+    assert stuck.running(), 'still running: a thread cannot be killed'
+    assert not pool.abandon(queued), 'a finished call cannot be abandoned'
+    RELEASE.set()
+    assert stuck.result(timeout=5) is True, 'what an abandoned call returns still reaches its future'
+    with pytest.raises(RuntimeError, match='after shutdown'):
+        pool.submit(print)
+
+
 CANCELLED = []
 
 
