@@ -27,6 +27,8 @@ from minibatch.store.base import AVAILABLE, Message, RecordId, Store
 
 #: window row states (see minibatch.eventtime.assign)
 OPEN, TAKEN, DONE = 0, 1, 2
+#: a window found with messages held elsewhere is looked at again after at most this many seconds
+BUSY_POLL = 1.0
 #: due of a count window row until it is full (never ready), and once full (ready at once)
 NOT_YET, NOW = 1e300, -1e300
 
@@ -175,8 +177,8 @@ class EventTimeState(abc.ABC):
             self.done(row, [], sweep=True)
             return Closing('empty')
         busy = [item.lease or now for item in items if item.state != AVAILABLE]
-        if busy:  # held by an overlapping window, or waiting for a retry: look again when that lease ends
-            self.reschedule(row, min(max(busy + [now + 0.1]), now + lease))
+        if busy:  # held by an overlapping window or an index step, or waiting for a retry
+            self.reschedule(row, busy_until(busy, now))
             return Closing('busy')
         claimed = self.store.claim(self.stream, [item.id for item in items], token, lease)
         if len(claimed) < len(items):  # a racing consumer got some: give ours back, try again shortly
@@ -220,6 +222,11 @@ class EventTimeState(abc.ABC):
     def next_due(self, clock_lag: float | None) -> float | None:
         """The earliest time a row becomes ready by the clock: an OPEN row's end + ``clock_lag`` (None: not
         by the clock), or a TAKEN row's due. None when there is no row. Read-only."""
+
+
+def busy_until(leases: list[float], now: float) -> float:
+    """When to look again at a window some of whose messages are held: when their lease ends, within BUSY_POLL s."""
+    return min(max(leases + [now + 0.1]), now + BUSY_POLL)
 
 
 def figures(store: Store, stream: str) -> dict[str, Any]:

@@ -33,6 +33,8 @@ _EPOCH = datetime.datetime(1970, 1, 1)
 _IN_STREAM = [AVAILABLE, CLAIMED, RETRY]
 #: done() removes passed DONE rows every this many calls (it costs a read of the spec)
 PURGE_EVERY = 50
+#: seconds an index step holds its batch (claimed: see State._claim_batch)
+INDEX_LEASE = 30.0
 
 
 def _epoch(value: Any) -> float | None:
@@ -74,30 +76,47 @@ class State(EventTimeState):
                         state=AVAILABLE, attempts=d.get('attempts', 0), error=d.get('error'))
                 for d in cursor.limit(limit) if isinstance(d.get('data'), dict)]
 
-    def index(self, events: Sequence[Any], skipped: Sequence[RecordId], decide: Decide) -> Any:
-        spec = self.spec
+    def _mark_skipped(self, skipped: Sequence[RecordId]) -> None:
         if skipped:
             self.buffer.update_many({'_id': {'$in': list(skipped)}, 'et.s': None},
-                                    {'$set': {'et': {'s': spec, 'x': True}}})
-        doc = self.specs.find_one({'_id': spec}, {'max_t': 1}) or {}
-        rows = self._rows_near(events)
-        decision = decide(list(events), doc.get('max_t'), rows)
-        if decision.removed_rows:
-            self.windows.delete_many({'_id': {'$in': [_row_id(spec, *r) for r in decision.removed_rows]},
-                                      'state': OPEN})
-        if decision.new_rows:
-            self.windows.bulk_write([UpdateOne(
-                {'_id': _row_id(spec, *r)},
-                {'$setOnInsert': {'spec': spec, 'key': r[0], 'start': r[1], 'end': r[2], 'state': OPEN, 'due': r[2]}},
-                upsert=True) for r in decision.new_rows], ordered=False)
-        if decision.on_time:
-            self.buffer.bulk_write([UpdateOne({'_id': e.id, 'et.s': None},
-                                              {'$set': {'et': {'s': spec, 'k': e.key, 't': e.t, 'l': False, 'ws': e.first}}})
-                                    for e in decision.on_time], ordered=False)
-        late = self._mark_late([(e, w) for e, w in decision.late], only_new=True)
+                                    {'$set': {'et': {'s': self.spec, 'x': True}}})
+
+    def _claim_batch(self, events: Sequence[Any]) -> tuple[str, list[Any]]:
+        """Claim the batch's messages: only those this consumer gets are indexed by it (no transactions here,
+        so two consumers indexing one message could disagree, e.g. on how sessions merge or what is late)."""
+        token = uuid.uuid4().hex
+        ours = {m.id for m in self.store.claim(self.stream, [e.id for e in events], token, INDEX_LEASE)}
+        return token, [e for e in events if e.id in ours]
+
+    def index(self, events: Sequence[Any], skipped: Sequence[RecordId], decide: Decide) -> Any:
+        spec = self.spec
+        self._mark_skipped(skipped)
+        token, fresh = self._claim_batch(events) if events else ('', [])
+        try:
+            doc = self.specs.find_one({'_id': spec}, {'max_t': 1}) or {}
+            rows = self._rows_near(fresh)
+            decision = decide(fresh, doc.get('max_t'), rows)
+            if decision.removed_rows:
+                self.windows.delete_many({'_id': {'$in': [_row_id(spec, *r) for r in decision.removed_rows]},
+                                          'state': OPEN})
+            if decision.new_rows:
+                self.windows.bulk_write([UpdateOne(
+                    {'_id': _row_id(spec, *r)},
+                    {'$setOnInsert': {'spec': spec, 'key': r[0], 'start': r[1], 'end': r[2], 'state': OPEN,
+                                      'due': r[2]}}, upsert=True) for r in decision.new_rows], ordered=False)
+            if decision.on_time:
+                self.buffer.bulk_write([UpdateOne(
+                    {'_id': e.id, 'et.s': None},
+                    {'$set': {'et': {'s': spec, 'k': e.key, 't': e.t, 'l': False, 'ws': e.first}}})
+                    for e in decision.on_time], ordered=False)
+            late = self._mark_late([(e, w) for e, w in decision.late], only_new=True)
+        finally:
+            if fresh:
+                self.store.unclaim(self.stream, token, [e.id for e in fresh])
         late += self._recheck(decision.on_time)
         update: dict[str, Any] = {'$inc': {'late': late}}
         if decision.max_t is not None:
+            # the watermark rises once the messages are free: a window it closes is not found busy
             update['$max'] = {'max_t': decision.max_t}
         self.specs.update_one({'_id': spec}, update)
         return decision
@@ -105,15 +124,11 @@ class State(EventTimeState):
     def index_counted(self, events: Sequence[Any], skipped: Sequence[RecordId], size: int,
                       assign: Callable[[int, list[Any], dict[str, int]], dict[tuple[str, float, float], int]]) -> int:
         spec = self.spec
-        if skipped:
-            self.buffer.update_many({'_id': {'$in': list(skipped)}, 'et.s': None},
-                                    {'$set': {'et': {'s': spec, 'x': True}}})
+        self._mark_skipped(skipped)
         if not events:
             return 0
         # numbered once: only the messages this consumer could claim (a racing one numbers the others)
-        token = uuid.uuid4().hex
-        ours = {m.id for m in self.store.claim(self.stream, [e.id for e in events], token, 60.0)}
-        fresh = [e for e in events if e.id in ours]
+        token, fresh = self._claim_batch(events)
         if not fresh:
             return 0
         try:

@@ -21,7 +21,7 @@ from typing import Any
 from minibatch.store import sqlite_messages as lifecycle
 from minibatch.store.base import AVAILABLE, CLAIMED, RETRY, Message, RecordId, Store
 from minibatch.store.eventtime import (DONE, NOT_YET, NOW, OPEN, TAKEN, Closing, Decide, EventTimeState, Indexed,
-                                      Row)
+                                      Row, busy_until)
 from minibatch.store.sqlite_messages import chunks, marks
 from minibatch.store.sqlite_values import (AVAILABLE_COLUMNS, MESSAGE_COLUMNS, available_messages_of, dumps,
                                            message_of, undecodable)
@@ -230,7 +230,7 @@ class State(EventTimeState):
             busy = [item.lease or now for item in items if item.state != AVAILABLE]
             if busy:
                 conn.execute(f'UPDATE et_windows SET due = ? WHERE {_ROW}',
-                             (min(max(busy + [now + 0.1]), now + lease), self.spec, row.key, row.start, row.end))
+                             (busy_until(busy, now), self.spec, row.key, row.start, row.end))
                 return Closing('busy'), []
             claimed = lifecycle.claim(conn, self.stream, [i.id for i in items], token, now + lease, MESSAGE_COLUMNS)
             return Closing('claimed', items=items), claimed
