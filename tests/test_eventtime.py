@@ -108,27 +108,27 @@ def test_event_behind_the_watermark_is_late_even_if_its_window_was_never_opened(
     assert [m.data['v'] for m in stream.store.dead_letters('behind')] == [2]
 
 
-def test_on_late_window_delivers_late_events_as_a_late_window(store_url):
-    stream = mb.stream('latewin', url=store_url)
+def after_a_closed_window(store_url, name, *late, **options):
+    """A consumer that emitted a's [0, 10) (11 is waiting in [10, 20)), then gets ``late`` events of it."""
+    stream = mb.stream(name, url=store_url)
     fn = Collect()
-    em = consumer(store_url, 'latewin', fn, on_late='window')
+    em = consumer(store_url, name, fn, **options)
     stream.append(events(('a', 1, 1), ('a', 11, 2)))
     rounds(em)
-    stream.append(events(('a', 2, 3), ('a', 3, 4)))
+    stream.append(events(*late))
     rounds(em)
+    return stream, fn, em
+
+
+def test_on_late_window_delivers_late_events_as_a_late_window(store_url):
+    stream, fn, em = after_a_closed_window(store_url, 'latewin', ('a', 2, 3), ('a', 3, 4), on_late='window')
     assert fn.windows == [('a', 0, 10, [1], False), ('a', 0, 10, [3, 4], True)]
     assert stream.store.counts('latewin')['dead'] == 0
     assert em.stats['late'] == 2
 
 
 def test_on_late_drop_counts_and_removes(store_url):
-    stream = mb.stream('latedrop', url=store_url)
-    fn = Collect()
-    em = consumer(store_url, 'latedrop', fn, on_late='drop')
-    stream.append(events(('a', 1, 1), ('a', 11, 2)))
-    rounds(em)
-    stream.append(events(('a', 2, 3)))
-    rounds(em)
+    stream, fn, em = after_a_closed_window(store_url, 'latedrop', ('a', 2, 3), on_late='drop')
     counts = stream.store.counts('latedrop')
     assert (counts['dead'], counts['available']) == (0, 1)  # only 11 is left, waiting for [10, 20)
     assert stream.stats()['late'] == 1

@@ -29,41 +29,37 @@ def seconds(value: Any, what: str) -> float:
     return float(value)
 
 
+class _Spec:
+    """A window spec's text, e.g. ``hopping(60, 10)``: part of the id its consumers' state is kept under."""
+
+    def describe(self) -> str:
+        values = ', '.join(f'{getattr(self, f.name):g}' for f in dataclasses.fields(self))  # type: ignore[arg-type]
+        return f'{type(self).__name__.lower()}({values})'
+
+
 @dataclasses.dataclass(frozen=True)
-class Tumbling:
+class Tumbling(_Spec):
     """Windows of ``size`` seconds, one after the other, aligned to the Unix epoch (``[k*size, (k+1)*size)``)."""
     size: float
 
-    def describe(self) -> str:
-        return f'tumbling({self.size:g})'
-
 
 @dataclasses.dataclass(frozen=True)
-class Hopping:
+class Hopping(_Spec):
     """Windows of ``size`` seconds starting every ``step`` seconds (at multiples of ``step``); they overlap."""
     size: float
     step: float
 
-    def describe(self) -> str:
-        return f'hopping({self.size:g}, {self.step:g})'
-
 
 @dataclasses.dataclass(frozen=True)
-class Session:
+class Session(_Spec):
     """Per key, a window from its first event to its last event plus ``gap``; a pause of ``gap`` ends it."""
     gap: float
 
-    def describe(self) -> str:
-        return f'session({self.gap:g})'
-
 
 @dataclasses.dataclass(frozen=True)
-class Count:
+class Count(_Spec):
     """Per key, windows of ``size`` messages in the order they were appended (``size=N, key=...``)."""
     size: int
-
-    def describe(self) -> str:
-        return f'count({self.size})'
 
 
 WindowSpec = Union[Tumbling, Hopping, Session, Count]
