@@ -9,8 +9,9 @@ Executor instance (used as is, never shut down by minibatch), a Dask
 
 Process pool workers die with their consumer and obey SIGTERM (see
 :func:`_init_worker`); thread pool threads never keep a process from exiting
-(:class:`ThreadExecutor`); :func:`stop_window` stops what runs a window that
-timed out, as far as its executor allows.
+and can be abandoned (:class:`ThreadExecutor`); an inline function can be
+interrupted in the main thread (:class:`Alarm`). What to do with a window that
+timed out is :func:`minibatch.inflight.stop_window`'s.
 """
 import concurrent.futures
 import ctypes
@@ -219,30 +220,6 @@ class ThreadExecutor(concurrent.futures.Executor):
             for thread in threads:
                 if thread is not threading.current_thread():
                     thread.join()
-
-
-def stop_window(executor: Any, future: concurrent.futures.Future[Any], owned: bool) -> tuple[str, bool]:
-    """Stop what runs ``future`` (a window past its timeout, or still running after a stop's grace period).
-
-    Returns what was done, for the window's error, and whether a whole process
-    pool was killed (its other windows were interrupted too):
-
-    - a process pool minibatch created (``owned``): all its workers are killed,
-      since one dead worker breaks the pool anyway;
-    - a :class:`ThreadExecutor`: the thread is abandoned and replaced;
-    - anything else (an ``async def`` function's task, a queued call, an executor
-      you passed in): ``future.cancel()``; what still runs is left to itself.
-    """
-    if owned and isinstance(executor, concurrent.futures.ProcessPoolExecutor):
-        for process in list((getattr(executor, '_processes', None) or {}).values()):
-            process.kill()
-        executor.shutdown(wait=False, cancel_futures=True)
-        return 'its worker process was killed', True
-    if isinstance(executor, ThreadExecutor) and executor.abandon(future):
-        return 'its thread was abandoned (a thread cannot be killed) and replaced', False
-    if future.cancel() and type(executor).__name__ == 'AsyncioExecutor':
-        return 'its task was cancelled', False
-    return 'it was abandoned (this executor cannot stop it)', False
 
 
 class Alarm:

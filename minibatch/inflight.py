@@ -3,6 +3,10 @@
 :class:`Strategy` is the contract between the consumer loop
 (:mod:`minibatch.runner`) and a window strategy: the hooks it calls and the
 options it reads. :class:`minibatch.window.WindowEmitter` fulfils it.
+:class:`InFlight` is a window running on the executor; the functions below
+keep its lease (:func:`renew_leases`), settle it through a store outage
+(:func:`retrying`), and stop what runs it past its timeout (:func:`stop_window`,
+:func:`stop_flight`).
 """
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ import logging
 import time
 from typing import Any, Callable, ClassVar, Protocol
 
-from minibatch.executors import stop_window
+from minibatch.asyncio_executor import AsyncioExecutor
+from minibatch.executors import ThreadExecutor
 from minibatch.store.base import Message, Store
 
 logger = logging.getLogger('minibatch.window')
@@ -118,9 +123,33 @@ def renew_leases(store: Store, stream: str, lease: float, flights: list[InFlight
                 logger.warning('minibatch: lost the lease of a running window on %r', stream)
 
 
+def stop_window(executor: Any, future: concurrent.futures.Future[Any], owned: bool) -> tuple[str, bool]:
+    """Stop what runs ``future`` (a window past its timeout, or still running after a stop's grace period).
+
+    Returns what was done, for the window's error, and whether a whole process
+    pool was killed (its other windows were interrupted too):
+
+    - a process pool minibatch created (``owned``): all its workers are killed,
+      since one dead worker breaks the pool anyway;
+    - a :class:`ThreadExecutor`: the thread is abandoned and replaced;
+    - anything else (an ``async def`` function's task, a queued call, an executor
+      you passed in): ``future.cancel()``; what still runs is left to itself.
+    """
+    if owned and isinstance(executor, concurrent.futures.ProcessPoolExecutor):
+        for process in list((getattr(executor, '_processes', None) or {}).values()):
+            process.kill()
+        executor.shutdown(wait=False, cancel_futures=True)
+        return 'its worker process was killed', True
+    if isinstance(executor, ThreadExecutor) and executor.abandon(future):
+        return 'its thread was abandoned (a thread cannot be killed) and replaced', False
+    if future.cancel() and isinstance(executor, AsyncioExecutor):
+        return 'its task was cancelled', False
+    return 'it was abandoned (this executor cannot stop it)', False
+
+
 def stop_flight(flights: list[InFlight], flight: InFlight, owned: bool,
                 give_back: Callable[[list[Message]], None]) -> tuple[str, bool]:
-    """Stop what runs ``flight`` (see :func:`minibatch.executors.stop_window`); return what was done, and whether
+    """Stop what runs ``flight`` (see :func:`stop_window`); return what was done, and whether
     its process pool was killed.
 
     A killed pool interrupts every window in it: those not finished are given

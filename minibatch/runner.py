@@ -13,7 +13,7 @@ them (``commit``/``undo``). The runner does everything around that:
 - finding leases other consumers left behind (``expire_leases``), retention,
   heartbeats for ``stream.stats()``;
 - ``timeout=``: a window running past it is a failed attempt, and what runs it
-  is stopped as far as the executor allows (:func:`minibatch.executors.stop_window`);
+  is stopped as far as the executor allows (:func:`minibatch.inflight.stop_window`);
 - stopping: ``stop()``, ``True`` on the queue, SIGTERM or Ctrl-C end the loop
   after the windows in flight finish (or are given back after the stop grace,
   their workers stopped so that the process can exit).
@@ -36,10 +36,10 @@ from typing import Any, Callable
 
 from minibatch import retention
 from minibatch.asyncio_executor import DEFAULT_CONCURRENCY, AsyncioExecutor, RunCoroutine, is_async
-from minibatch.executors import Alarm, LocalExecutor, SendableErrors, WindowTimeout, make_executor, stop_window
+from minibatch.executors import Alarm, LocalExecutor, SendableErrors, WindowTimeout, make_executor
 from minibatch.marshaller import marshal
 from minibatch.inflight import (InFlight, Strategy, WindowFuture, next_deadline, overdue, renew_leases, retrying,
-                                sink_payload, stop_flight, summary)
+                                sink_payload, stop_flight, stop_window, summary)
 from minibatch.store.base import Message, Store, utcnow
 
 logger = logging.getLogger('minibatch.window')
