@@ -236,11 +236,10 @@ class Runner:
                 self.time_out(flight)
 
     def time_out(self, flight: InFlight) -> None:
-        """``flight`` ran past its ``timeout=``: stop what runs it (a process pool killed for it is
-        replaced, see :func:`stop_flight`), and fail it: an attempt counted."""
+        """``flight`` ran past its ``timeout=``: stop what runs it (:func:`stop_flight`); fail it (an attempt)."""
         detail, pool_killed = stop_flight(self.inflight, flight, self._owns_executor, self.give_back)
         if pool_killed and flight.executor is self.executor:
-            self._new_pool('its workers were killed to stop a window')
+            self._replace_broken_executor('the workers were killed to stop a window that timed out')
         self.inflight.remove(flight)
         timeout = self.em.timeout or 0.0
         logger.warning('minibatch: a window of %d messages on %r timed out after %gs; %s', len(flight.messages),
@@ -280,17 +279,12 @@ class Runner:
         """A window of ours was released for a retry in ``seconds``: look for it then, not at the next expiry."""
         self._next_expiry = min(self._next_expiry, time.monotonic() + seconds)
 
-    def _replace_broken_executor(self) -> None:
-        # a pool whose worker died refuses all further work; start a fresh one
+    def _replace_broken_executor(self, why: str = 'a worker process died') -> None:
+        # a pool that lost a worker refuses all further work; start a fresh one
         # (only ours: an executor the user passed in is theirs to manage)
         if not self._owns_executor or self.executor is None:
             return
-        logger.error('minibatch: a worker process of %r died; starting a new pool', self.name)
-        self._new_pool()
-
-    def _new_pool(self, why: str = '') -> None:
-        if why:
-            logger.info('minibatch: a new pool for %r: %s', self.name, why)
+        logger.error('minibatch: %s in the pool of %r; starting a new pool', why, self.name)
         old, self.executor = self.executor, None
         old.shutdown(wait=False, cancel_futures=True)
         self.setup(waiter=False)
