@@ -32,7 +32,7 @@ from minibatch.emitter import WindowEmitter
 from minibatch.errors import ConfigurationError
 from minibatch.eventtime.assign import DONE, Event, assign_counts, decide, span, windows_of
 from minibatch.eventtime.extract import EventReadError, key_reader, key_value, time_reader, to_datetime
-from minibatch.eventtime.spec import Count, EventTimeSpec, Hopping
+from minibatch.eventtime.spec import Count, EventTimeSpec, Hopping, Session
 from minibatch.eventtime.window import EventWindow
 from minibatch.store.base import Message
 from minibatch.store.eventtime import EventTimeState, Row, state_for
@@ -100,7 +100,8 @@ class EventTimeWindow(WindowEmitter):
         if self._state is None:
             self._state = state_for(self.store, self.stream_name, self.spec.spec_id(self.stream_name),
                                     self.spec.describe(self.stream_name), self.spec.grace, span(self.spec.window),
-                                    counting=isinstance(self.spec.window, Count))
+                                    counting=isinstance(self.spec.window, Count),
+                                    sessions=isinstance(self.spec.window, Session))
         return self._state
 
     # -- the round --------------------------------------------------------

@@ -87,11 +87,14 @@ class EventTimeState(abc.ABC):
     """
 
     def __init__(self, store: Store, stream: str, spec: str, describe: str = '', grace: float = 0.0,
-                 span: float = 0.0, counting: bool = False) -> None:
+                 span: float = 0.0, counting: bool = False, sessions: bool = False) -> None:
         self.store, self.stream, self.spec = store, stream, spec
         self.describe, self.grace, self.span = describe, grace, span
         #: count windows per key: rows are removed when done (nothing is ever late for them)
         self.counting = counting
+        #: two index steps must not index the same messages: count windows number them, sessions merge
+        #: rows (tumbling and hopping windows need not: indexing them twice gives the same rows)
+        self.exclusive = counting or sessions
 
     @abc.abstractmethod
     def unindexed(self, limit: int) -> list[Message]:
@@ -246,13 +249,13 @@ def forget_stream(store: Store, stream: str) -> None:
 
 
 def state_for(store: Store, stream: str, spec: str, describe: str = '', grace: float = 0.0,
-              span: float = 0.0, counting: bool = False) -> EventTimeState:
+              span: float = 0.0, counting: bool = False, sessions: bool = False) -> EventTimeState:
     """The :class:`EventTimeState` of ``spec`` on ``store``; NotSupportedByStore for a store without one."""
     module = _implementation(store)
     if module is None:
         from minibatch.errors import NotSupportedByStore
         raise NotSupportedByStore(f'event-time windows need the SQLite or MongoDB store, not {store.describe()}')
-    state: EventTimeState = module.State(store, stream, spec, describe, grace, span, counting)
+    state: EventTimeState = module.State(store, stream, spec, describe, grace, span, counting, sessions)
     return state
 
 

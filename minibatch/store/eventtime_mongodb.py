@@ -51,8 +51,8 @@ class State(EventTimeState):
     """:class:`~minibatch.store.eventtime.EventTimeState` on a :class:`~minibatch.store.mongodb.MongoStore`."""
 
     def __init__(self, store: Store, stream: str, spec: str, describe: str = '', grace: float = 0.0,
-                 span: float = 0.0, counting: bool = False) -> None:
-        super().__init__(store, stream, spec, describe, grace, span, counting)
+                 span: float = 0.0, counting: bool = False, sessions: bool = False) -> None:
+        super().__init__(store, stream, spec, describe, grace, span, counting, sessions)
         db = getattr(store, '_db')()
         self.buffer = getattr(store, '_buffer')()
         self.specs, self.windows = db['eventtime_spec'], db['eventtime_window']
@@ -82,8 +82,13 @@ class State(EventTimeState):
                                     {'$set': {'et': {'s': self.spec, 'x': True}}})
 
     def _claim_batch(self, events: Sequence[Any]) -> tuple[str, list[Any]]:
-        """Claim the batch's messages: only those this consumer gets are indexed by it (no transactions here,
-        so two consumers indexing one message could disagree, e.g. on how sessions merge or what is late)."""
+        """Claim the batch's messages when ``exclusive``: only those this consumer gets are indexed by it.
+
+        (No transactions here: two consumers indexing one message could disagree on how sessions
+        merge, or number it twice.) Otherwise the whole batch, unclaimed (token '').
+        """
+        if not self.exclusive:
+            return '', list(events)
         token = uuid.uuid4().hex
         ours = {m.id for m in self.store.claim(self.stream, [e.id for e in events], token, INDEX_LEASE)}
         return token, [e for e in events if e.id in ours]
@@ -111,7 +116,7 @@ class State(EventTimeState):
                     for e in decision.on_time], ordered=False)
             late = self._mark_late([(e, w) for e, w in decision.late], only_new=True)
         finally:
-            if fresh:
+            if token:
                 self.store.unclaim(self.stream, token, [e.id for e in fresh])
         late += self._recheck(decision.on_time)
         update: dict[str, Any] = {'$inc': {'late': late}}

@@ -91,8 +91,8 @@ class State(EventTimeState):
     """:class:`~minibatch.store.eventtime.EventTimeState` on a :class:`~minibatch.store.sqlite.SQLiteStore`."""
 
     def __init__(self, store: Store, stream: str, spec: str, describe: str = '', grace: float = 0.0,
-                 span: float = 0.0, counting: bool = False) -> None:
-        super().__init__(store, stream, spec, describe, grace, span, counting)
+                 span: float = 0.0, counting: bool = False, sessions: bool = False) -> None:
+        super().__init__(store, stream, spec, describe, grace, span, counting, sessions)
         self.db: Any = getattr(store, 'db')
         self._next_rescan = 0.0
         self._forgotten: list[RecordId] = []
