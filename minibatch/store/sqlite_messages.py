@@ -117,17 +117,21 @@ def expire(conn: sqlite3.Connection, name: str, max_attempts: int, now: float) -
     The unprocessed window records of the claims that expired go too (see :func:`drop_orphaned_windows`).
     """
     lapsed = f"WHERE stream = ? AND state = '{CLAIMED}' AND lease < ?"
+    # the claims that lapsed, read first (the update clears them); when none did, that one read is all
     tokens = [token for (token,) in conn.execute(f'SELECT DISTINCT claim FROM buffer {lapsed}', (name, now))]
-    # an abandoned claim counts as a failed delivery
-    expired = conn.execute(
-        f"UPDATE buffer SET attempts = attempts + 1, error = 'lease expired', claim = NULL, lease = NULL,"
-        f" state = CASE WHEN attempts + 1 >= ? THEN '{DEAD}' ELSE '{AVAILABLE}' END,"
-        f' processed = CASE WHEN attempts + 1 >= ? THEN 1 ELSE 0 END {lapsed}',
-        (max_attempts, max_attempts, name, now)).rowcount
+    expired = 0
+    if tokens:
+        # an abandoned claim counts as a failed delivery
+        expired = conn.execute(
+            f"UPDATE buffer SET attempts = attempts + 1, error = 'lease expired', claim = NULL, lease = NULL,"
+            f" state = CASE WHEN attempts + 1 >= ? THEN '{DEAD}' ELSE '{AVAILABLE}' END,"
+            f' processed = CASE WHEN attempts + 1 >= ? THEN 1 ELSE 0 END {lapsed}',
+            (max_attempts, max_attempts, name, now)).rowcount
     backed_off = conn.execute(
         f"UPDATE buffer SET state = '{AVAILABLE}', processed = 0, lease = NULL"
         f" WHERE stream = ? AND state = '{RETRY}' AND lease <= ?", (name, now)).rowcount
-    drop_orphaned_windows(conn, name, tokens)
+    if tokens:
+        drop_orphaned_windows(conn, name, tokens)
     return expired + backed_off
 
 
