@@ -222,14 +222,16 @@ class Database:
         """A connection that cannot write the file, and whether it is an empty stand-in (no file yet)."""
         exists = os.path.exists(self.path)
         try:
-            conn = self._open_uri('mode=ro') if exists else sqlite3.connect(':memory:', check_same_thread=False)
+            conn = self._open_uri('mode=ro') if exists else sqlite3.connect(':memory:', isolation_level=None,
+                                                                             check_same_thread=False)
             try:
                 tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            except sqlite3.OperationalError:
+            except sqlite3.OperationalError as exc:
                 # WAL needs the -wal and -shm files; a folder we cannot write has none (or mode=ro would have
                 # used them): then no writer has the file open, and it may be read as an immutable one
                 conn.close()
-                if os.path.exists(self.path + '-wal'):
+                why = getattr(exc, 'sqlite_errorname', '')
+                if not why.startswith(('SQLITE_READONLY', 'SQLITE_CANTOPEN')) or os.path.exists(self.path + '-wal'):
                     raise
                 conn = self._open_uri('immutable=1')
                 tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
