@@ -357,3 +357,24 @@ def test_appends_of_the_two_ways_read_back_the_same(store):
     assert store.counts(name)['available'] == 5
     assert store.append_dead(name, [{'x': 1}, {'x': 2}], 'bad input') and len(store.dead_letters(name)) == 2
     assert records(store, name, state=PENDING) == []
+
+
+def test_an_unreadable_record_does_not_end_the_change_stream_watch(mongo_url):
+    store = get_store(mongo_url)
+    store.ensure_stream(S)
+    waiter = store.waiter(S)
+    try:
+        if not waiter.supported:
+            pytest.skip('this server has no change streams')
+        record = {'_id': bson.ObjectId(), 'stream': S, 'created': utcnow(), 'processed': False, 'state': AVAILABLE,
+                  'attempts': 0, 'data': deep(975)}
+        try:
+            store._buffer().insert_one(RawBSONDocument(bson.encode(record)))
+        except pymongo.errors.OperationFailure as exc:
+            pytest.skip(f'this server does not store such a record: {exc}')
+        assert waiter.wait(10), 'woken by the unreadable record'
+        store.append(S, [{'i': 1}])
+        assert waiter.wait(10), 'and still watching: woken by the next append'
+        assert waiter.supported and waiter._thread.is_alive()
+    finally:
+        waiter.close()
