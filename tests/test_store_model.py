@@ -219,12 +219,8 @@ class StoreMachine(RuleBasedStateMachine):
         for model in mine:
             model.until = self._deadline(lease, now)
 
-    @precondition(lambda self: self.tokens)
-    @rule(which=WHICH, live=LIVE, how=HOW, pick=PICK, keep=st.booleans(), window=st.none() | windows)
-    def commit(self, which, live, how, pick, keep, window):
-        token = self._token(which, live)
-        ids = self._targets(token, how, pick)
-        count = self.store.commit(self.name, token, ids, keep=keep, window_id=window)
+    def _committed(self, token, ids, keep, count):
+        """Check a commit's count and apply it: the messages among ``ids`` held under ``token`` are done."""
         held = self._held(token, ids)
         assert count == len(held), 'only messages held under the token are committed'
         for id_ in held:
@@ -233,6 +229,14 @@ class StoreMachine(RuleBasedStateMachine):
                 model.state, model.token, model.until = DONE, None, None
             else:
                 del self.msgs[id_]
+
+    @precondition(lambda self: self.tokens)
+    @rule(which=WHICH, live=LIVE, how=HOW, pick=PICK, keep=st.booleans(), window=st.none() | windows)
+    def commit(self, which, live, how, pick, keep, window):
+        token = self._token(which, live)
+        ids = self._targets(token, how, pick)
+        count = self.store.commit(self.name, token, ids, keep=keep, window_id=window)
+        self._committed(token, ids, keep, count)
         if window is not None and window in self.window_records:
             self.window_records[window] = True
 
@@ -244,14 +248,7 @@ class StoreMachine(RuleBasedStateMachine):
         ids = self._targets(token, how, pick)
         data = [{'i': self.seqs[i]} for i in ids] if with_data else None
         count, window_id = self.store.commit_window(self.name, token, ids, keep=keep, data=data)
-        held = self._held(token, ids)
-        assert count == len(held)
-        for id_ in held:
-            if keep:
-                model = self.msgs[id_]
-                model.state, model.token, model.until = DONE, None, None
-            else:
-                del self.msgs[id_]
+        self._committed(token, ids, keep, count)
         assert window_id not in self.window_records
         self.window_records[window_id] = True
         self.last_created = time.time()
@@ -367,22 +364,24 @@ class StoreMachine(RuleBasedStateMachine):
         return window_id
 
     # -- dead letters -----------------------------------------------------
+    def _dead_letters_acted_on(self, operation, every, pick):
+        """Call ``operation`` (requeue, purge_dead) on all or some ids; check and return the dead ones it took."""
+        ids = None if every else self._ids(pick)
+        count = operation(self.name, ids)
+        dead = [i for i in (list(self.msgs) if ids is None else ids) if i in self.msgs and self.msgs[i].state == DEAD]
+        assert count == len(dead), 'dead letters only, the listed ones or all'
+        return dead
+
     @rule(every=st.booleans(), pick=PICK)
     def requeue(self, every, pick):
-        ids = None if every else self._ids(pick)
-        count = self.store.requeue(self.name, ids)
-        dead = [i for i in (list(self.msgs) if ids is None else ids) if i in self.msgs and self.msgs[i].state == DEAD]
-        assert count == len(dead)
+        dead = self._dead_letters_acted_on(self.store.requeue, every, pick)
         for id_ in dead:
             model = self.msgs[id_]
             model.state, model.attempts, model.error = AVAILABLE, 0, None
 
     @rule(every=st.booleans(), pick=PICK)
     def purge_dead(self, every, pick):
-        ids = None if every else self._ids(pick)
-        count = self.store.purge_dead(self.name, ids)
-        dead = [i for i in (list(self.msgs) if ids is None else ids) if i in self.msgs and self.msgs[i].state == DEAD]
-        assert count == len(dead)
+        dead = self._dead_letters_acted_on(self.store.purge_dead, every, pick)
         for id_ in dead:
             del self.msgs[id_]
 
