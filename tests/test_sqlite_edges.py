@@ -255,6 +255,25 @@ def test_fresh_messages_still_wait_for_a_full_window(store_url):
     assert [[m['i'] for m in items] for items in sink.items] == [list(range(10))]
 
 
+# -- a lease is not shortened by waiting for the write lock (issue 12, item 13) -----
+def test_a_claim_that_waited_for_the_write_lock_keeps_its_whole_lease(store, db_path):
+    import threading
+    store.ensure_stream('s')
+    ids = store.append('s', [{'i': 1}])
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute('BEGIN IMMEDIATE')  # another process writing for a while
+    got = []
+    claimer = threading.Thread(target=lambda: got.append(store.claim('s', ids, uuid.uuid4().hex, lease=1.0)))
+    claimer.start()
+    time.sleep(1.2)  # longer than the lease: the claim waits for the lock all that time
+    blocker.execute('COMMIT')
+    blocker.close()
+    claimer.join(10)
+    assert [m.id for m in got[0]] == ids
+    assert store.expire_leases('s') == 0, 'the lease runs from the claim, not from before the wait for the lock'
+    assert store.counts('s')['claimed'] == 1
+
+
 # -- a window that outlives its consumer's stop (issue 12, item 13) ----------------
 @pytest.mark.xfail(strict=True, reason='issue 12 item 13: a stopping consumer forwards the result of a window whose '
                                        'messages were deleted, and blames a lease expiry (fix in the runner/emitter)')

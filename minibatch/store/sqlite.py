@@ -222,16 +222,17 @@ class SQLiteStore(Store):
     def claim(self, name: str, ids: Sequence[RecordId | Message], token: str, lease: float) -> list[Message]:
         if not ids:
             return []
-        until = time.time() + lease
+        # leases are timed from inside the write transaction: waiting for the write lock must not shorten them
         if all(type(m) is Message for m in ids):
             # read by find_available: their data need not be read and decoded again
             messages: list[Message] = list(ids)
-            held = self._write(lambda conn: lifecycle.claim_known(conn, name, messages, token, until))
+            held = self._write(lambda conn: lifecycle.claim_known(conn, name, messages, token, time.time() + lease))
             claimed = messages if held is None else list({m.id: m for m in messages if m.id in held}.values())
             for message in claimed:
                 message.state, message.token = CLAIMED, token
         else:
-            rows = self._write(lambda conn: lifecycle.claim(conn, name, ids, token, until, MESSAGE_COLUMNS))
+            rows = self._write(lambda conn: lifecycle.claim(conn, name, ids, token, time.time() + lease,
+                                                            MESSAGE_COLUMNS))
             bad = undecodable(rows, 3)
             if bad:
                 self._bury(name, bad, CLAIMED, token)
@@ -244,8 +245,7 @@ class SQLiteStore(Store):
         return claimed
 
     def renew(self, name: str, token: str, lease: float) -> int:
-        until = time.time() + lease
-        return self._write(lambda conn: lifecycle.renew(conn, name, token, until))
+        return self._write(lambda conn: lifecycle.renew(conn, name, token, time.time() + lease))
 
     def commit(self, name: str, token: str | None, ids: Sequence[RecordId], keep: bool = False,
                window_id: RecordId | None = None) -> int:
