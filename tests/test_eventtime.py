@@ -334,3 +334,45 @@ def test_count_windows_per_key(store_url):
 def test_count_windows_per_key_refuse_event_time_options(tmp_path):
     with pytest.raises(mb.ConfigurationError, match='count windows per key'):
         mb.streaming('s', url=f'sqlite:///{tmp_path}/x.db', size=3, key='k', time='ts')
+
+
+def test_keep_true_keeps_the_events_done_and_records_the_windows(store_url):
+    stream = mb.stream('kept', url=store_url)
+    fn = Collect()
+    em = consumer(store_url, 'kept', fn, keep=True)
+    stream.append(events(('a', 1, 1), ('a', 2, 2), ('b', 3, 3), ('a', 25, 4)))
+    rounds(em)
+    assert sorted(fn.windows) == [('a', 0, 10, [1, 2], False), ('b', 0, 10, [3], False)]
+    counts = stream.store.counts('kept')
+    assert (counts['done'], counts['available']) == (3, 1)
+    records = stream.store.windows('kept', processed=True)
+    assert sorted(len(r.data) for r in records) == [1, 2]
+    rounds(em)
+    assert len(fn.windows) == 2  # kept messages are not emitted again
+
+
+class ListSink:
+    def __init__(self):
+        self.items = []
+
+    def put(self, data):
+        self.items.append(data)
+
+
+def key_and_size(window):
+    return [window.key, (window.end - window.start).total_seconds(), len(window.data)]
+
+
+def test_windows_run_in_a_process_pool(tmp_path):
+    url = f'sqlite:///{tmp_path}/pool.db'
+    stream = mb.stream('pool', url=url)
+    sink = ListSink()
+    em = make_emitter('pool', key_and_size, url=url, window=tumbling(10), key='k', time='ts',
+                      close_by_clock=False, executor='process', workers=2, sink=sink)
+    stream.append(events(*[(k, t, t) for k in 'abcd' for t in (1, 2, 3)], ('z', 50, 0)))
+    try:
+        wait_until(lambda: (em.run(blocking=False), len(sink.items) >= 4)[1], timeout=60,
+                   message='four windows from the pool')
+    finally:
+        em.close()
+    assert sorted(sink.items) == [['a', 10.0, 3], ['b', 10.0, 3], ['c', 10.0, 3], ['d', 10.0, 3]]
