@@ -3,9 +3,9 @@
 * ``et`` on a buffer document: ``{s: spec, k: key, t: event time, l: late, ws, we}``
   (``ws``/``we``: the window a late event missed), set with one bulk write per
   index batch, only where no ``et`` is set yet (so indexing is idempotent
-  between competing consumers). The index ``mb_eventtime`` on (stream, et.s,
-  et.l, et.k, et.t) serves both the search for unindexed messages (``et.s``
-  null) and a window's contents, read with their state in one query;
+  between competing consumers). Indexes serve the search for unindexed messages (``et.s``
+  null, in append order: index ``mb_et_unindexed``) and a window's contents, read with
+  their state in one query (``mb_et_window``);
 * ``eventtime_spec``: per spec the latest event time (``$max``: monotonic with
   competing consumers) and the late count (``$inc``);
 * ``eventtime_window``: per (key, window) its state and due time, taken by
@@ -56,8 +56,9 @@ class State(EventTimeState):
         db = getattr(store, '_db')()
         self.buffer = getattr(store, '_buffer')()
         self.specs, self.windows = db['eventtime_spec'], db['eventtime_window']
-        self.buffer.create_index([('stream', 1), ('et.s', 1), ('et.l', 1), ('et.k', 1), ('et.t', 1)],
-                                 name='mb_eventtime')
+        # unindexed messages in append order (et.s null), and a window's events by key and time
+        self.buffer.create_index([('stream', 1), ('et.s', 1), ('_id', 1)], name='mb_et_unindexed')
+        self.buffer.create_index([('et.s', 1), ('et.l', 1), ('et.k', 1), ('et.t', 1)], name='mb_et_window')
         self.windows.create_index([('spec', 1), ('state', 1), ('due', 1)], name='mb_et_due')
         self.windows.create_index([('spec', 1), ('key', 1), ('end', 1)], name='mb_et_key')
         self.specs.update_one({'_id': spec}, {'$setOnInsert': {'stream': stream, 'describe': describe,
@@ -70,7 +71,8 @@ class State(EventTimeState):
 
     # -- indexing ---------------------------------------------------------
     def unindexed(self, limit: int) -> list[Message]:
-        cursor = self.buffer.find({'stream': self.stream, 'et.s': None, 'processed': False}).sort('_id', 1)
+        cursor = self.buffer.find({'stream': self.stream, 'et.s': None, 'processed': False},
+                                  hint='mb_et_unindexed').sort('_id', 1)
         # a record whose data is not a dict is not ours to judge: the store's own reads dead-letter it
         return [Message(id=d['_id'], stream=self.stream, created=d.get('created'), data=d['data'],
                         state=AVAILABLE, attempts=d.get('attempts', 0), error=d.get('error'))
@@ -213,8 +215,7 @@ class State(EventTimeState):
         return bool(result.modified_count == 1)
 
     def _window_query(self, row: Row, late: bool = False) -> dict[str, Any]:
-        return {'stream': self.stream, 'et.s': self.spec, 'et.l': late, 'et.k': row.key,
-                'et.t': {'$gte': row.start, '$lt': row.end}}
+        return {'et.s': self.spec, 'et.l': late, 'et.k': row.key, 'et.t': {'$gte': row.start, '$lt': row.end}}
 
     def contents(self, row: Row) -> list[Indexed]:
         cursor = self.buffer.find({**self._window_query(row), 'et.ws': {'$lte': row.start},
