@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import traceback
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, Callable, NamedTuple
 
 from minibatch.errors import ConfigurationError, MinibatchError
@@ -286,17 +287,15 @@ class SendableErrors:
             return self.fn(*args, **kwargs)
         except BaseException as exc:
             try:
-                pickle.loads(pickle.dumps(exc))
+                pickle.loads(ForkingPickler.dumps(exc))  # what the pool will do with it
             except Exception as why:
                 text = ''.join(traceback.format_exception(exc))
-                raise WorkerError(f'{text}(the exception above could not be sent back from the worker process: '
-                                  f'{type(why).__name__}: {why})') from None
-            raise
-
-
-def _asyncio_executor(concurrency):
-    from minibatch.asyncio_executor import AsyncioExecutor
-    return AsyncioExecutor(max_workers=concurrency)
+                error = WorkerError(f'{text}(the exception above could not be sent back from the worker process: '
+                                    f'{type(why).__name__}: {why})')
+            else:
+                raise
+        # raised out here, not in the except block: its __context__ must not be the exception that cannot travel
+        raise error
 
 
 EXECUTORS = {
