@@ -75,7 +75,7 @@ class Settings:
         """
         if self._reader is None:
             from minibatch.store import get_store, resolve_url, store_class
-            read_only = getattr(store_class(resolve_url(self.url)), 'opens_read_only', False)
+            read_only = store_class(resolve_url(self.url)).opens_read_only
             self._reader = get_store(self.url, **({'readonly': True} if read_only else {}))
         return self._reader
 

@@ -64,6 +64,9 @@ class Store(StoreUpkeep):
     transient_errors: ClassVar[tuple[type[BaseException], ...]] = (ConnectionError,)
     """Exceptions that mean "the store is briefly unreachable or busy":
     consumers wait these out and retry instead of dying."""
+    opens_read_only: ClassVar[bool] = False
+    """The store can be opened read-only (``readonly=True`` in the URL or as an
+    option): read-only commands (``minibatch status``, ``tail``) then never write."""
 
     def __init__(self, url: str, **options: Any) -> None:
         """Configure the store for ``url`` and its ``options``; opens no connection yet.
