@@ -94,7 +94,9 @@ def run_chaos(url, tmp_path, pause, server=None):
     name = 'chaos-' + uuid.uuid4().hex[:8]
     store = get_store(url)
     store.ensure_stream(name)
-    rng = random.Random(os.environ.get('MB_CHAOS_SEED') or time.time_ns())
+    seed = int(os.environ.get('MB_CHAOS_SEED') or time.time_ns())  # MB_CHAOS_SEED=... replays the kill times
+    rng = random.Random(seed)
+    print(f'chaos on {url.split(":")[0]}: MB_CHAOS_SEED={seed}')  # shown when the test fails
     outdir = tmp_path / 'delivered'
     outdir.mkdir()
     chaos = Chaos(url, name, outdir, pause)
@@ -172,7 +174,7 @@ def test_chaos_mongodb_with_a_server_restart(tmp_path):
     server.start()
     try:
         url = f'mongodb://127.0.0.1:{server.port}/chaos?retryWrites=false'
-        summary = run_chaos(url, tmp_path, pause=0.1, server=server)
+        summary = run_chaos(url, tmp_path, pause=0.02, server=server)
     finally:
         server.stop()
     assert summary['restarted'] is not None, 'the server restart happened mid-run'

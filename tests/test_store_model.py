@@ -163,9 +163,13 @@ class StoreMachine(RuleBasedStateMachine):
         self._new_messages(ids, DEAD, 'unreadable')
 
     # -- consuming --------------------------------------------------------
-    @rule(limit=st.none() | st.integers(1, 6), before=st.booleans(), processed=st.booleans())
-    def read(self, limit, before, processed):
-        """The read-only queries with filters: find_available (limit, until) and windows(processed=)."""
+    @rule(limit=st.none() | st.integers(1, 6), before=st.booleans(), processed=st.booleans(),
+          state=st.sampled_from(STATES))
+    def read(self, limit, before, processed, state):
+        """The filtered reads: find_available (limit, until), messages (state, limit), windows (processed)."""
+        listed = self.store.messages(self.name, state=state, limit=limit)
+        want = sorted((i for i, m in self.msgs.items() if m.state == state), key=self.seqs.get)[:limit]
+        assert [m.id for m in listed] == want, 'messages(state=, limit=) filters, oldest first'
         until = datetime.datetime(2000, 1, 1) if before else None
         found = self.store.find_available(self.name, limit=limit, until=until)
         want = [] if before else self._available()[:limit]
