@@ -1,11 +1,11 @@
 """The event-time scenario: keyed tumbling windows next to ``size=100`` count windows, in one run.
 
 ``n`` readings of ``keys`` sensors, their event times spread over one minute
-of the past (so the clock closes every window at once, as for a stream
-replayed after an outage) and out of order by up to the grace. The consumer
-(inline, no-op function) indexes them, closes ``tumbling(60)`` windows per
-key and commits them; the rate counts messages from its start until the last
-window is committed. The count windows consume the same number of messages
+of the past and out of order by up to the grace, then one reading an hour
+later whose watermark closes that minute (history replayed:
+``close_by_clock=False``). The consumer (inline, no-op function) indexes
+them, closes ``tumbling(60)`` windows per key and commits them; the rate
+counts messages from its start until the last window is committed. The count windows consume the same number of messages
 with ``size=100``: the issue's target is a ratio >= 0.5.
 
 The memory run samples the consumer's RSS (this process) while it works
@@ -53,10 +53,11 @@ def keyed_tumbling(url, n, keys, sample=False):
         docs = readings(n, keys)
         for k in range(0, n, 1000):
             stream.append(docs[k:k + 1000])
+        stream.append([{'sensor': 'later', 'ts': docs[-1]['ts'] + 3600, 'v': -1}])  # its window stays open
         del docs
         sink = _Counter(n)
         em = mb.streaming(name, url=url, window=tumbling(60), key='sensor', time='ts', grace=GRACE,
-                          executor='inline', sink=sink).make(workload.noop)
+                          close_by_clock=False, executor='inline', sink=sink).make(workload.noop)
         sink.emitter = em
         em.stream  # connected before the clock starts
         stop = threading.Event()
@@ -73,7 +74,7 @@ def keyed_tumbling(url, n, keys, sample=False):
         seconds = time.perf_counter() - started
         stop.set()
         left = stream.stats()
-        if sink.done < n or left.get('available', 0):
+        if sink.done < n or left.get('available', 0) != 1 or left['late']:
             raise RuntimeError(f'consumed {sink.done} of {n}; left in the store: {left}')
         result = {'rate': rate(n, seconds), 'n': n, 'keys': keys, 'seconds': seconds,
                   'windows': em.stats['windows'], 'late': left['late']}
