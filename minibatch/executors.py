@@ -298,6 +298,11 @@ class SendableErrors:
         raise error
 
 
+def _asyncio_executor(concurrency):
+    from minibatch.asyncio_executor import AsyncioExecutor
+    return AsyncioExecutor(max_workers=concurrency)
+
+
 EXECUTORS = {
     'process': _process_pool,
     'thread': lambda n: ThreadExecutor(max_workers=n),
