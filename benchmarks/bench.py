@@ -47,7 +47,7 @@ FULL = dict(append_one_n=2000, append_one_n_mongodb=1000, append_batch_n=20000, 
             scale_work_ms_mongodb=300.0, memory_n=100000, memory_n_mongodb=10000, memory_backlog=2000,
             async_n=100, async_delay=1.0,
             et_n=100000, et_keys=1000, et_n_mongodb=5000, et_keys_mongodb=50, et_memory_n=100000,
-            et_memory_keys=10000, et_memory_n_mongodb=5000, et_memory_keys_mongodb=1000)
+            et_memory_keys=10000, et_memory_n_mongodb=2000, et_memory_keys_mongodb=200)
 # On the wire server a window costs the server (one Python process) ~0.2 s: a function must do more
 # than that to be the bottleneck, hence more work per window for the MongoDB scale-out.
 QUICK = dict(append_one_n=100, append_batch_n=2000, batch=1000, append_repeats=1, e2e_n=500, e2e_n_mongodb=300,
