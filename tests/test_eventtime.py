@@ -376,3 +376,19 @@ def test_windows_run_in_a_process_pool(tmp_path):
     finally:
         em.close()
     assert sorted(sink.items) == [['a', 10.0, 3], ['b', 10.0, 3], ['c', 10.0, 3], ['d', 10.0, 3]]
+
+
+def test_minibatch_status_json_shows_the_event_time_figures(store_url):
+    import json
+
+    from click.testing import CliRunner
+
+    from minibatch.cli import cli
+    stream = mb.stream('shown', url=store_url)
+    em = consumer(store_url, 'shown', Collect(), on_late='drop')
+    stream.append(events(('a', 1, 1), ('a', 31, 2), ('a', 2, 3)))
+    rounds(em)
+    result = CliRunner().invoke(cli, ['--url', store_url, 'status', '--json', 'shown'], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output.splitlines()[-1])['streams']['shown']
+    assert (figures['watermark'], figures['open_windows'], figures['late']) == ('1970-01-01T00:00:31+00:00', 1, 1)
