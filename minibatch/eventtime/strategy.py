@@ -74,8 +74,8 @@ class EventTimeWindow(WindowEmitter):
     #: late events handled per round
     LATE_BATCH = 500
 
-    def __init__(self, stream_name, window=None, key=None, time=None, grace=0.0, on_late='dead',
-                 close_by_clock=True, **kwargs):
+    def __init__(self, stream_name: Any, window: Any = None, key: Any = None, time: Any = None, grace: Any = 0.0,
+                 on_late: Any = 'dead', close_by_clock: bool = True, **kwargs: Any) -> None:
         self.spec = EventTimeSpec(window, key=key, time=time, grace=grace, on_late=on_late,
                                   close_by_clock=close_by_clock)
         kwargs.pop('size', None), kwargs.pop('interval', None)  # make_emitter passes them to every class
