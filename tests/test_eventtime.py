@@ -392,3 +392,17 @@ def test_minibatch_status_json_shows_the_event_time_figures(store_url):
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output.splitlines()[-1])['streams']['shown']
     assert (figures['watermark'], figures['open_windows'], figures['late']) == ('1970-01-01T00:00:31+00:00', 1, 1)
+
+
+def test_a_stream_deleted_and_made_again_starts_with_a_fresh_watermark(store_url):
+    stream = mb.stream('again', url=store_url)
+    stream.append(events(('a', 100, 1)))
+    rounds(consumer(store_url, 'again', Collect()), 2)
+    assert stream.stats()['watermark'] == at(100)
+    stream.delete()
+    stream = mb.stream('again', url=store_url)
+    fn = Collect()
+    em = consumer(store_url, 'again', fn)
+    stream.append(events(('a', 1, 2), ('a', 12, 3)))
+    rounds(em)
+    assert fn.windows == [('a', 0, 10, [2], False)]  # not late against the old stream's watermark

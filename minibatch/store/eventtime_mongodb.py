@@ -61,9 +61,16 @@ class State(EventTimeState):
         self.buffer.create_index([('et.s', 1), ('et.l', 1), ('et.k', 1), ('et.t', 1)], name='mb_et_window')
         self.windows.create_index([('spec', 1), ('state', 1), ('due', 1)], name='mb_et_due')
         self.windows.create_index([('spec', 1), ('key', 1), ('end', 1)], name='mb_et_key')
+        info = store.get_stream(stream)
+        born = info.created if info is not None else None
+        known = self.specs.find_one({'_id': spec}, {'born': 1})
+        if born is not None and known is not None and known.get('born') not in (None, born):
+            # the stream was deleted and made again: its old state is not ours
+            self.windows.delete_many({'spec': spec})
+            self.specs.delete_one({'_id': spec})
         self.specs.update_one({'_id': spec}, {'$setOnInsert': {'stream': stream, 'describe': describe,
-                                                               'grace': grace, 'span': span, 'late': 0}},
-                              upsert=True)
+                                                               'grace': grace, 'span': span, 'late': 0,
+                                                               'born': born}}, upsert=True)
         # messages indexed for another spec of this stream (the window was changed): index them again
         self.buffer.update_many({'stream': stream, 'processed': False, 'et.s': {'$nin': [None, spec]}},
                                 {'$unset': {'et': ''}})

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS et_specs (
     span REAL NOT NULL DEFAULT 0,
     max_t REAL,
     cursor INTEGER NOT NULL DEFAULT 0,
-    late INTEGER NOT NULL DEFAULT 0
+    late INTEGER NOT NULL DEFAULT 0,
+    born REAL  -- the stream's creation time: a stream deleted and made again starts afresh
 );
 CREATE INDEX IF NOT EXISTS et_specs_stream ON et_specs (stream);
 CREATE TABLE IF NOT EXISTS et_events (
@@ -100,8 +101,12 @@ class State(EventTimeState):
 
         def create(conn: sqlite3.Connection) -> None:
             _schema(conn)
-            conn.execute('INSERT OR IGNORE INTO et_specs (spec, stream, describe, grace, span) VALUES (?, ?, ?, ?, ?)',
-                         (spec, stream, describe, grace, span))
+            born = conn.execute('SELECT created FROM streams WHERE name = ?', (stream,)).fetchone()
+            known = conn.execute('SELECT born FROM et_specs WHERE spec = ?', (spec,)).fetchone()
+            if born and known and known[0] is not None and known[0] != born[0]:
+                _forget_specs(conn, [spec])  # the stream was deleted and made again: its old state is not ours
+            conn.execute('INSERT OR IGNORE INTO et_specs (spec, stream, describe, grace, span, born)'
+                         ' VALUES (?, ?, ?, ?, ?, ?)', (spec, stream, describe, grace, span, born and born[0]))
             # entries a consumer that stopped or died had not deleted yet (see FORGET_BATCH)
             conn.execute('DELETE FROM et_events WHERE spec = ? AND NOT EXISTS (SELECT 1 FROM buffer b WHERE'
                          f' b.id = et_events.msg AND b.state IN {_IN_STREAM})', (spec,))
@@ -354,8 +359,10 @@ def forget_stream(store: Store, stream: str) -> None:
         return
     db: Any = getattr(store, 'db')
 
-    def work(conn: sqlite3.Connection) -> None:
-        specs = [row[0] for row in conn.execute('SELECT spec FROM et_specs WHERE stream = ?', (stream,))]
-        for table in ('et_events', 'et_windows', 'et_specs'):
-            conn.executemany(f'DELETE FROM {table} WHERE spec = ?', [(s,) for s in specs])
-    db.write(work)
+    db.write(lambda conn: _forget_specs(conn, [row[0] for row in conn.execute(
+        'SELECT spec FROM et_specs WHERE stream = ?', (stream,))]))
+
+
+def _forget_specs(conn: sqlite3.Connection, specs: list[str]) -> None:
+    for table in ('et_events', 'et_windows', 'et_keys', 'et_specs'):
+        conn.executemany(f'DELETE FROM {table} WHERE spec = ?', [(s,) for s in specs])
