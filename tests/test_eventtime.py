@@ -406,3 +406,22 @@ def test_a_stream_deleted_and_made_again_starts_with_a_fresh_watermark(store_url
     stream.append(events(('a', 1, 2), ('a', 12, 3)))
     rounds(em)
     assert fn.windows == [('a', 0, 10, [2], False)]  # not late against the old stream's watermark
+
+
+def test_a_dead_letter_requeued_after_its_window_comes_back_as_a_late_event(store_url, monkeypatch):
+    # SQLite finds messages that came back below its cursor every RESCAN seconds: here, every round
+    monkeypatch.setattr('minibatch.store.eventtime_sqlite.RESCAN', 0.0)
+    stream = mb.stream('requeued', url=store_url)
+    fn = Collect()
+    em = consumer(store_url, 'requeued', fn, on_late='window')
+    ids = stream.store.append('requeued', events(('a', 1, 1), ('a', 2, 2)))
+    rounds(em, 2)  # indexed; the window is open
+    store = stream.store
+    store.claim('requeued', [ids[0]], 'tok', 30)
+    store.release('requeued', 'tok', [ids[0]], error='poison', max_attempts=1)  # one event dead-lettered
+    stream.append(events(('a', 15, 3)))
+    rounds(em)
+    assert fn.windows == [('a', 0, 10, [2], False)]
+    assert store.requeue('requeued') == 1
+    rounds(em)
+    assert fn.windows[1:] == [('a', 0, 10, [1], True)]  # its window was emitted: it is late now

@@ -49,6 +49,11 @@ class Row:
     state: int = OPEN
     due: float = 0.0
 
+    @property
+    def key_window(self) -> tuple[str, float, float]:
+        """(key, start, end): the row's identity, whatever its state and due time."""
+        return self.key, self.start, self.end
+
 
 @dataclasses.dataclass(frozen=True)
 class Indexed:

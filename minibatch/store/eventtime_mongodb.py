@@ -75,6 +75,7 @@ class State(EventTimeState):
         self.buffer.update_many({'stream': stream, 'processed': False, 'et.s': {'$nin': [None, spec]}},
                                 {'$unset': {'et': ''}})
         self._done_calls = 0
+        self._with_dead: set[tuple[str, float, float]] = set()  # rows whose contents showed dead letters
 
     # -- indexing ---------------------------------------------------------
     def unindexed(self, limit: int) -> list[Message]:
@@ -226,9 +227,12 @@ class State(EventTimeState):
 
     def contents(self, row: Row) -> list[Indexed]:
         cursor = self.buffer.find({**self._window_query(row), 'et.ws': {'$lte': row.start},
-                                   'state': {'$in': _IN_STREAM}}, {'_id': 1, 'et': 1, 'state': 1, 'lease': 1})
+                                   'state': {'$in': _IN_STREAM + [DEAD]}}, {'_id': 1, 'et': 1, 'state': 1, 'lease': 1})
         found = [Indexed(d['_id'], row.key, d['et']['t'], d['state'], _epoch(d.get('lease')), first=d['et']['ws'])
                  for d in cursor]
+        if any(item.state == DEAD for item in found):
+            self._with_dead.add(row.key_window)  # done() takes them out of the index
+            found = [item for item in found if item.state != DEAD]
         return sorted(found, key=lambda i: (i.t, i.id))
 
     def reschedule(self, row: Row, due: float) -> None:
@@ -247,7 +251,9 @@ class State(EventTimeState):
         else:
             self.windows.update_one({'_id': _row_id(self.spec, row.key, row.start, row.end)},
                                     {'$set': {'state': DONE, 'due': row.end}})
-        if sweep:  # committed messages are gone with their entries; dead letters keep theirs until now
+        if sweep or row.key_window in self._with_dead:
+            # dead letters leave the index: requeued, they are indexed again (as late events)
+            self._with_dead.discard(row.key_window)
             self.buffer.update_many({**self._window_query(row), 'state': DEAD}, {'$unset': {'et': ''}})
         self._done_calls += 1
         if self._done_calls % PURGE_EVERY == 1:

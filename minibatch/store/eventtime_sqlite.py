@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from minibatch.store import sqlite_messages as lifecycle
-from minibatch.store.base import AVAILABLE, CLAIMED, RETRY, Message, RecordId, Store
+from minibatch.store.base import AVAILABLE, CLAIMED, DEAD, RETRY, Message, RecordId, Store
 from minibatch.store.eventtime import (DONE, NOT_YET, NOW, OPEN, TAKEN, Closing, Decide, EventTimeState, Indexed,
                                       Row, busy_until)
 from minibatch.store.sqlite_messages import chunks, marks
@@ -295,10 +295,12 @@ class State(EventTimeState):
                          (self.spec, row.key, row.start, row.end))
         for chunk in chunks(ids):
             conn.execute(f'DELETE FROM et_events WHERE spec = ? AND msg IN ({marks(chunk)})', (self.spec, *chunk))
-        if sweep:
-            conn.execute('DELETE FROM et_events WHERE spec = ? AND late = 0 AND key = ? AND t >= ? AND t < ?'
-                         ' AND NOT EXISTS (SELECT 1 FROM buffer b WHERE b.id = et_events.msg'
-                         f' AND b.state IN {_IN_STREAM})', (self.spec, row.key, row.start, row.end))
+        # dead letters leave the index (requeued, they are indexed again, as late events); with sweep, also
+        # entries whose messages are gone (committed just before a crash): reads only, unless there are any
+        gone = (f'NOT EXISTS (SELECT 1 FROM buffer b WHERE b.id = et_events.msg AND b.state IN {_IN_STREAM})'
+                if sweep else f"EXISTS (SELECT 1 FROM buffer b WHERE b.id = et_events.msg AND b.state = '{DEAD}')")
+        conn.execute('DELETE FROM et_events WHERE spec = ? AND late = 0 AND key = ? AND t >= ? AND t < ? AND '
+                     + gone, (self.spec, row.key, row.start, row.end))
         # rows the watermark passed by more than the span: late by the watermark alone
         conn.execute(f'DELETE FROM et_windows WHERE spec = ? AND state = {DONE} AND due <= '
                      '(SELECT max_t - grace - span FROM et_specs WHERE spec = ?)', (self.spec, self.spec))
