@@ -174,7 +174,7 @@ def test_chaos_mongodb_with_a_server_restart(tmp_path):
     server.start()
     try:
         url = f'mongodb://127.0.0.1:{server.port}/chaos?retryWrites=false'
-        summary = run_chaos(url, tmp_path, pause=0.02, server=server)
+        summary = run_chaos(url, tmp_path, pause=0.05, server=server)
     finally:
         server.stop()
     assert summary['restarted'] is not None, 'the server restart happened mid-run'
