@@ -99,11 +99,11 @@ def test_competing_consumers_emit_each_key_window_exactly_once(store_url, tmp_pa
     # (DESIGN.md section 4) where a window costs about eight: the races are the same
     keys = 1000 if store_url.startswith('sqlite') else 150
     stream = mb.stream('compete', url=store_url)
+    procs = [start(store_url, 'compete', tmp_path, lease=30) for _ in range(2)]  # both running, then the data
     stream.append([{'k': f'k{i}', 'ts': i % 10, 'v': i} for i in range(keys)])
     stream.append([{'k': f'k{i}', 'ts': 10 + i % 7, 'v': keys + i} for i in range(0, keys, 3)])
     stream.append([{'k': 'end', 'ts': 100, 'v': -1}])  # the watermark passes [0, 10) and [10, 20)
     expected = keys + len(range(0, keys, 3))
-    procs = [start(store_url, 'compete', tmp_path, lease=30) for _ in range(2)]
     try:
         wait_until(lambda: len(logged(tmp_path, 'done')) >= expected, timeout=120,
                    message=f'{expected} windows done', alive=procs)
