@@ -140,11 +140,12 @@ class EventTimeWindow(WindowEmitter):
 
     # -- indexing ---------------------------------------------------------
     def _index(self) -> None:
+        """Record the key and event time of new messages (count windows: their number in the key)."""
+        counting = isinstance(self.spec.window, Count)
         for _ in range(self.INDEX_ROUNDS):
             messages = self.state.unindexed(self.INDEX_BATCH)
             if not messages:
                 return
-            counting = isinstance(self.spec.window, Count)
             events, bad = [], []
             for message in messages:
                 try:
@@ -154,15 +155,14 @@ class EventTimeWindow(WindowEmitter):
                     bad.append((message, str(exc)))
             if bad:
                 self._unreadable(bad)
+            skipped = [m.id for m, _ in bad]
             if isinstance(self.spec.window, Count):
-                self.state.index_counted(events, [m.id for m, _ in bad], self.spec.window.size, assign_counts)
-                if len(messages) < self.INDEX_BATCH:
-                    return
-                continue
-            decision = self.state.index(events, [m.id for m, _ in bad], self._decide)
-            if decision.late:
-                self._late_pending = True
-                self.stats['late'] += len(decision.late)
+                self.state.index_counted(events, skipped, self.spec.window.size, assign_counts)
+            else:
+                decision = self.state.index(events, skipped, self._decide)
+                if decision.late:
+                    self._late_pending = True
+                    self.stats['late'] += len(decision.late)
             if len(messages) < self.INDEX_BATCH:
                 return
 
