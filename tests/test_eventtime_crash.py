@@ -12,13 +12,13 @@ import minibatch as mb
 from tests.helpers import wait_until
 
 #: a consumer process: python -c CHILD URL STREAM OUTDIR SLOW LEASE MODE (tumbling: tumbling(10) by 'ts';
-#: count: size=3 per key); logs each window's start and end
+#: hopping: hopping(10, 5); count: size=3 per key); logs each window's start and end
 CHILD = r'''
 import json, os, sys, time
 url, stream, outdir, slow, lease = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
 counted = sys.argv[6] == 'count'
 import minibatch as mb
-from minibatch.eventtime import tumbling
+from minibatch.eventtime import hopping, tumbling
 
 def log(event, window):
     with open(os.path.join(outdir, f'{os.getpid()}.jsonl'), 'a') as out:
@@ -34,6 +34,9 @@ def fn(window):
 open(os.path.join(outdir, f'ready-{os.getpid()}'), 'w').close()
 if counted:
     mb.streaming(stream, url=url, size=3, key='k', executor='inline', lease=lease)(fn)
+elif sys.argv[6] == 'hopping':
+    mb.streaming(stream, url=url, window=hopping(10, 5), key='k', time='ts', executor='inline', lease=lease,
+                 close_by_clock=False)(fn)
 else:
     mb.streaming(stream, url=url, window=tumbling(10), key='k', time='ts', executor='inline', lease=lease,
                  close_by_clock=False)(fn)
@@ -136,3 +139,27 @@ def test_competing_consumers_number_and_emit_count_windows_per_key_exactly_once(
     # each key's six messages, each in exactly one window, and each window in append order
     assert all(sorted(values) == sorted(set(values)) and len(values) == 6 for values in per_key.values())
     assert all(r['values'] == sorted(r['values']) for r in done)
+
+
+def test_competing_consumers_share_hopping_windows_exactly_once(store_url, tmp_path):
+    # overlapping windows hold the same messages: a window waits while another one holds them
+    keys = 100 if store_url.startswith('sqlite') else 20
+    stream = mb.stream('hops', url=store_url)
+    procs = [start(store_url, 'hops', tmp_path, lease=30, mode='hopping') for _ in range(2)]
+    stream.append([{'k': f'k{i}', 'ts': t, 'v': f'{i}:{t}'} for t in (2, 7, 12) for i in range(keys)])
+    stream.append([{'k': 'end', 'ts': 100, 'v': 'end'}])  # the watermark passes every window up to [10, 20)
+    try:
+        wait_until(lambda: len(logged(tmp_path, 'done')) >= 4 * keys, timeout=120,
+                   message=f'{4 * keys} windows done', alive=procs)
+    finally:
+        stop(*procs)
+    done = logged(tmp_path, 'done')
+    windows = collections.Counter((r['key'], r['start']) for r in done)
+    assert len(windows) == 4 * keys and set(windows.values()) == {1}, windows.most_common(3)
+    by_window = {(r['key'], r['start'][-2:]): sorted(r['values']) for r in done}
+    for i in range(keys):  # windows [-5, 5) [0, 10) [5, 15) [10, 20) of each key
+        assert by_window[(f'k{i}', '55')] == [f'{i}:2']
+        assert by_window[(f'k{i}', '00')] == [f'{i}:2', f'{i}:7']
+        assert by_window[(f'k{i}', '05')] == [f'{i}:12', f'{i}:7']
+        assert by_window[(f'k{i}', '10')] == [f'{i}:12']
+    assert stream.store.counts('hops')['available'] == 1  # every event deleted after its last window
