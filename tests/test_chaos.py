@@ -7,7 +7,9 @@ server itself (its own SecantusDB, same port and data) once, midway. At the
 end every message has been delivered, duplicates are no more than the windows
 that can have been in flight at a kill or at the restart (a window recorded
 but not yet committed is run again: at least once, never lost), nothing is
-left claimed, waiting or dead.
+left claimed, waiting or dead, and no window record of a killed consumer is
+left unprocessed (consumers run with keep=True, which records each window when
+it is emitted, under its claim).
 """
 import json
 import os
@@ -42,7 +44,9 @@ class Chaos:
 
     def __init__(self, url, stream, outdir, pause):
         self.url, self.stream, self.outdir = url, stream, str(outdir)
-        self.options = {'size': SIZE, 'lease': LEASE, 'pause': pause, 'max_attempts': 50}
+        # keep=True: every window is recorded when emitted, under its claim, so a killed consumer leaves
+        # an unprocessed record behind that expire_leases must clear (issue 12, item 8)
+        self.options = {'size': SIZE, 'lease': LEASE, 'pause': pause, 'max_attempts': 50, 'keep': True}
         self.procs = [self.start() for _ in range(CONSUMERS)]
         self.kills = 0
 
@@ -127,6 +131,7 @@ def run_chaos(url, tmp_path, pause, server=None):
         wait_until(lambda: _settled(store, name), timeout=LEASE * 10 + 30, message='every window committed',
                    alive=chaos.procs)
         summary = {'kills': chaos.kills, 'restarted': restarted, 'counts': store.counts(name),
+                   'unprocessed windows': len(store.windows(name, processed=False)),
                    'dead': store.dead_letters(name), 'seconds': time.monotonic() - started}
     finally:
         chaos.stop()
@@ -141,12 +146,12 @@ def _settled(store, name):
     return counts['available'] == counts['claimed'] == counts['retry'] == 0
 
 
-def check(summary, restarts):
+def check(summary, restarts, stale_allowed=0):
     delivered, kills = summary['delivered'], summary['kills']
     # shown with -s, and in the failure report: what the run did
     away = '' if summary['restarted'] is None else f" (server away {summary['restarted']:.1f}s)"
     print(f"chaos: {kills} kills, {restarts} server restarts{away}, {len(delivered) - N} duplicates, "
-          f"{summary['seconds']:.1f}s")
+          f"{summary['unprocessed windows']} unprocessed window records left, {summary['seconds']:.1f}s")
     assert kills >= 3, f'only {kills} kills landed: the run was too short to show anything'
     assert set(delivered) == set(range(N)), f'{N - len(set(delivered))} messages never delivered'
     duplicates = len(delivered) - N
@@ -156,6 +161,11 @@ def check(summary, restarts):
     assert duplicates <= allowed, f'{duplicates} duplicates after {kills} kills and {restarts} restarts'
     counts = summary['counts']
     assert counts['claimed'] == counts['available'] == counts['retry'] == 0, counts
+    assert counts['done'] == N, 'every message committed (keep=True keeps them, done)'
+    # a record of a killed consumer's claim goes when its lease ends; on MongoDB one killed between the
+    # two writes of a commit stays (a known bug: test_store_model.py, test_a_consumer_killed_between_...),
+    # at most one per kill. SQLite commits both in one transaction.
+    assert summary['unprocessed windows'] <= stale_allowed, 'no window record of a killed consumer left behind'
     assert counts['dead'] == 0 and summary['dead'] == [], 'no dead letters: nothing failed but the processes'
 
 
@@ -178,4 +188,4 @@ def test_chaos_mongodb_with_a_server_restart(tmp_path):
     finally:
         server.stop()
     assert summary['restarted'] is not None, 'the server restart happened mid-run'
-    check(summary, restarts=1)
+    check(summary, restarts=1, stale_allowed=summary['kills'])
