@@ -122,7 +122,7 @@ class StoreMachine(RuleBasedStateMachine):
         return None if duration == LONG else started + duration
 
     def _wait_out_short(self):
-        """Sleep until every SHORT lease and backoff has certainly ended (at most ~55 ms)."""
+        """Sleep until every SHORT lease and backoff has certainly ended (at most ~25 ms)."""
         ends = [m.until for m in self.msgs.values() if m.state in (CLAIMED, RETRY) and m.until is not None]
         if ends:
             delay = max(ends) + MARGIN - time.time()
@@ -180,18 +180,18 @@ class StoreMachine(RuleBasedStateMachine):
         assert [w.id for w in records] == want, 'windows(processed=) filters, oldest first'
 
     def _available(self):
-        return sorted((i for i, m in self.msgs.items() if m.state == AVAILABLE), key=lambda i: self.msgs[i].seq)
+        return sorted((i for i, m in self.msgs.items() if m.state == AVAILABLE), key=self.seqs.get)
 
-    def _claimed(self, token, asked, claimed, lease, started):
-        """Check a claim's result against the model and apply it."""
+    def _claimed(self, token, asked, claimed, lease, returned):
+        """Check a claim's result against the model and apply it (``returned``: time.time() after the call)."""
         want = [i for i in asked if i in self.msgs and self.msgs[i].state == AVAILABLE]
-        want = sorted(set(want), key=lambda i: self.msgs[i].seq)
+        want = sorted(set(want), key=self.seqs.get)
         assert [m.id for m in claimed] == want, 'claims exactly the still available messages, in id order'
         for message in claimed:
             model = self.msgs[message.id]
             assert message.token == token and message.state == CLAIMED
             assert message.data == model.data and message.attempts == model.attempts
-            model.state, model.token, model.until = CLAIMED, token, self._deadline(lease, started)
+            model.state, model.token, model.until = CLAIMED, token, self._deadline(lease, returned)
 
     @rule(pick=PICK, lease=LEASES)
     def claim_ids(self, pick, lease):
