@@ -267,6 +267,13 @@ class StoreMachine(RuleBasedStateMachine):
         return window_id
 
     @precondition(lambda self: self.tokens)
+    @rule(which=WHICH)
+    def window_failed(self, which):
+        # the runner's release of a failed window: its own messages, the default attempts, a short
+        # backoff; a rule of its own so that retries (and their end in expire_leases) come often
+        self.release(which, True, 'held', [True], 3, SHORT[1], 'boom')
+
+    @precondition(lambda self: self.tokens)
     @rule(which=WHICH, live=LIVE, how=HOW, pick=PICK, max_attempts=st.integers(1, 4),
           backoff=st.sampled_from((0.0,) + SHORT + (LONG,)), error=st.sampled_from([None, 'boom', 'bang']))
     def release(self, which, live, how, pick, max_attempts, backoff, error):
