@@ -81,13 +81,18 @@ async def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
     except SystemExit as exc:
         # asyncio lets SystemExit stop the whole loop; here it is one window's failure
         raise WindowExit(exc.code) from exc
+    except KeyboardInterrupt as exc:
+        # the same (the loop's thread would die, and every window with it); Ctrl-C goes to
+        # the consumer's main thread, never here: this is the function's own raise
+        raise WindowExit(None, 'the window function raised KeyboardInterrupt') from exc
 
 
 class WindowExit(Exception):
-    """The window function called ``sys.exit()``: a failed attempt of its window, not the consumer's end."""
+    """The window function called ``sys.exit()`` or raised KeyboardInterrupt: a failed attempt of its window,
+    not the consumer's end."""
 
-    def __init__(self, code: object):
-        super().__init__(f'the window function called sys.exit({code!r})')
+    def __init__(self, code: object, message: str | None = None):
+        super().__init__(message or f'the window function called sys.exit({code!r})')
         self.code = code
 
 

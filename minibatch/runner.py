@@ -35,7 +35,7 @@ import traceback
 from typing import Any, Callable
 
 from minibatch import retention
-from minibatch.asyncio_executor import DEFAULT_CONCURRENCY, AsyncioExecutor, RunCoroutine, is_async
+from minibatch.asyncio_executor import DEFAULT_CONCURRENCY, AsyncioExecutor, RunCoroutine, WindowExit, is_async
 from minibatch.executors import Alarm, LocalExecutor, SendableErrors, WindowTimeout, make_executor
 from minibatch.marshaller import marshal
 from minibatch.inflight import (InFlight, Strategy, WindowFuture, next_deadline, overdue, renew_leases, retrying,
@@ -253,10 +253,13 @@ class Runner:
             self._isolating -= 1
         em = self.em
         try:
-            result = flight.future.result()
+            try:
+                result = flight.future.result()
+            except KeyboardInterrupt as exc:  # the function's own: workers never get Ctrl-C (inline: see submit)
+                raise WindowExit(None, 'the window function raised KeyboardInterrupt') from exc
             if em.sink is not None:
                 em.sink.put(sink_payload(result, flight.window))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C while the sink ran, here in the consumer's thread
             raise
         except BaseException as exc:  # SystemExit from the function too: a failed attempt, not the consumer's end
             if isinstance(exc, concurrent.futures.BrokenExecutor):

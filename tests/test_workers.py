@@ -126,6 +126,29 @@ def test_os_exit_in_a_worker_fails_its_window_and_the_pool_is_replaced(store_url
     assert dead.attempts == 2 and 'worker process died' in dead.error
 
 
+def interrupts_itself(window):
+    if window.data[0].get('interrupt'):
+        raise KeyboardInterrupt  # its own raise, not a Ctrl-C: workers never get that
+    return window.data
+
+
+async def interrupts_itself_async(window):
+    return interrupts_itself(window)
+
+
+@pytest.mark.parametrize('executor', ['process', 'thread', 'async'])
+def test_a_keyboard_interrupt_raised_by_the_function_is_a_failed_attempt(tmp_path, executor):
+    """It stopped a pool consumer, and silently killed the event loop of an async one (nothing ran after it)."""
+    url = 'sqlite:///' + str(tmp_path / 'store.db')
+    mb.stream('interrupted', url=url).append([{'interrupt': True}, {'i': 0}, {'i': 1}])
+    fn = interrupts_itself_async if executor == 'async' else interrupts_itself
+    options = {} if executor == 'async' else {'executor': executor}
+    consume_until(url, 'interrupted', fn, dead=1, processed=2, workers=1, max_attempts=2, retry_backoff=0.05,
+                  **options)
+    [dead] = mb.stream('interrupted', url=url).dead_letters()
+    assert dead.attempts == 2 and 'raised KeyboardInterrupt' in dead.error
+
+
 class TwoArgumentError(Exception):
     """Pickles as TwoArgumentError(message), which its __init__ refuses: it cannot be unpickled."""
 
