@@ -61,6 +61,16 @@ def logged(outdir, event):
     return records
 
 
+def finish(procs, outdir, windows):
+    """Wait until the consumers ``procs`` logged ``windows`` windows done, stop them; return the records."""
+    try:
+        wait_until(lambda: len(logged(outdir, 'done')) >= windows, timeout=120, message=f'{windows} windows done',
+                   alive=procs)
+    finally:
+        stop(*procs)
+    return logged(outdir, 'done')
+
+
 def stop(*procs):
     for proc in procs:
         if proc.poll() is None:
@@ -107,12 +117,7 @@ def test_competing_consumers_emit_each_key_window_exactly_once(store_url, tmp_pa
     stream.append([{'k': f'k{i}', 'ts': 10 + i % 7, 'v': keys + i} for i in range(0, keys, 3)])
     stream.append([{'k': 'end', 'ts': 100, 'v': -1}])  # the watermark passes [0, 10) and [10, 20)
     expected = keys + len(range(0, keys, 3))
-    try:
-        wait_until(lambda: len(logged(tmp_path, 'done')) >= expected, timeout=120,
-                   message=f'{expected} windows done', alive=procs)
-    finally:
-        stop(*procs)
-    done = logged(tmp_path, 'done')
+    done = finish(procs, tmp_path, expected)
     per_window = collections.Counter((r['key'], r['start']) for r in done)
     assert len(per_window) == expected and set(per_window.values()) == {1}, per_window.most_common(3)
     assert sorted(v for r in done for v in r['values']) == list(range(keys)) + [keys + i for i in range(0, keys, 3)]
@@ -126,12 +131,7 @@ def test_competing_consumers_number_and_emit_count_windows_per_key_exactly_once(
         stream.append([{'k': f'k{i}', 'v': part * keys * 2 + j * keys + i} for j in range(2) for i in range(keys)])
         if part == 0:
             procs = [start(store_url, 'counts', tmp_path, lease=30, mode='count') for _ in range(2)]
-    try:
-        wait_until(lambda: len(logged(tmp_path, 'done')) >= 2 * keys, timeout=120,
-                   message=f'{2 * keys} windows done', alive=procs)
-    finally:
-        stop(*procs)
-    done = logged(tmp_path, 'done')
+    done = finish(procs, tmp_path, 2 * keys)
     assert len(done) == 2 * keys and all(len(r['values']) == 3 for r in done)
     per_key = collections.defaultdict(list)
     for record in done:
@@ -148,12 +148,7 @@ def test_competing_consumers_share_hopping_windows_exactly_once(store_url, tmp_p
     procs = [start(store_url, 'hops', tmp_path, lease=30, mode='hopping') for _ in range(2)]
     stream.append([{'k': f'k{i}', 'ts': t, 'v': f'{i}:{t}'} for t in (2, 7, 12) for i in range(keys)])
     stream.append([{'k': 'end', 'ts': 100, 'v': 'end'}])  # the watermark passes every window up to [10, 20)
-    try:
-        wait_until(lambda: len(logged(tmp_path, 'done')) >= 4 * keys, timeout=120,
-                   message=f'{4 * keys} windows done', alive=procs)
-    finally:
-        stop(*procs)
-    done = logged(tmp_path, 'done')
+    done = finish(procs, tmp_path, 4 * keys)
     windows = collections.Counter((r['key'], r['start']) for r in done)
     assert len(windows) == 4 * keys and set(windows.values()) == {1}, windows.most_common(3)
     by_window = {(r['key'], r['start'][-2:]): sorted(r['values']) for r in done}
