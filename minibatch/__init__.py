@@ -19,6 +19,7 @@ from minibatch.errors import (ConfigurationError, InvalidMessage, InvalidWindowS
                               UnknownStoreError)
 from minibatch.consumer import make_emitter, streaming
 from minibatch.window import CountWindow, FixedTimeWindow, RelaxedTimeWindow, WindowEmitter
+from minibatch.eventtime import EventTimeWindow, EventWindow, hopping, session, tumbling
 from minibatch.store import get_store, resolve_url
 from minibatch.legacy import IntegrityError, authenticated_url, patch_mongoengine, waitForConnection
 
@@ -48,9 +49,11 @@ __all__ = [
     # producing and consuming
     'stream', 'streaming', 'make_emitter', 'connectdb',
     # the data model
-    'Stream', 'Buffer', 'Window',
+    'Stream', 'Buffer', 'Window', 'EventWindow',
     # window strategies
     'WindowEmitter', 'CountWindow', 'FixedTimeWindow', 'RelaxedTimeWindow',
+    # keyed event-time windows: @streaming('s', window=tumbling(60), key='sensor', time='ts')
+    'EventTimeWindow', 'tumbling', 'hopping', 'session',
     # stores
     'get_store', 'resolve_url',
     # kept from minibatch 0.6 (see docs/compatibility.rst)

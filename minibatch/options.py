@@ -22,6 +22,8 @@ from minibatch.executors import check_executor
 OTHER_KEYWORDS = frozenset({
     'name', 'fn', 'emitfn', 'size', 'interval', 'relaxed', 'emitter', 'source', 'blocking', 'url',
     'cnx_kwargs', 'stream', 'stream_url', 'stream_name', 'forwardfn', 'max_workers', 'max_window',
+    # event-time windows (minibatch.eventtime): known, so that a typo of one is named with its nearest
+    'window', 'key', 'time', 'grace', 'on_late', 'close_by_clock',
 })
 
 

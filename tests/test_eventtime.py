@@ -257,6 +257,10 @@ def test_stats_show_watermark_open_windows_and_late(store_url):
     stats = stream.stats()
     assert stats['watermark'] == at(20)
     assert stats['open_windows'] == 1 and stats['late'] == 1
+    # clear() and delete() take the event-time state with the messages: a fresh start, not the old watermark
+    stream.clear()
+    assert {k: stream.stats().get(k) for k in ('watermark', 'open_windows', 'late')} == \
+        {'watermark': None, 'open_windows': 0, 'late': 0}
 
 
 @pytest.mark.parametrize('options, error, words', [
@@ -392,6 +396,9 @@ def test_minibatch_status_json_shows_the_event_time_figures(store_url):
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output.splitlines()[-1])['streams']['shown']
     assert (figures['watermark'], figures['open_windows'], figures['late']) == ('1970-01-01T00:00:31+00:00', 1, 1)
+    table = CliRunner().invoke(cli, ['--url', store_url, 'status', 'shown'], catch_exceptions=False).output
+    header, row = [line.split() for line in table.splitlines()[-2:]]
+    assert header[-3:] == ['open', 'late', 'watermark'] and row[-4:] == ['1', '1', '1970-01-01', '00:00:31']
 
 
 def test_a_stream_deleted_and_made_again_starts_with_a_fresh_watermark(store_url):

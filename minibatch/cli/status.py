@@ -6,6 +6,7 @@ JSON) goes to stdout. Exit codes: 0; 1 with one error line on stderr when a
 stream named does not exist (checked before anything is printed) or the store
 cannot be used; with ``--watch`` it refreshes until Ctrl-C, which exits with 0.
 """
+import datetime
 import sys
 import time
 
@@ -19,7 +20,9 @@ from minibatch.store.base import utcnow
 STREAM_COLUMNS = (('backlog', 'backlog'), ('in_flight', 'in_flight'), ('processed', 'processed'),
                   ('failed', 'failed'), ('dead', 'dead'), ('expired', 'expired'), ('rate/s', 'rate'),
                   ('consumers', 'consumers_alive'),
-                  ('windows', 'windows'))
+                  ('windows', 'windows'),
+                  # event-time consumers (minibatch.eventtime): '-' for a stream without one
+                  ('open', 'open_windows'), ('late', 'late'), ('watermark', 'watermark'))
 
 CONSUMER_COLUMNS = ('consumer', 'host', 'pid', 'state', 'seen', 'alive', 'processed', 'failed', 'rate/s')
 
@@ -106,5 +109,9 @@ def render_text(store, stats, consumers=False, now=None):
 
 
 def _number(value, key=None):
+    if value is None:
+        return '-'
+    if isinstance(value, datetime.datetime):
+        return value.isoformat(sep=' ', timespec='seconds')
     # rates are shown with one decimal even when they happen to be whole numbers
     return f'{float(value):.1f}' if key == 'rate' or isinstance(value, float) else str(value)

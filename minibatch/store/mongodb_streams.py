@@ -19,6 +19,7 @@ import pymongo
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from minibatch.errors import InvalidMessage
+from minibatch.store import eventtime
 from minibatch.store import mongodb_append as appending
 from minibatch.store.mongodb_append import ServerFacts
 from minibatch.store.mongodb_connection import MongoConnection, _translate_errors, _unavailable
@@ -159,12 +160,14 @@ class MongoCollections(MongoConnection):
         windows.delete_many({'stream': name})
         self._db()['consumer'].delete_many({'stream': name})
         streams.delete_many({'name': name})
+        eventtime.forget_stream(self, name)  # watermark, windows and index of event-time consumers
 
     @_translate_errors
     def clear(self, name: str) -> int:
         _, buffer, windows = self._collections()
         removed = buffer.delete_many({'stream': name}).deleted_count
         windows.delete_many({'stream': name})
+        eventtime.forget_stream(self, name)  # a cleared stream starts with a fresh watermark
         return removed
 
     # -- consumers --------------------------------------------------------

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from minibatch.errors import InvalidMessage
+from minibatch.store import eventtime
 from minibatch.store import sqlite_messages as lifecycle
 from minibatch.store.base import (AVAILABLE, CLAIMED, DEAD, DONE, RETRY, STATES, Doc, Message, RecordId,
                                   StatusPath, Store, StreamInfo, WindowRecord, utcnow)
@@ -146,13 +147,16 @@ class SQLiteStore(Store):
                                   ('stream_counters', 'stream'), ('streams', 'name')):
                 conn.execute(f'DELETE FROM {table} WHERE {column} = ?', (name,))
         self._write(work)
+        eventtime.forget_stream(self, name)  # watermark, windows and index of event-time consumers
 
     def clear(self, name: str) -> int:
         def work(conn: sqlite3.Connection) -> int:
             removed = conn.execute('DELETE FROM buffer WHERE stream = ?', (name,)).rowcount
             conn.execute('DELETE FROM windows WHERE stream = ?', (name,))
             return removed
-        return self._write(work)
+        removed = self._write(work)
+        eventtime.forget_stream(self, name)  # a cleared stream starts with a fresh watermark
+        return removed
 
     # -- producing --------------------------------------------------------
     def validate(self, docs: Iterable[Doc]) -> None:
