@@ -31,8 +31,9 @@ logger = logging.getLogger('minibatch.store.mongodb')
 class MongoCollections(MongoConnection):
     """A MongoDB store as far as collections, streams and consumer records go (see the module's docstring)."""
     querysets = True
-    # AutoReconnect covers a dropped connection and a failed server selection
-    transient_errors = (ConnectionError, pymongo.errors.AutoReconnect)
+    # AutoReconnect covers a dropped connection and a failed server selection; CursorNotFound is
+    # a read whose server restarted under it (its cursors are gone): the same query again works
+    transient_errors = (ConnectionError, pymongo.errors.AutoReconnect, pymongo.errors.CursorNotFound)
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
