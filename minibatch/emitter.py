@@ -268,9 +268,10 @@ class WindowEmitter(LegacyEmitterAPI):
             done = self.store.commit(self.stream_name, token, [m.id for m in qs], keep=self.keep,
                                      window_id=window.id)
         if done < len(qs):
-            logger.warning('minibatch: %d of %d messages of a window on %r were no longer held '
-                           '(lease expired); they may be delivered again', len(qs) - done, len(qs),
-                           self.stream_name)
+            logger.warning('minibatch: %d of %d messages of a window on %r were no longer held under its '
+                           'claim (its lease ran out and they went back to the stream, or the stream was '
+                           'cleared or deleted meanwhile); those still in the stream are delivered again',
+                           len(qs) - done, len(qs), self.stream_name)
         window.processed = True
         self.stats['committed'] += 1
         self.stats['processed'] += done

@@ -84,15 +84,17 @@ class InFlight:
     ``deadline`` is the ``time.monotonic()`` past which it has timed out
     (``timeout=`` seconds after it was submitted), or None for no limit.
     """
-    __slots__ = ('messages', 'window', 'future', 'renewed', 'executor', 'deadline')
+    __slots__ = ('messages', 'window', 'future', 'renewed', 'executor', 'deadline', 'submitted')
 
     def __init__(self, messages: list[Message], window: Any, future: WindowFuture, executor: Any = None,
-                 timeout: float | None = None):
+                 timeout: float | None = None, submitted: float | None = None):
         self.messages = messages
         self.window = window
         self.future = future
         self.executor = executor  # the pool it runs on, to tell a broken pool from its replacement
-        self.renewed = time.monotonic()
+        self.renewed = time.monotonic()  # moves on with each lease renewal
+        #: ``time.monotonic()`` when the window was handed to the executor (its duration is counted from it)
+        self.submitted = self.renewed if submitted is None else submitted
         self.deadline = None if timeout is None else self.renewed + timeout
 
     @property
@@ -201,3 +203,25 @@ def summary(error: Any) -> str:
     """The last line of an error or traceback text: what a log line needs."""
     text = str(error).strip().splitlines()
     return text[-1] if text else repr(error)
+
+
+def still_held(store: Store, name: str, flight: InFlight, lease: float, stopping: bool) -> bool:
+    """Whether the finished ``flight`` still holds its messages, checked where it may not: before its sink.
+
+    Checked (one renewal, which also extends the claim) only when the consumer
+    is stopping, or when the window ran past a whole lease since its last
+    renewal: then its stream may have been cleared or deleted, or its lease may
+    have run out and the messages gone to another consumer. A window that holds
+    none of its messages any more must not forward a result nor be committed.
+    """
+    if not flight.messages or flight.token is None:
+        return True
+    if not stopping and time.monotonic() - flight.renewed < lease:
+        return True
+    if store.renew(name, flight.token, lease):
+        return True
+    logger.warning('minibatch: a window of %d messages on %r finished, but its messages are no longer held '
+                   '(the lease ran out, or the stream was cleared or deleted meanwhile): its result is not '
+                   'forwarded and it is not committed; messages still in the stream are delivered again',
+                   len(flight.messages), name)
+    return False

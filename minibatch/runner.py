@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import os
 import queue as queue_module
 import signal
-import socket
 import threading
 import time
 import traceback
@@ -38,11 +36,13 @@ from minibatch import retention
 from minibatch.asyncio_executor import DEFAULT_CONCURRENCY, AsyncioExecutor, RunCoroutine, WindowExit, is_async
 from minibatch.executors import Alarm, LocalExecutor, SendableErrors, WindowTimeout, make_executor
 from minibatch.marshaller import marshal
+from minibatch.report import Reporter
 from minibatch.inflight import (InFlight, Strategy, WindowFuture, next_deadline, overdue, renew_leases, retrying,
-                                sink_payload, stop_flight, stop_window, summary)
+                                sink_payload, still_held, stop_flight, stop_window, summary)
 from minibatch.store.base import Message, Store, utcnow
 
 logger = logging.getLogger('minibatch.window')
+
 
 class Runner:
     """Runs one emitter's rounds; owns its executor, in-flight windows, waiter and heartbeats.
@@ -68,7 +68,7 @@ class Runner:
         self._isolating = 0  # windows still to run alone after a worker crash (see reap)
         self._started: Any = None  # a naive UTC datetime once running (utcnow())
         self._next_heartbeat: float | None = None  # None: no heartbeats (run(blocking=False))
-        self._last_beat = (0.0, 0)  # (monotonic time, processed) at the last heartbeat, for the rate
+        self.reporter = Reporter()  # what the heartbeats report: counts, rate, window durations
 
     @property
     def store(self) -> Store:
@@ -188,6 +188,7 @@ class Runner:
         """
         if self.executor is None:
             self.setup(waiter=False)
+        started = time.monotonic()  # before submit: an inline function has run when it returns
         if self.em.emitfn is None:
             future: WindowFuture = concurrent.futures.Future()
             future.set_result(None)
@@ -202,7 +203,7 @@ class Runner:
             except BaseException:
                 self.give_back(messages)
                 raise
-        self.inflight.append(InFlight(messages, window, future, self.executor, self.em.timeout))
+        self.inflight.append(InFlight(messages, window, future, self.executor, self.em.timeout, started))
         return future
 
     def give_back(self, messages: list[Message]) -> None:
@@ -252,11 +253,15 @@ class Runner:
         if self._isolating:
             self._isolating -= 1
         em = self.em
+        self.reporter.durations.add(time.monotonic() - flight.submitted)
         try:
             try:
                 result = flight.future.result()
             except KeyboardInterrupt as exc:  # the function's own: workers never get Ctrl-C (inline: see submit)
                 raise WindowExit(None, 'the window function raised KeyboardInterrupt') from exc
+            if not self.settle_call(still_held, self.store, self.name, flight, em.lease, self.stop_event.is_set()):
+                self.inflight.remove(flight)  # another consumer's now, or gone: neither forwarded nor committed
+                return
             if em.sink is not None:
                 em.sink.put(sink_payload(result, flight.window))
         except KeyboardInterrupt:  # Ctrl-C while the sink ran, here in the consumer's thread
@@ -381,15 +386,7 @@ class Runner:
         """Report this consumer's figures to the store (see minibatch.status); best effort."""
         if self._next_heartbeat is None:
             return
-        stats = self.em.stats
-        now = time.monotonic()
-        then, processed_then = self._last_beat
-        elapsed = now - then if then else 0.0
-        rate = (stats['processed'] - processed_then) / elapsed if elapsed > 0 else 0.0
-        self._last_beat = (now, stats['processed'])
-        info = {'host': socket.gethostname(), 'pid': os.getpid(), 'started': self._started, 'state': state,
-                'heartbeat': self.em.HEARTBEAT, 'in_flight': len(self.inflight), 'rate': round(rate, 3),
-                **{key: stats[key] for key in ('windows', 'committed', 'failed', 'processed', 'dead')}}
+        info = self.reporter.report(self.em.stats, state, self._started, self.em.HEARTBEAT, len(self.inflight))
         try:
             self.store.heartbeat(self.name, self.em.consumer_id, info)
         except self.store.transient_errors as exc:

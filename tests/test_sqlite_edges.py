@@ -275,8 +275,6 @@ def test_a_claim_that_waited_for_the_write_lock_keeps_its_whole_lease(store, db_
 
 
 # -- a window that outlives its consumer's stop (issue 12, item 13) ----------------
-@pytest.mark.xfail(strict=True, reason='issue 12 item 13: a stopping consumer forwards the result of a window whose '
-                                       'messages were deleted, and blames a lease expiry (fix in the runner/emitter)')
 def test_a_window_finishing_after_its_stream_was_deleted_forwards_nothing(store_url, caplog):
     # 0.6's test suites stop a consumer (em._stop = True) and drop the database for the next
     # test while its window is still running: the window's result reached the next test's sink
@@ -300,4 +298,5 @@ def test_a_window_finishing_after_its_stream_was_deleted_forwards_nothing(store_
         finish.set()
         em.thread.join(30)
     assert 'lease expired' not in caplog.text, 'no lease expired: the messages were deleted'
+    assert 'no longer held' in caplog.text, 'the window was dropped, and the log says why'
     assert sink.items == [], 'the result of a window whose messages are gone is not forwarded'

@@ -69,3 +69,27 @@ def test_a_silent_consumer_is_not_alive(store_url):
     assert stats['consumers_alive'] == 0 and stats['rate'] == 0 and stats['processed'] == 4
     assert not is_alive(stats['consumers'][0], later)
     assert stream.forget_consumers(older_than=3600) == 0
+
+
+def test_consumer_reports_how_long_its_windows_ran(store_url):
+    # the histogram behind the dashboard's minibatch_window_duration_seconds
+    import time
+    from minibatch.report import BOUNDS
+    stream = mb.stream('durations', url=store_url)
+
+    def slowish(window):
+        time.sleep(0.03)
+
+    em = mb.streaming('durations', size=2, url=store_url, executor='inline', blocking=False)(slowish)
+    try:
+        stream.append([{'i': i} for i in range(6)])
+        wait_until(lambda: em.stats['committed'] == 3, timeout=30, message='3 windows committed')
+    finally:
+        em.stop()
+        em.thread.join(30)
+    [report] = [c for c in stream.store.consumers('durations') if c['id'] == em.consumer_id]
+    hist = report['window_seconds']
+    assert hist['le'] == list(BOUNDS) and len(hist['counts']) == len(BOUNDS) + 1
+    assert sum(hist['counts']) == 3
+    assert sum(hist['counts'][:BOUNDS.index(0.025) + 1]) == 0, 'each window slept 0.03 s'
+    assert 0.09 <= hist['sum'] < 30
