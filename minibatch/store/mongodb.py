@@ -126,7 +126,16 @@ class MongoStore(MongoCollections):
         known = {m.id: m for m in ids if isinstance(m, Message)}
         ids = [m.id if isinstance(m, Message) else m for m in ids]
         buffer = self._buffer()
-        query = {'_id': {'$in': ids}, 'stream': name, 'state': AVAILABLE}
+        query: dict[str, Any] = {'_id': {'$in': ids}, 'stream': name, 'state': AVAILABLE}
+        attempts = {m.attempts for m in known.values()}
+        if len(known) == len(ids) and len(attempts) == 1:
+            # copies read earlier: claim them only while their attempts are as read, so that the copies
+            # returned are current (a retry's backoff is computed from them); others are read back
+            seen = attempts.pop()
+            # records written by minibatch 0.6 or by hand may have no attempts field: that is 0
+            query['attempts'] = {'$in': [0, None]} if seen == 0 else seen
+        else:
+            known = {}
         update = {'$set': {'processed': True, 'state': CLAIMED, 'claim': token, 'lease': _after(lease)}}
         try:
             modified = buffer.update_many(query, update, hint=BY_ID).modified_count

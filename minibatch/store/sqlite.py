@@ -227,10 +227,14 @@ class SQLiteStore(Store):
         if not ids:
             return []
         # leases are timed from inside the write transaction: waiting for the write lock must not shorten them
-        if all(type(m) is Message for m in ids):
-            # read by find_available: their data need not be read and decoded again
+        if all(type(m) is Message for m in ids) and len({getattr(m, 'attempts', 0) for m in ids}) == 1:
+            # read by find_available: their data need not be read and decoded again. They are claimed
+            # only while their attempts are as read, so these copies are current (a retry's backoff is
+            # computed from them); with mixed attempts, the general path reads the rows back.
             messages: list[Message] = list(ids)
-            held = self._write(lambda conn: lifecycle.claim_known(conn, name, messages, token, time.time() + lease))
+            attempts = messages[0].attempts
+            held = self._write(lambda conn: lifecycle.claim_known(conn, name, messages, token, time.time() + lease,
+                                                                  attempts))
             claimed = messages if held is None else list({m.id: m for m in messages if m.id in held}.values())
             for message in claimed:
                 message.state, message.token = CLAIMED, token

@@ -49,14 +49,20 @@ def claim(conn: sqlite3.Connection, name: str, ids: Iterable[Any], token: str, u
 
 
 def claim_known(conn: sqlite3.Connection, name: str, messages: Sequence[Message], token: str,
-                until: float) -> set[RecordId] | None:
-    """Claim the still available ``messages``; return None if all were claimed, else the ids that were."""
+                until: float, attempts: int) -> set[RecordId] | None:
+    """Claim the still available ``messages``; return None if all were claimed, else the ids that were.
+
+    Only messages whose ``attempts`` are still ``attempts`` (as the caller read
+    them) are claimed: one that failed since keeps its place for the next read,
+    so the caller's copies are never stale (the backoff of a retry is computed
+    from them).
+    """
     ids = [m.id for m in messages]
     sql = (f"UPDATE buffer SET state = '{CLAIMED}', processed = 1, claim = ?, lease = ?"
-           f" WHERE +stream = ? AND state = '{AVAILABLE}' AND id IN ")
+           f" WHERE +stream = ? AND state = '{AVAILABLE}' AND attempts = ? AND id IN ")
     count = 0
     for chunk in chunks(ids):
-        count += conn.execute(f'{sql}({marks(chunk)})', (token, until, name, *chunk)).rowcount
+        count += conn.execute(f'{sql}({marks(chunk)})', (token, until, name, attempts, *chunk)).rowcount
     if count == len(ids):
         return None  # the usual case: no RETURNING rows to fetch and match
     held: set[RecordId] = set()
