@@ -273,6 +273,16 @@ class MongoStore(MongoCollections):
         return window_store.save_window(self._collections()[2], name, data, query, token, self.server().max_bson)
 
     @_translate_errors
+    def commit_window(self, name: str, token: str | None, ids: Sequence[RecordId], keep: bool = False,
+                      data: list[Any] | None = None) -> tuple[int, RecordId]:
+        """As the contract says, in two writes and no transaction: the messages, then the record, already
+        processed (a consumer dying between them leaves no record, never an unprocessed one)."""
+        count = self.commit(name, token, ids, keep=keep)
+        window_id = window_store.save_window(self._collections()[2], name, [] if data is None else data, None,
+                                             token, self.server().max_bson, processed=True)
+        return count, window_id
+
+    @_translate_errors
     def windows(self, name: str, processed: bool | None = None) -> list[WindowRecord]:
         return window_store.window_records(self._collections()[2], name, processed)
 

@@ -26,15 +26,16 @@ from minibatch.store.records import CLAIMED, RecordId, WindowRecord, utcnow
 
 
 def save_window(windows: Any, name: str, data: list[Any], query: list[Any] | None, token: str | None,
-                max_bson: int = DEFAULT_MAX_BSON) -> RecordId:
-    """Insert an unprocessed window record of ``name`` (one write); its id.
+                max_bson: int = DEFAULT_MAX_BSON, processed: bool = False) -> RecordId:
+    """Insert a window record of ``name``, unprocessed unless ``processed`` (one write); its id.
 
     A record whose data would take it over ``max_bson`` less HEADROOM is
     written without the data (``data_omitted``); data BSON cannot hold raises
     InvalidMessage, writing nothing.
     """
     id_ = bson.ObjectId()
-    doc = {'_id': id_, 'stream': name, 'created': utcnow(), 'data': data, 'processed': False, 'query': query or [],
+    doc = {'_id': id_, 'stream': name, 'created': utcnow(), 'data': data, 'processed': processed,
+           'query': query or [],
            'token': token}
     try:
         encoded = bson.encode(doc)
