@@ -68,6 +68,13 @@ class DaskExecutor(concurrent.futures.Executor):
                 if not result.done():
                     result.set_exception(exc)
         task.add_done_callback(settle)
+
+        def cancel_task(future):
+            # the runner cancels a window past its timeout, or at the end of the stop grace: the
+            # task must stop on the cluster too, not run on unseen
+            if future.cancelled():
+                self.client.cancel(task)
+        result.add_done_callback(cancel_task)
         return result
 
     def shutdown(self, wait=True, *, cancel_futures=False):

@@ -396,6 +396,8 @@ def test_consume_passes_every_consumer_option(monkeypatch, tmp_path):
     assert (type(em).__name__, em.size, em.executor_arg, em.workers, em.keep) == ('CountWindow', 4, 'thread', 3, True)
     assert (em.max_attempts, em.lease, em.retry_backoff, em.isolate) == (7, 5.0, 0.25, True)
     assert (em.options.timeout, em.stop_grace) == (9.0, 2.0)
+    em = consumer_built(monkeypatch, tmp_path, '--stop-grace', '0', '--retry-backoff', '0')
+    assert (em.stop_grace, em.retry_backoff) == (0.0, 0.0), '0 is a value, not "not given"'
     em = consumer_built(monkeypatch, tmp_path, '--interval', '2', '--fixed', '--emit-empty', '--max-window', '50')
     assert (type(em).__name__, em.interval, em.emit_empty, em.max_window) == ('FixedTimeWindow', 2.0, True, 50)
     em = consumer_built(monkeypatch, tmp_path, '--concurrency', '4',

@@ -128,3 +128,20 @@ def test_window_failing_on_dask_every_time_is_dead_lettered(store_url, client):
 def test_bad_dask_address_is_refused_at_decoration():
     with pytest.raises(ConfigurationError, match='dask://host:port'):
         mb.streaming('s', size=1, executor='dask://')
+
+
+def sleeps_long(seconds):
+    import time
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_window_cancelled_by_the_runner_is_cancelled_on_the_cluster(client):
+    # a timeout (or the end of the stop grace) cancels the window's future: the task must not run on unseen
+    from minibatch.dask import DaskExecutor
+    executor = DaskExecutor(client)
+    result = executor.submit(sleeps_long, 60)
+    wait_until(lambda: len(executor._pending) == 1, timeout=30, message='the task submitted')
+    [task] = list(executor._pending)
+    assert result.cancel() or result.done()
+    wait_until(lambda: task.status == 'cancelled', timeout=30, message='the Dask task cancelled')

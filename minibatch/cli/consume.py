@@ -103,7 +103,8 @@ def consume(settings, stream, function, size, interval, timeout, progress, quiet
         if given:
             raise click.UsageError(f'--{given[0].replace("_", "-")} needs --interval (it is for time windows)')
     fixed = options.pop('fixed')
-    kwargs = {CONSUMER_OPTIONS[name]: value for name, value in options.items() if value not in (None, False)}
+    kwargs = {CONSUMER_OPTIONS[name]: value for name, value in options.items()
+              if value is not None and value is not False}  # 0 is a value (--stop-grace 0)
     fn = load_function(function)
     emitter = minibatch.make_emitter(stream, emitfn=fn, size=size, interval=interval, relaxed=not fixed,
                                      url=settings.url, **kwargs)
