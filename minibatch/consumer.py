@@ -117,7 +117,9 @@ def streaming(name, fn=None, interval=None, size=None, emitter=None, relaxed=Tru
     decoration time.
 
     See :func:`make_emitter` and :class:`~minibatch.window.WindowEmitter` for the other arguments
-    (``max_attempts=``, ``lease=``, ``retry_backoff=``, ``emit_empty=``).
+    (``max_attempts=``, ``lease=``, ``retry_backoff=``, ``emit_empty=``, ``isolate=``, ``timeout=``
+    (seconds a window may run before it is a failed attempt), ``stop_grace=`` (seconds a stopping
+    consumer waits for windows in flight)).
     """
     def build(fn):
         return make_emitter(name, emitfn=fn, interval=interval, size=size, relaxed=relaxed, url=url, sink=sink,

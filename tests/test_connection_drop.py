@@ -30,8 +30,11 @@ class WireServer:
         return f'mongodb://127.0.0.1:{self.port}/droptest?retryWrites=false'
 
     def start(self):
-        self.proc = subprocess.Popen([sys.executable, '-m', 'secantus', '--host', '127.0.0.1', '--port',
-                                      str(self.port), '--storage-path', self.path, '--log-level', 'WARNING'],
+        # an empty config file of its own: else the server reads any secantusd.toml in ., ~/.secantus or /etc
+        config = self.path + '-config.toml'
+        open(config, 'w').close()
+        self.proc = subprocess.Popen([sys.executable, '-m', 'secantus', '--config', config, '--host', '127.0.0.1',
+                                      '--port', str(self.port), '--storage-path', self.path, '--log-level', 'WARNING'],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self._answers, timeout=60, interval=0.2, message='the server to answer')
 
