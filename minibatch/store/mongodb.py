@@ -171,25 +171,20 @@ class MongoStore(MongoCollections):
                window_id: RecordId | None = None) -> int:
         query = {'_id': {'$in': list(ids)}, 'claim': token, 'state': CLAIMED}
         _, buffer, windows = self._collections()
-
-        def work(session: Any = None) -> int:
-            if not ids:
-                count = 0
-            elif keep:
-                count = buffer.update_many(query, {'$set': {'state': DONE, 'done': utcnow()},
-                                                   '$unset': {'claim': '', 'lease': ''}}, hint=BY_ID,
-                                           session=session).modified_count
-            else:
-                count = buffer.delete_many(query, hint=BY_ID, session=session).deleted_count
-            if window_id is not None:
-                windows.update_one({'_id': window_id}, {'$set': {'processed': True}}, session=session)
-            return count
-        if window_id is None or not ids or not self._transactions():
-            # without transactions, a consumer dying between the two writes leaves its window record
-            # unprocessed, though its messages are committed (see docs/stores.rst)
-            return work()
-        with buffer.database.client.start_session() as session:
-            return int(session.with_transaction(work))
+        if not ids:
+            count = 0
+        elif keep:
+            count = buffer.update_many(query, {'$set': {'state': DONE, 'done': utcnow()},
+                                               '$unset': {'claim': '', 'lease': ''}}, hint=BY_ID).modified_count
+        else:
+            count = buffer.delete_many(query, hint=BY_ID).deleted_count
+        if window_id is not None:
+            # a second write, not a transaction: a consumer killed inside a transaction leaves it open,
+            # and the test server then blocks every other write to its documents. A consumer dying
+            # between the two writes leaves the record unprocessed: expire_leases removes it later
+            # (see orphan_window_age)
+            windows.update_one({'_id': window_id}, {'$set': {'processed': True}})
+        return count
 
     @_translate_errors
     def release(self, name: str, token: str, ids: Sequence[RecordId], error: object = None,
@@ -241,7 +236,8 @@ class MongoStore(MongoCollections):
             changed += buffer.update_many(
                 expired, {**to_available, '$set': {**to_available['$set'], 'error': reason},
                           '$inc': {'attempts': 1}}).modified_count
-            window_store.forget_dead_windows(buffer, windows, name, tokens)
+        window_store.forget_dead_windows(buffer, windows, name, tokens, now - datetime.timedelta(
+            seconds=self.orphan_window_age))
         if not self._transactions():  # only batches written without a transaction can be left pending
             changed += appending.settle_abandoned(buffer, name, self.pending_timeout)
         return changed

@@ -43,6 +43,9 @@ class MongoCollections(MongoConnection):
         self.use_transactions: bool | None = None
         #: seconds after which a batch still pending was abandoned (see mongodb_append.settle_abandoned)
         self.pending_timeout = appending.PENDING_TIMEOUT
+        #: seconds after which an unprocessed window record whose claim holds no message is an orphan
+        #: that expire_leases removes (a consumer died between a commit's two writes, or the window failed)
+        self.orphan_window_age = 60.0
 
     # -- collections ------------------------------------------------------
     def queryset(self, document: Any) -> Any:

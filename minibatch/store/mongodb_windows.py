@@ -14,6 +14,7 @@ the claim its messages are held under. Two edges:
 """
 from __future__ import annotations
 
+import datetime
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,19 +60,27 @@ def window_records(windows: Any, name: str, processed: bool | None = None) -> li
             for doc in windows.find(query).sort('_id', 1)]
 
 
-def forget_dead_windows(buffer: Any, windows: Any, name: str, expired: Sequence[str]) -> int:
-    """Remove the unprocessed window records of the claims ``expired`` that hold no claimed message any more.
+def forget_dead_windows(buffer: Any, windows: Any, name: str, expired: Sequence[str],
+                        orphaned_before: datetime.datetime) -> int:
+    """Remove the unprocessed window records whose claim holds no claimed message any more.
 
-    ``expired`` are the tokens whose leases ``expire_leases`` just ended; a
-    token is only checked after that, when its messages can no longer be
-    renewed (a renewal needs state ``claimed``), so a live consumer's record is
-    never removed. Two queries whatever the number of records. Returns the
-    number of records removed.
+    Two kinds: those of the claims ``expired`` (the tokens whose leases
+    ``expire_leases`` just ended: their messages can no longer be renewed, a
+    renewal needs state ``claimed``, so a live consumer's record is never
+    removed), and orphans created before ``orphaned_before``: a consumer died
+    between a commit's two writes (its messages are done, none will expire),
+    or the window failed. A live window holds its messages until its commit's
+    first write; only a commit of a window older than the orphan age, caught
+    by this between its two writes, can lose its record. Two or three queries
+    whatever the number of records. Returns the number of records removed.
     """
-    if not expired:
+    old = windows.distinct('token', {'stream': name, 'processed': False, 'created': {'$lt': orphaned_before},
+                                     'token': {'$ne': None}})
+    candidates = list({*expired, *old})
+    if not candidates:
         return 0
-    held = set(buffer.distinct('claim', {'stream': name, 'state': CLAIMED, 'claim': {'$in': list(expired)}}))
-    dead = [token for token in expired if token not in held]
+    held = set(buffer.distinct('claim', {'stream': name, 'state': CLAIMED, 'claim': {'$in': candidates}}))
+    dead = [token for token in candidates if token not in held]
     if not dead:
         return 0
     return int(windows.delete_many({'stream': name, 'processed': False, 'token': {'$in': dead}}).deleted_count)
