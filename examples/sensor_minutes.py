@@ -14,7 +14,7 @@ import random
 import tempfile
 
 import minibatch as mb
-from minibatch.eventtime import tumbling
+from minibatch import tumbling
 
 START = datetime.datetime(2026, 5, 1, 12, 0)
 
