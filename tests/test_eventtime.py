@@ -10,7 +10,7 @@ import minibatch as mb
 from minibatch.consumer import make_emitter
 from minibatch.eventtime import EventTimeWindow, hopping, session, tumbling
 
-from tests.helpers import wait_until
+from tests.helpers import ListSink, wait_until
 
 T0 = datetime.datetime(1970, 1, 1)
 
@@ -353,14 +353,6 @@ def test_keep_true_keeps_the_events_done_and_records_the_windows(store_url):
     assert sorted(len(r.data) for r in records) == [1, 2]
     rounds(em)
     assert len(fn.windows) == 2  # kept messages are not emitted again
-
-
-class ListSink:
-    def __init__(self):
-        self.items = []
-
-    def put(self, data):
-        self.items.append(data)
 
 
 def key_and_size(window):

@@ -260,6 +260,22 @@ def deep(levels):
     return RawBSONDocument(inner)
 
 
+def insert_foreign(store, data=None):
+    """Insert an available record of stream S as another program would (``data`` None: none); its id.
+
+    Skips the test when the server refuses to store such a record.
+    """
+    record = {'_id': bson.ObjectId(), 'stream': S, 'created': utcnow(), 'processed': False, 'state': AVAILABLE,
+              'attempts': 0}
+    if data is not None:
+        record['data'] = data
+    try:
+        store._buffer().insert_one(RawBSONDocument(bson.encode(record)))
+    except pymongo.errors.OperationFailure as exc:
+        pytest.skip(f'this server does not store such a record: {exc}')
+    return record['_id']
+
+
 UNREADABLE = {
     'text data': lambda: 'not a dict',
     'no data': None,
@@ -274,14 +290,10 @@ def test_an_unreadable_record_is_dead_lettered_with_its_reason_while_others_flow
     store = get_store(mongo_url)
     store.ensure_stream(S)
     store.append(S, [{'i': 0}])
-    record = {'_id': bson.ObjectId(), 'stream': S, 'created': utcnow(), 'processed': False, 'state': AVAILABLE,
-              'attempts': 0}
-    if UNREADABLE[kind] is not None:
-        record['data'] = UNREADABLE[kind]()
-    try:
-        store._buffer().insert_one(RawBSONDocument(bson.encode(record)))  # written by another program
-    except pymongo.errors.OperationFailure as exc:
-        pytest.skip(f'this server does not store such a record: {exc}')
+    data = UNREADABLE[kind]() if UNREADABLE[kind] is not None else None
+    record = {'_id': insert_foreign(store, data)}  # written by another program
+    if data is not None:
+        record['data'] = data
     store.append(S, [{'i': 2}, {'i': 3}])
     assert [m.id for m in store.messages(S)][1] == record['_id'], 'inspection shows it, changing nothing'
     assert store.counts(S)[DEAD] == 0
@@ -306,12 +318,7 @@ def test_an_unreadable_record_does_not_stop_a_consumer(mongo_url):
     store = get_store(mongo_url)
     stream = mb.stream(S, url=mongo_url)
     stream.append([{'i': 0}])
-    record = {'_id': bson.ObjectId(), 'stream': S, 'created': utcnow(), 'processed': False, 'state': AVAILABLE,
-              'attempts': 0, 'data': deep(975)}
-    try:
-        store._buffer().insert_one(RawBSONDocument(bson.encode(record)))
-    except pymongo.errors.OperationFailure as exc:
-        pytest.skip(f'this server does not store such a record: {exc}')
+    unreadable = insert_foreign(store, deep(975))
     stream.append([{'i': 2}])
     seen = []
     em = mb.make_emitter(S, lambda window: seen.extend(m['i'] for m in window.data), size=1, url=mongo_url,
@@ -322,7 +329,7 @@ def test_an_unreadable_record_does_not_stop_a_consumer(mongo_url):
     finally:
         em.close()
     assert seen == [0, 2]
-    assert [m.id for m in stream.dead_letters()] == [record['_id']]
+    assert [m.id for m in stream.dead_letters()] == [unreadable]
 
 
 @pytest.mark.parametrize('message', [
@@ -366,12 +373,7 @@ def test_an_unreadable_record_does_not_end_the_change_stream_watch(mongo_url):
     try:
         if not waiter.supported:
             pytest.skip('this server has no change streams')
-        record = {'_id': bson.ObjectId(), 'stream': S, 'created': utcnow(), 'processed': False, 'state': AVAILABLE,
-                  'attempts': 0, 'data': deep(975)}
-        try:
-            store._buffer().insert_one(RawBSONDocument(bson.encode(record)))
-        except pymongo.errors.OperationFailure as exc:
-            pytest.skip(f'this server does not store such a record: {exc}')
+        insert_foreign(store, deep(975))
         assert waiter.wait(10), 'woken by the unreadable record'
         store.append(S, [{'i': 1}])
         assert waiter.wait(10), 'and still watching: woken by the next append'
