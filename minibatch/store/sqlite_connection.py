@@ -177,6 +177,8 @@ class Database:
         self._local = threading.local()
         self._holders: weakref.WeakSet[_Holder] = weakref.WeakSet()
         self._ready = False
+        self._schema_lock = threading.Lock()
+        self._schema_lock_pid = os.getpid()
 
     def conn(self) -> sqlite3.Connection:
         """This thread's connection, opened (and the schema made) on first use in this process."""
@@ -207,7 +209,7 @@ class Database:
         try:
             conn.execute(f'PRAGMA synchronous={self.synchronous}')
             if not self._ready:
-                self._init_schema(conn)
+                self._init_schema_once(conn)
         except sqlite3.Error as exc:
             conn.close()
             raise StoreUnavailable(f'cannot use {self.describe()}: {exc}') from exc
@@ -246,6 +248,29 @@ class Database:
     def _open_uri(self, mode: str) -> sqlite3.Connection:
         return sqlite3.connect(f'file:{quote(self.path)}?{mode}', uri=True, timeout=self.timeout,
                                isolation_level=None, check_same_thread=False)
+
+    def _init_schema_once(self, conn: sqlite3.Connection) -> None:
+        """Make the schema, once per process; another process doing it at the same time is waited out.
+
+        Switching to WAL may fail with "database is locked" at once, without
+        the busy timeout, while another connection is opening the file: so
+        threads of this process take turns, and a locked try is repeated until
+        the busy timeout has passed.
+        """
+        if self._schema_lock_pid != os.getpid():
+            # a thread of the parent may have held it at a fork; the retry below covers two new locks racing
+            self._schema_lock, self._schema_lock_pid = threading.Lock(), os.getpid()
+        with self._schema_lock:
+            deadline = time.monotonic() + self.timeout
+            pause = 0.01
+            while not self._ready:
+                try:
+                    self._init_schema(conn)
+                except sqlite3.OperationalError as exc:
+                    if not _is_locked(exc) or time.monotonic() >= deadline:
+                        raise
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.5)
 
     def _init_schema(self, conn: sqlite3.Connection) -> None:
         # journal_mode=WAL is persistent in the file; readers then never block the writer
