@@ -26,11 +26,12 @@ import uuid
 from minibatch import bindings
 from minibatch.asyncio_executor import is_async
 from minibatch.errors import ConfigurationError
+from minibatch.groups import Membership
 from minibatch.legacy import LegacyEmitterAPI
 from minibatch.options import ConsumerOptions, refuse_unknown
 from minibatch.runner import Runner
 from minibatch.inflight import summary
-from minibatch.store.base import Message
+from minibatch.store.base import Message, group_stream
 
 logger = logging.getLogger('minibatch.window')
 
@@ -81,7 +82,8 @@ class WindowEmitter(LegacyEmitterAPI):
     def __init__(self, stream_name, interval=None, processfn=None, emitfn=None, emit_empty=False, executor=None,
                  max_workers=None, stream=None, stream_url=None, forwardfn=None, queue=None, *, size=None,
                  workers=None, keep=False, sink=None, max_attempts=3, lease=60.0, retry_backoff=1.0, url=None,
-                 cnx_kwargs=None, concurrency=None, isolate=False, timeout=None, stop_grace=None, **kwargs):
+                 cnx_kwargs=None, concurrency=None, isolate=False, timeout=None, stop_grace=None, group=None,
+                 start='earliest', **kwargs):
         # the positional order and the names stream=, stream_url=, forwardfn= are minibatch 0.6's
         if self.strict_options:
             # a typo (max_attemps=5) must not be ignored; custom emitters get their own keywords in self.kwargs
@@ -97,9 +99,15 @@ class WindowEmitter(LegacyEmitterAPI):
                                        keep=keep, sink=sink, queue=queue, emit_empty=emit_empty,
                                        max_attempts=max_attempts, lease=lease, retry_backoff=retry_backoff,
                                        concurrency=concurrency, isolate=isolate, timeout=timeout,
-                                       stop_grace=stop_grace)
+                                       stop_grace=stop_grace, group=group, start=start)
         self._stream_arg = stream_name
-        self.stream_name = stream_name if isinstance(stream_name, str) else stream_name.name
+        #: the stream producers append to
+        self.source_name = stream_name if isinstance(stream_name, str) else stream_name.name
+        #: the consumer group (None: the default group); see docs/groups.rst
+        self.group = self.options.group
+        #: the stream this consumer claims from: the group's copies, or the stream itself
+        self.stream_name = self.source_name if self.group is None else group_stream(self.source_name, self.group)
+        self._membership = None
         self.url = url
         self.cnx_kwargs = cnx_kwargs or {}
         #: the strategy's parameter: 1 by default (as in 0.6); a custom emitter given only size= sees it here
@@ -137,8 +145,11 @@ class WindowEmitter(LegacyEmitterAPI):
     def stream(self):
         """The :class:`~minibatch.models.Stream` this emitter consumes (created if needed)."""
         if self._stream is None:
-            if not isinstance(self._stream_arg, str):  # a Stream object was given
+            if not isinstance(self._stream_arg, str) and self.group is None:  # a Stream object was given
                 self._stream = self._stream_arg
+            elif not isinstance(self._stream_arg, str):  # its group's copies, on the same store
+                store = self._stream_arg.store
+                self._stream = type(self._stream_arg)._from_info(store, store.ensure_stream(self.stream_name))
             else:
                 self._stream = bindings.get('stream').get_or_create(self.stream_name, url=self.url,
                                                                     **self.cnx_kwargs)
@@ -147,6 +158,29 @@ class WindowEmitter(LegacyEmitterAPI):
     @property
     def store(self):
         return self.stream.store
+
+    @property
+    def membership(self):
+        """This consumer's :class:`~minibatch.groups.Membership` of its group (docs/groups.rst)."""
+        if self._membership is None:
+            self._membership = Membership(self.store, self.source_name, self.group, self.options.start, self.keep)
+        return self._membership
+
+    def commits_output(self, sink):
+        """Whether a window's result for ``sink`` goes into the commit (exactly once) rather than ``sink.put()``.
+
+        True when ``sink`` is a stream of this consumer's store and the
+        strategy commits with :meth:`commit` as written here (a strategy of its
+        own ``commit`` may not pass the output on: its sink gets ``put()``).
+        """
+        store = getattr(sink, 'store', None) if isinstance(getattr(sink, 'name', None), str) else None
+        return (store is not None and type(self).commit is WindowEmitter.commit
+                and (store is self.store or (type(store) is type(self.store) and store.url == self.store.url)))
+
+    @property
+    def commit_keep(self):
+        """Whether commits keep messages (``done``): ``keep=True``, or another group may still need them."""
+        return self.keep or self.membership.keeps_messages
 
     @property
     def stop_grace(self) -> float:
@@ -214,6 +248,8 @@ class WindowEmitter(LegacyEmitterAPI):
             return []
         token = uuid.uuid4().hex
         claimed = self.store.claim(self.stream_name, items, token, self.lease)
+        if self.group is not None:
+            self.membership.claimed(len(claimed))
         position = {getattr(item, 'id', item): i for i, item in enumerate(items)}
         claimed.sort(key=lambda m: position.get(m.id, len(position)))
         for message in claimed:
@@ -233,7 +269,7 @@ class WindowEmitter(LegacyEmitterAPI):
         kept = list(self.processfn(claimed) or [])
         dropped = {m.id for m in claimed} - {getattr(m, 'id', None) for m in kept}
         if dropped:
-            done = self.store.commit(self.stream_name, claimed[0].token, list(dropped), keep=self.keep)
+            done = self.store.commit(self.stream_name, claimed[0].token, list(dropped), keep=self.commit_keep)
             self.stats['processed'] += done
         return kept
 
@@ -261,12 +297,14 @@ class WindowEmitter(LegacyEmitterAPI):
         """The window succeeded: remove (or keep, with ``keep=True``) its messages; mark the window processed."""
         token = qs[0].token if qs else None
         if getattr(window, '_record_at_commit', False):
-            done, window.id = self.store.commit_window(self.stream_name, token, [m.id for m in qs], keep=self.keep,
-                                                       data=list(window.data) if self.keep else None)
+            done, window.id = self.store.commit_window(self.stream_name, token, [m.id for m in qs],
+                                                       keep=self.commit_keep,
+                                                       data=list(window.data) if self.keep else None,
+                                                       output=getattr(window, '_output', None))
             window._record_at_commit = False
         else:
-            done = self.store.commit(self.stream_name, token, [m.id for m in qs], keep=self.keep,
-                                     window_id=window.id)
+            done = self.store.commit(self.stream_name, token, [m.id for m in qs], keep=self.commit_keep,
+                                     window_id=window.id, output=getattr(window, '_output', None))
         if done < len(qs):
             logger.warning('minibatch: %d of %d messages of a window on %r were no longer held under its '
                            'claim (its lease ran out and they went back to the stream, or the stream was '

@@ -16,7 +16,9 @@ import time
 from typing import Any, Callable, ClassVar, Protocol
 
 from minibatch.asyncio_executor import AsyncioExecutor
+from minibatch.errors import InvalidMessage
 from minibatch.executors import ThreadExecutor
+from minibatch.groups import Membership
 from minibatch.store.base import Message, Store
 
 logger = logging.getLogger('minibatch.window')
@@ -37,6 +39,7 @@ class Strategy(Protocol):
     HEARTBEAT: ClassVar[float]
     STOP_CHECK: ClassVar[float]
     stream_name: str
+    source_name: str
     emitfn: Callable[..., Any] | None
     executor_arg: Any
     workers: int | None
@@ -55,6 +58,11 @@ class Strategy(Protocol):
 
     @property
     def store(self) -> Store: ...
+
+    @property
+    def membership(self) -> Membership: ...
+
+    def commits_output(self, sink: Any) -> bool: ...
 
     @property
     def stop_grace(self) -> float: ...
@@ -197,6 +205,19 @@ def sink_payload(result: Any, window: Any) -> Any:
     if isinstance(result, type(window)):  # the function returned its (or a) window
         return result.data
     return result
+
+
+def output_docs(payload: Any) -> list[dict[str, Any]]:
+    """A window's result as the messages a stream sink appends: a dict is one, a list of dicts each.
+
+    :raises InvalidMessage: anything else (the window then fails, saying what to return)
+    """
+    if isinstance(payload, dict):
+        return [payload]
+    if isinstance(payload, (list, tuple)) and all(isinstance(doc, dict) for doc in payload):
+        return list(payload)
+    raise InvalidMessage(f'a stream sink appends what the function returns, which must be a dict or a list of '
+                         f'dicts (or None: the window data); got {type(payload).__name__}')
 
 
 def summary(error: Any) -> str:

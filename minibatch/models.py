@@ -22,7 +22,7 @@ from mongoengine import (BooleanField, DateTimeField, DictField, Document, Dynam
 from minibatch import batching, bindings, retention
 from minibatch.errors import ConfigurationError, NotSupportedByStore
 from minibatch.store import get_store
-from minibatch.store.base import AVAILABLE, STATES, utcnow
+from minibatch.store.base import AVAILABLE, DEFAULT_GROUP, STATES, group_stream, utcnow
 from minibatch.stream_upkeep import StreamUpkeep
 
 logger = logging.getLogger(__name__)
@@ -314,6 +314,14 @@ class Stream(StreamUpkeep, Document):
         else:
             retention.start(self.store, self.name, seconds)
 
+    def put(self, data):
+        """Append ``data`` (a dict or a list of dicts): a stream is a sink too.
+
+        As ``sink=`` of a consumer on the same store, a window's result is not
+        put but appended by the window's commit, exactly once (docs/groups.rst).
+        """
+        return self.append(list(data) if isinstance(data, (list, tuple)) else data)
+
     # -- consuming --------------------------------------------------------
     def streaming(self, fn=None, **kwargs):
         """``@stream.streaming(size=N)``: like :func:`minibatch.streaming` for this stream."""
@@ -363,12 +371,20 @@ class Stream(StreamUpkeep, Document):
         if getattr(self, '_batch_lock', None) is not None:
             with self._batch_lock:
                 self._batch = []
+        for copies in self._group_streams():  # its groups' copies of those messages
+            self.store.clear(copies)
         return self.store.clear(self.name)
 
     def delete(self, *args, **kwargs):
-        """Remove this stream with all its messages, dead letters and windows. Irreversible."""
+        """Remove this stream with all its messages, dead letters, windows and groups. Irreversible."""
         self.stop()
+        copies = self._group_streams()
         self.store.delete_stream(self.name)
+        for name in copies:
+            self.store.delete_stream(name)
+
+    def _group_streams(self):
+        return [group_stream(self.name, group) for group in self.store.groups(self.name) if group != DEFAULT_GROUP]
 
     def save(self, *args, **kwargs):
         if not self.store.querysets:

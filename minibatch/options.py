@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from minibatch.errors import ConfigurationError, InvalidWindowSpec
 from minibatch.executors import check_executor
+from minibatch.groups import check_options as check_group_options
 
 #: keywords of @streaming / make_emitter that are not ConsumerOptions fields (the window, the stream,
 #: running, and minibatch 0.6's names)
@@ -54,9 +55,13 @@ class ConsumerOptions:
         (see docs/reliability.rst, "Timeouts")
     :param stop_grace: seconds a stopping consumer waits for its windows in flight before it gives
         them back and stops their workers (>= 0); default the strategy's ``STOP_GRACE`` (30 s)
+    :param group: the consumer group (docs/groups.rst): every group sees every message, consumers of
+        one group share them; None (default) is the default group, the stream itself
+    :param start: where a group new to the stream starts: ``'earliest'`` (every retained message,
+        the default) or ``'latest'`` (only messages appended from then on)
     :raises InvalidWindowSpec: ``max_attempts``, ``lease`` or ``retry_backoff`` out of range
-    :raises ConfigurationError: a bad ``executor``, ``workers``, ``sink``, ``isolate``, ``timeout``
-        or ``stop_grace``
+    :raises ConfigurationError: a bad ``executor``, ``workers``, ``sink``, ``isolate``, ``timeout``,
+        ``stop_grace``, ``group`` or ``start``
     """
     processfn: Callable[..., Any] | None = None
     executor: Any = None
@@ -72,6 +77,8 @@ class ConsumerOptions:
     isolate: bool = False
     timeout: float | None = None
     stop_grace: float | None = None
+    group: str | None = None
+    start: str = 'earliest'
 
     def __post_init__(self) -> None:
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
@@ -97,6 +104,7 @@ class ConsumerOptions:
             if not _is_number(self.stop_grace) or self.stop_grace < 0:
                 raise ConfigurationError(f'stop_grace must be a number of seconds >= 0, got {self.stop_grace!r}')
             self.stop_grace = float(self.stop_grace)
+        self.group = check_group_options(self.group, self.start)
         check_executor(self.executor, self.workers)
         if self.sink is not None and not callable(getattr(self.sink, 'put', None)):
             raise ConfigurationError(f'sink must be an object with a put(data) method, got {self.sink!r}')

@@ -38,7 +38,7 @@ from minibatch.executors import Alarm, LocalExecutor, SendableErrors, WindowTime
 from minibatch.marshaller import marshal
 from minibatch.report import Reporter
 from minibatch.inflight import (InFlight, Strategy, WindowFuture, next_deadline, overdue, renew_leases, retrying,
-                                sink_payload, still_held, stop_flight, stop_window, summary)
+                                output_docs, sink_payload, still_held, stop_flight, stop_window, summary)
 from minibatch.store.base import Message, Store, utcnow
 
 logger = logging.getLogger('minibatch.window')
@@ -99,7 +99,8 @@ class Runner:
                 call = Alarm(call, em.timeout)  # the only way to interrupt a function in our own thread
             self._call = call
         if waiter and self.waiter is None:
-            self.waiter = self.store.waiter(self.name)
+            # a group's consumers wake for appends to the stream itself, not to their copies
+            self.waiter = self.store.waiter(getattr(self.em, 'source_name', self.name))
 
     def teardown(self) -> None:
         """Close the waiter and shut down an executor minibatch created. Idempotent."""
@@ -167,6 +168,10 @@ class Runner:
         if len(self.inflight) >= capacity or self.stop_event.is_set():
             return False
         em = self.em
+        membership = em.membership
+        if not membership.joined:
+            membership.join()
+        membership.refill()
         ready, args = em.window_ready()
         if not ready:
             return False
@@ -263,7 +268,12 @@ class Runner:
                 self.inflight.remove(flight)  # another consumer's now, or gone: neither forwarded nor committed
                 return
             if em.sink is not None:
-                em.sink.put(sink_payload(result, flight.window))
+                payload = sink_payload(result, flight.window)
+                if flight.window is not None and em.commits_output(em.sink):
+                    # a stream of the same store: appended by the commit itself, exactly once (docs/groups.rst)
+                    flight.window._output = (em.sink.name, output_docs(payload))
+                else:
+                    em.sink.put(payload)
         except KeyboardInterrupt:  # Ctrl-C while the sink ran, here in the consumer's thread
             raise
         except BaseException as exc:  # SystemExit from the function too: a failed attempt, not the consumer's end
@@ -311,6 +321,7 @@ class Runner:
             # expired leases (a consumer died) need not be found within a second; a due
             # retry of our own is scheduled by retry_due_in(). An idle consumer stays cheap.
             self._next_expiry = now + max(0.2, min(em.lease / 4, 5.0))
+            em.membership.upkeep()
         if now >= self._next_housekeeping:
             if em.stream.max_age:
                 retention.expire(self.store, self.name, em.stream.max_age)

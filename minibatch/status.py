@@ -7,7 +7,7 @@ when asked), and the reports each running consumer writes every few seconds
 import datetime
 
 from minibatch.store import eventtime
-from minibatch.store.base import utcnow
+from minibatch.store.base import DEFAULT_GROUP, group_stream, utcnow
 
 #: a consumer counts as alive while its last report is younger than this many heartbeats
 ALIVE_HEARTBEATS = 3
@@ -38,7 +38,11 @@ def stream_stats(store, name, now=None):
       their grace (a naive UTC datetime), or None without event-time windows;
     - ``open_windows``: event-time (key, window) pairs not emitted yet;
     - ``late``: events counted late (behind the watermark or after their window was emitted),
-      whatever ``on_late`` then did with them.
+      whatever ``on_late`` then did with them;
+    - ``groups``: per consumer group registered on the stream (docs/groups.rst), a dict with
+      ``lag`` (messages the group has not committed yet, dead letters aside), ``lag_seconds``
+      (age of the oldest of them, 0.0 when none), ``in_flight``, ``dead`` (its dead letters),
+      ``consumers_alive``, ``rate``, ``start`` and ``keep``; {} when the stream has no groups.
 
     Read-only; an unknown or empty stream gives zeros and no consumers.
     """
@@ -63,7 +67,32 @@ def stream_stats(store, name, now=None):
         'watermark': None if watermark is None else EPOCH + datetime.timedelta(seconds=watermark),
         'open_windows': windows['open_windows'],
         'late': windows['late'],
+        'groups': group_stats(store, name, now, counts, alive),
     }
+
+
+def group_stats(store, name, now, counts, alive):
+    """The ``groups`` figures of :func:`stream_stats`: one dict per group registered on ``name``."""
+    figures = {}
+    for group, entry in sorted(store.groups(name).items()):
+        lag, oldest = store.group_lag(name, group)
+        if group == DEFAULT_GROUP:
+            own_counts, own_alive = counts, alive
+        else:
+            copies = group_stream(name, group)
+            own_counts = store.counts(copies)
+            own_alive = [record for record in store.consumers(copies) if is_alive(record, now)]
+        figures[group] = {
+            'lag': lag,
+            'lag_seconds': round(max((now - oldest).total_seconds(), 0.0), 3) if oldest is not None else 0.0,
+            'in_flight': own_counts['claimed'],
+            'dead': own_counts['dead'],
+            'consumers_alive': len(own_alive),
+            'rate': round(sum(float(record.get('rate') or 0.0) for record in own_alive), 3),
+            'start': entry.get('start'),
+            'keep': bool(entry.get('keep')),
+        }
+    return figures
 
 
 def is_alive(record, now=None):

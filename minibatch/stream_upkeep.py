@@ -46,6 +46,38 @@ class StreamUpkeep:
         """Delete dead letters (all, or the given ids); removes data; returns how many."""
         return self.store.purge_dead(self.name, ids=ids)
 
+    # -- consumer groups (docs/groups.rst) --------------------------------
+    def groups(self):
+        """The consumer groups registered on this stream: name -> ``start``, ``keep``, ``created``, ``position``.
+
+        The default group (the consumers without ``group=``) is listed as
+        ``'default'`` once one of them has run. Read-only; {} when none.
+        """
+        return self.store.groups(self.name)
+
+    def replay(self, group, since=None):
+        """Make ``group`` process this stream's retained messages again, from ``since`` on.
+
+        ``since``: a naive UTC datetime (messages appended at or after it), a
+        message id, or None (every retained message). Other groups are
+        untouched. Only retained messages can be replayed: those not yet
+        committed by every group, or all with ``keep=True`` (and ``max_age``
+        removes messages whatever the groups). Returns how many messages the
+        group will see again.
+
+        :raises minibatch.errors.ConfigurationError: no such group on this stream
+        """
+        return self.store.replay(self.name, group, since)
+
+    def delete_group(self, group):
+        """Remove ``group`` from this stream: its position, copies and dead letters. Removes data.
+
+        What only this group still held is removed by the next round of
+        retention. Stop the group's consumers first: a running one registers
+        the group again. Returns False if there was no such group.
+        """
+        return self.store.delete_group(self.name, group)
+
     def housekeep(self, max_age=None):
         """Apply the retention limit once, now: remove messages (processed or not) older than ``max_age``.
 

@@ -233,7 +233,7 @@ class EventTimeWindow(WindowEmitter):
         done, back = self._needed_later(claim, qs)
         at_commit = getattr(window, '_record_at_commit', False)
         count, window.id = self.state.commit(claim.row, qs[0].token, [m.id for m in done], [m.id for m in back],
-                                             self.keep, None if at_commit else window.id,
+                                             self.commit_keep, None if at_commit else window.id,
                                              list(window.data) if (self.keep and at_commit) else None)
         window._record_at_commit = False
         if count < len(done):
@@ -299,7 +299,7 @@ class EventTimeWindow(WindowEmitter):
             if on_late == 'window':
                 return self._hold(claimed, token, None, key, start, end, {i.id: (i.t, i.t) for i in group}, late=True)
             if on_late == 'drop':
-                self.store.commit(self.stream_name, token, ids, keep=self.keep)
+                self.store.commit(self.stream_name, token, ids, keep=self.commit_keep)
                 logger.info('minibatch: %d late events of key %s on %r dropped (window [%s, %s) was closed)',
                             len(ids), key, self.stream_name, to_datetime(start), to_datetime(end))
             elif on_late == 'dead':
@@ -328,4 +328,4 @@ class EventTimeWindow(WindowEmitter):
             text = ''.join(traceback.format_exception(exc))[-2000:]
             self._late_dead(token, ids, claim.key, claim.start, claim.end, f'on_late={fn!r} raised:\n{text}')
         else:
-            self.store.commit(self.stream_name, token, ids, keep=self.keep)
+            self.store.commit(self.stream_name, token, ids, keep=self.commit_keep)

@@ -37,21 +37,25 @@ from __future__ import annotations
 import abc
 import datetime
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeAlias
 
 from minibatch.errors import ConfigurationError, InvalidMessage, NotSupportedByStore
 
 # the records and the waiter are re-exported here: the contract is reached as minibatch.store.base.X
 __all__ = ['AVAILABLE', 'CLAIMED', 'DEAD', 'DONE', 'RETRY', 'STATES', 'Doc', 'Message', 'RecordId', 'StatusPath',
-           'StreamInfo', 'WindowRecord', 'utcnow', 'Waiter', 'Store']
+           'StreamInfo', 'WindowRecord', 'utcnow', 'Waiter', 'Store', 'Output', 'DEFAULT_GROUP', 'group_stream']
 
 from minibatch.store.records import (AVAILABLE, CLAIMED, DEAD, DONE, RETRY, STATES, Doc,  # noqa: F401,E402
                                      Message, RecordId, StatusPath, StreamInfo, WindowRecord, utcnow)
 from minibatch.store.waiting import Waiter  # noqa: E402 (re-exported: part of the contract)
 from minibatch.store.base_upkeep import StoreUpkeep  # noqa: E402
+from minibatch.store.base_groups import DEFAULT_GROUP, StoreGroups, group_stream  # noqa: E402,F401
+
+#: what a window's commit appends exactly once (``commit(output=...)``): (stream name, list of dicts)
+Output: TypeAlias = tuple[str, Sequence[Doc]]
 
 
-class Store(StoreUpkeep):
+class Store(StoreUpkeep, StoreGroups):
     """Base class of stores: the contract every store meets.
 
     Subclasses implement the abstract methods; the others are derived from
@@ -241,7 +245,7 @@ class Store(StoreUpkeep):
 
     @abc.abstractmethod
     def commit(self, name: str, token: str | None, ids: Sequence[RecordId], keep: bool = False,
-               window_id: RecordId | None = None) -> int:
+               window_id: RecordId | None = None, output: Output | None = None) -> int:
         """Mark the window claimed with ``token`` as successfully processed.
 
         Only messages among ``ids`` still held under ``token`` are affected,
@@ -252,10 +256,18 @@ class Store(StoreUpkeep):
         the store has transactions, right after otherwise), also when ``ids``
         is empty; a missing window record is ignored. Returns the number of
         messages committed (0 for empty ``ids``).
+
+        ``output`` ``(stream, docs)``: append ``docs`` to ``stream`` (of this
+        store) as part of the commit, exactly once: the commit and the append
+        take effect together or not at all, also when the process is killed
+        in between (SQLite: one transaction; MongoDB: the docs are written
+        invisible and published once the commit is recorded, see its store).
+        ``docs`` are validated before anything is written (InvalidMessage).
+        When none of ``ids`` is held any more, nothing is appended.
         """
 
     def commit_window(self, name: str, token: str | None, ids: Sequence[RecordId], keep: bool = False,
-                      data: list[Any] | None = None) -> tuple[int, RecordId]:
+                      data: list[Any] | None = None, output: Output | None = None) -> tuple[int, RecordId]:
         """Commit a window that has no record yet, as :meth:`commit` does, and record it as processed.
 
         For windows emitted without a record (``keep=False``: see
@@ -263,15 +275,15 @@ class Store(StoreUpkeep):
         data (``data`` []), which is not copied a second time. The record is
         written whatever the count committed, as ``commit(window_id=...)``
         marks it. Returns ``(committed, window_id)``: the number of messages
-        committed and the new record's id.
+        committed and the new record's id. ``output`` as for :meth:`commit`.
 
         Optional: the default is ``save_window`` then ``commit(window_id=...)``
         (the round trips of a window recorded when emitted); a store with
         transactions overrides it to write the record in the commit's
         transaction (SQLite), so that a window costs two writes: claim, commit.
         """
-        window_id = self.save_window(name, [] if data is None else data)
-        return self.commit(name, token, ids, keep=keep, window_id=window_id), window_id
+        window_id = self.save_window(name, [] if data is None else data, token=token)
+        return self.commit(name, token, ids, keep=keep, window_id=window_id, output=output), window_id
 
     @abc.abstractmethod
     def release(self, name: str, token: str, ids: Sequence[RecordId], error: object = None,

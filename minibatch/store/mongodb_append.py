@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import bson
@@ -38,7 +38,7 @@ from bson.raw_bson import RawBSONDocument
 from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure, WriteError
 
 from minibatch.errors import InvalidMessage
-from minibatch.store.records import Doc, RecordId, shape_problem, utcnow
+from minibatch.store.records import AVAILABLE, Doc, RecordId, shape_problem, utcnow
 
 logger = logging.getLogger('minibatch.store.mongodb')
 
@@ -190,13 +190,17 @@ def _write_pending(buffer: Any, name: str, raw: Sequence[RawBSONDocument], batch
                      len(raw) - published)
 
 
-def settle_abandoned(buffer: Any, name: str, timeout: float = PENDING_TIMEOUT) -> int:
+def settle_abandoned(buffer: Any, name: str, timeout: float = PENDING_TIMEOUT,
+                     committed: Callable[[Any, str | None], bool] | None = None) -> int:
     """Settle the batches of ``name`` pending for over ``timeout`` s: their producers crashed while writing.
 
     A batch none of whose messages was published is deleted (its append never
-    returned); one whose publication had begun is published whole (its append
-    had written everything). Atomic per message. Returns the number of messages
-    settled (0 when none); one query when there is nothing to settle.
+    returned), unless ``committed(batch, source)`` says it is the output of a
+    commit that took place (see :mod:`~minibatch.store.mongodb_outbox`:
+    ``source`` is the input stream recorded on the batch); one whose
+    publication had begun is published whole (its append had written
+    everything). Atomic per message. Returns the number of messages settled
+    (0 when none); one query when there is nothing to settle.
     """
     cutoff = utcnow() - datetime.timedelta(seconds=timeout)
     settled = 0
@@ -204,6 +208,10 @@ def settle_abandoned(buffer: Any, name: str, timeout: float = PENDING_TIMEOUT) -
         pending = {'stream': name, 'state': PENDING, 'batch': batch}
         published = buffer.find_one({'stream': name, 'batch': batch, 'state': {'$ne': PENDING}},
                                     {'state': 1, 'processed': 1, 'error': 1, '_id': 0})
+        if published is None and committed is not None:
+            staged = buffer.find_one(pending, {'source': 1, '_id': 0}) or {}
+            if staged.get('source') is not None and committed(batch, staged['source']):
+                published = {'state': AVAILABLE, 'processed': False}
         if published is None:
             settled += buffer.delete_many(pending).deleted_count
         else:

@@ -21,6 +21,7 @@ from pymongo.errors import DuplicateKeyError, OperationFailure
 from minibatch.errors import InvalidMessage
 from minibatch.store import eventtime
 from minibatch.store import mongodb_append as appending
+from minibatch.store import mongodb_groups as groups
 from minibatch.store.mongodb_append import ServerFacts
 from minibatch.store.mongodb_connection import MongoConnection, _translate_errors, _unavailable
 from minibatch.store.records import StatusPath, StreamInfo, utcnow
@@ -46,6 +47,9 @@ class MongoCollections(MongoConnection):
         #: seconds after which an unprocessed window record whose claim holds no message is an orphan
         #: that expire_leases removes (a consumer died between a commit's two writes, or the window failed)
         self.orphan_window_age = 60.0
+        #: seconds between two look-backs of a group's pulls (see mongodb_groups): 0 looks back on every pull
+        self.group_lookback_every = groups.LOOKBACK_EVERY
+        self._looked_back: dict[tuple[str, str], float] = {}  # (stream, group) -> time.monotonic() of the last
 
     # -- collections ------------------------------------------------------
     def queryset(self, document: Any) -> Any:
@@ -71,6 +75,7 @@ class MongoCollections(MongoConnection):
             db['buffer'].create_index([('stream', 1), ('processed', 1), ('_id', 1)], name='mb_available')
             db['buffer'].create_index([('stream', 1), ('state', 1), ('lease', 1)], name='mb_state_lease')
             db['window'].create_index([('stream', 1), ('processed', 1)], name='mb_window')
+            groups.ensure_indexes(db['buffer'])
             try:
                 db['stream'].create_index([('name', 1)], name='mb_name_unique', unique=True)
             except OperationFailure as exc:

@@ -15,7 +15,7 @@ the claim its messages are held under. Two edges:
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import bson
@@ -34,10 +34,23 @@ def save_window(windows: Any, name: str, data: list[Any], query: list[Any] | Non
     written without the data (``data_omitted``); data BSON cannot hold raises
     InvalidMessage, writing nothing.
     """
+    id_, record = encode_window(name, data, query, token, max_bson, processed)
+    windows.insert_one(record)
+    return id_
+
+
+def encode_window(name: str, data: list[Any], query: list[Any] | None, token: str | None,
+                  max_bson: int = DEFAULT_MAX_BSON, processed: bool = False,
+                  extra: Mapping[str, Any] | None = None) -> tuple[RecordId, RawBSONDocument]:
+    """The id and encoded record :func:`save_window` inserts, with the fields ``extra``; no round trip.
+
+    For a commit that must know the record can be written before it writes
+    anything else (see :mod:`~minibatch.store.mongodb_outbox`).
+    """
     id_ = bson.ObjectId()
     doc = {'_id': id_, 'stream': name, 'created': utcnow(), 'data': data, 'processed': processed,
            'query': query or [],
-           'token': token}
+           'token': token, **(extra or {})}
     try:
         encoded = bson.encode(doc)
     except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError, RecursionError) as exc:
@@ -45,13 +58,13 @@ def save_window(windows: Any, name: str, data: list[Any], query: list[Any] | Non
     if len(encoded) > max_bson - HEADROOM:
         doc.update(data=[], data_omitted=True, data_bytes=len(encoded))
         encoded = bson.encode(doc)
-    windows.insert_one(RawBSONDocument(encoded))
-    return id_
+    return id_, RawBSONDocument(encoded)
 
 
 def window_records(windows: Any, name: str, processed: bool | None = None) -> list[WindowRecord]:
     """The window records of ``name``, oldest first, optionally only the (un)processed ones. Read-only."""
-    query: dict[str, Any] = {'stream': name}
+    # not the records of commits with output that had no window (see mongodb_outbox): no window ran
+    query: dict[str, Any] = {'stream': name, 'outbox': {'$ne': True}}
     if processed is not None:
         query['processed'] = processed
     return [WindowRecord(id=doc['_id'], stream=doc['stream'], created=doc.get('created'),

@@ -29,8 +29,9 @@ from typing import Any, ClassVar
 
 from minibatch.errors import InvalidMessage
 from minibatch.store import eventtime
+from minibatch.store import sqlite_groups as groups
 from minibatch.store import sqlite_messages as lifecycle
-from minibatch.store.base import (AVAILABLE, CLAIMED, DEAD, DONE, RETRY, STATES, Doc, Message, RecordId,
+from minibatch.store.base import (AVAILABLE, CLAIMED, DEAD, DONE, RETRY, STATES, Doc, Message, Output, RecordId,
                                   StatusPath, Store, StreamInfo, WindowRecord, utcnow)
 from minibatch.store.sqlite_connection import Database
 from minibatch.store.sqlite_values import (AVAILABLE_COLUMNS, MESSAGE_COLUMNS, STREAM_COLUMNS,
@@ -256,26 +257,47 @@ class SQLiteStore(Store):
         return self._write(lambda conn: lifecycle.renew(conn, name, token, time.time() + lease))
 
     def commit(self, name: str, token: str | None, ids: Sequence[RecordId], keep: bool = False,
-               window_id: RecordId | None = None) -> int:
+               window_id: RecordId | None = None, output: Output | None = None) -> int:
         if not ids and window_id is None:
             return 0
+        appended = self._output_rows(output)
 
         def work(conn: sqlite3.Connection) -> int:
             count = lifecycle.commit(conn, name, token, ids, keep)
             if window_id is not None:
                 lifecycle.mark_window(conn, window_id)
+            if count:
+                self._append_output(conn, appended)
             return count
         return self._write(work)
 
     def commit_window(self, name: str, token: str | None, ids: Sequence[RecordId], keep: bool = False,
-                      data: list[Any] | None = None) -> tuple[int, RecordId]:
+                      data: list[Any] | None = None, output: Output | None = None) -> tuple[int, RecordId]:
         # the window record goes into the commit's transaction: a window costs two writes (claim, commit)
         data_json = '[]' if data is None else self._window_json(name, data)
+        appended = self._output_rows(output)
 
         def work(conn: sqlite3.Connection) -> tuple[int, RecordId]:
             count = lifecycle.commit(conn, name, token, ids, keep)
+            if count:
+                self._append_output(conn, appended)
             return count, lifecycle.insert_window(conn, name, time.time(), data_json, processed=True)
         return self._write(work)
+
+    def _output_rows(self, output: Output | None) -> tuple[str, list[str]] | None:
+        """``output`` validated and encoded before the transaction: a bad document fails the commit, writing nothing."""
+        if output is None:
+            return None
+        target, docs = output
+        return target, [serialise(doc, i) for i, doc in enumerate(self._batch(docs, 'commit(output=...)'))]
+
+    @staticmethod
+    def _append_output(conn: sqlite3.Connection, appended: tuple[str, list[str]] | None) -> None:
+        """Append the encoded output of a commit, in the commit's transaction: both or neither."""
+        if appended and appended[1]:
+            now = time.time()
+            conn.executemany('INSERT INTO buffer (stream, created, data) VALUES (?, ?, ?)',
+                             [(appended[0], now, data) for data in appended[1]])
 
     def release(self, name: str, token: str, ids: Sequence[RecordId], error: object = None,
                 max_attempts: int = 3, backoff: float = 0.0) -> tuple[int, int]:
@@ -292,6 +314,27 @@ class SQLiteStore(Store):
     def expire_leases(self, name: str, max_attempts: int = 3) -> int:
         now = time.time()
         return self._write(lambda conn: lifecycle.expire(conn, name, max_attempts, now))
+
+    # -- groups -----------------------------------------------------------
+    def register_group(self, name: str, group: str, start: str = 'earliest', keep: bool = False) -> bool:
+        now = time.time()
+        return self._write(lambda conn: groups.register(conn, name, group, start, keep, now))
+
+    def pull(self, name: str, group: str, limit: int) -> int:
+        return self._write(lambda conn: groups.pull(conn, name, group, limit))
+
+    def delete_group(self, name: str, group: str) -> bool:
+        return self._write(lambda conn: groups.delete_group(conn, name, group))
+
+    def replay(self, name: str, group: str, since: datetime.datetime | RecordId | None = None) -> int:
+        return self._write(lambda conn: groups.replay(conn, name, group, since))
+
+    def retain(self, name: str) -> int:
+        return self._write(lambda conn: groups.retain(conn, name))
+
+    def group_lag(self, name: str, group: str) -> tuple[int, datetime.datetime | None]:
+        count, oldest = groups.lag(self.db.conn(), name, group)
+        return count, None if oldest is None else to_datetime(oldest)
 
     # -- dead letters -----------------------------------------------------
     def requeue(self, name: str, ids: Iterable[RecordId] | None = None) -> int:

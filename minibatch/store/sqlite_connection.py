@@ -47,7 +47,9 @@ CREATE TABLE IF NOT EXISTS buffer (
     claim TEXT,
     lease REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    error TEXT
+    error TEXT,
+    -- a consumer group's copy: the id of the original message (minibatch.store.base_groups)
+    origin INTEGER
 );
 -- One index serves every query: the next available messages in id order
 -- (find_available), claimed and retrying ones by lease (expire_leases, renew),
@@ -284,6 +286,8 @@ class Database:
                 if statement.strip():
                     conn.execute(statement)
             _add_missing_columns(conn)
+            for statement in LATE_SCHEMA:
+                conn.execute(statement)
             conn.execute('COMMIT')
         except BaseException:
             conn.execute('ROLLBACK')
@@ -345,7 +349,9 @@ class Database:
 
 
 #: columns added since the first release: (table, column, declaration); files of earlier versions get them
-ADDED_COLUMNS = (('windows', 'token', 'TEXT'),)
+ADDED_COLUMNS = (('windows', 'token', 'TEXT'), ('buffer', 'origin', 'INTEGER'))
+#: made after ADDED_COLUMNS (they index added columns): only copies have an origin, so only they pay for it
+LATE_SCHEMA = ('CREATE INDEX IF NOT EXISTS buffer_origin ON buffer (origin) WHERE origin IS NOT NULL',)
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:

@@ -246,7 +246,7 @@ def available_messages_of(name: str, rows: Sequence[Sequence[Any]]) -> tuple[lis
 def stream_of(row: Sequence[Any]) -> StreamInfo:
     name, created, last_read, interval, closed, max_age, status = row
     return StreamInfo(name=name, created=to_datetime(created), last_read=to_datetime(last_read), interval=interval,
-                      closed=bool(closed), max_age=max_age, status=json.loads(status or '{}'))
+                      closed=bool(closed), max_age=max_age, status=loads(status or '{}'))
 
 
 def stream_values(fields: Mapping[str, Any]) -> dict[str, Any]:
