@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 
-from minibatch.errors import ConfigurationError
+from minibatch.errors import ConfigurationError, NotSupportedByStore
 from minibatch.store.base import Store
 from minibatch.store.base_groups import DEFAULT_GROUP, STARTS, check_group, group_stream
 
@@ -86,7 +86,13 @@ class Membership:
         """Register the group on the stream (once; a no-op for a group that exists). One write."""
         if self.joined:
             return
-        created = self.store.register_group(self.source, self.group or DEFAULT_GROUP, self.start, self.keep)
+        try:
+            created = self.store.register_group(self.source, self.group or DEFAULT_GROUP, self.start, self.keep)
+        except NotSupportedByStore:
+            if self.named:
+                raise
+            self.joined = True  # a store without groups: its consumers are the stream's only group
+            return
         if created:
             logger.info('minibatch: group %r of stream %r created, starting at the %s message',
                         self.group or DEFAULT_GROUP, self.source, 'first retained' if self.start == 'earliest'

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -31,8 +32,10 @@ import bson
 from pymongo.errors import OperationFailure
 
 from minibatch.store import mongodb_append as appending
+from minibatch.store import mongodb_groups as group_store
+from minibatch.store import mongodb_outbox as outbox
 from minibatch.store import mongodb_windows as window_store
-from minibatch.store.base import (AVAILABLE, CLAIMED, DEAD, DONE, RETRY, STATES, Doc, Message, RecordId,
+from minibatch.store.base import (AVAILABLE, CLAIMED, DEAD, DONE, RETRY, STATES, Doc, Message, Output, RecordId,
                                   WindowRecord, utcnow)
 from minibatch.store.mongodb_append import PENDING, error_text
 from minibatch.store.mongodb_connection import (ALIAS, AUTHENTICATION_FAILED,  # noqa: F401 (re-exported)
@@ -168,16 +171,14 @@ class MongoStore(MongoCollections):
 
     @_translate_errors
     def commit(self, name: str, token: str | None, ids: Sequence[RecordId], keep: bool = False,
-               window_id: RecordId | None = None) -> int:
-        query = {'_id': {'$in': list(ids)}, 'claim': token, 'state': CLAIMED}
+               window_id: RecordId | None = None, output: Output | None = None) -> int:
+        """As the contract says; with ``output``, by the outbox protocol of
+        :mod:`~minibatch.store.mongodb_outbox` (four single writes, recovered by ``expire_leases``)."""
         _, buffer, windows = self._collections()
-        if not ids:
-            count = 0
-        elif keep:
-            count = buffer.update_many(query, {'$set': {'state': DONE, 'done': utcnow()},
-                                               '$unset': {'claim': '', 'lease': ''}}, hint=BY_ID).modified_count
-        else:
-            count = buffer.delete_many(query, hint=BY_ID).deleted_count
+        if output is not None:
+            return outbox.commit_with_output(buffer, windows, name, token, ids, keep, window_id, None, output,
+                                             self.server().max_bson)[0]
+        count = outbox.commit_messages(buffer, name, token, ids, keep)
         if window_id is not None:
             # a second write, not a transaction: a consumer killed inside a transaction leaves it open,
             # and the test server then blocks every other write to its documents. A consumer dying
@@ -224,10 +225,15 @@ class MongoStore(MongoCollections):
                                         '$unset': {'claim': '', 'lease': ''}}
         changed = buffer.update_many({'stream': name, 'state': RETRY, 'lease': {'$lt': now}},
                                      to_available).modified_count
-        expired = {'stream': name, 'state': CLAIMED, 'lease': {'$lt': now}}
+        expired: dict[str, Any] = {'stream': name, 'state': CLAIMED, 'lease': {'$lt': now}}
         # the claims whose leases ended: read first, as the updates below remove the tokens
         tokens = buffer.distinct('claim', expired)
         if tokens:
+            # a claim whose commit record was written (a commit with output, killed before it committed
+            # its messages) is committed, not given back: see mongodb_outbox
+            committed = outbox.recover(buffer, windows, name, [t for t in tokens if t is not None])
+            # only the claims read: one lapsing right now may have a commit record we did not look for
+            expired['claim'] = {'$in': [t for t in tokens if t not in committed] + [None]}
             reason = 'lease expired: the consumer died or hung while holding this message'
             changed += buffer.update_many(
                 {**expired, 'attempts': {'$gte': max_attempts - 1}},
@@ -238,8 +244,11 @@ class MongoStore(MongoCollections):
                           '$inc': {'attempts': 1}}).modified_count
         window_store.forget_dead_windows(buffer, windows, name, tokens, now - datetime.timedelta(
             seconds=self.orphan_window_age))
-        if not self._transactions():  # only batches written without a transaction can be left pending
-            changed += appending.settle_abandoned(buffer, name, self.pending_timeout)
+        outbox.forget_outbox_records(buffer, windows, name, now - datetime.timedelta(seconds=self.orphan_window_age))
+        # batches are left pending by producers without transactions and by commits with output, on any server
+        changed += appending.settle_abandoned(
+            buffer, name, self.pending_timeout,
+            committed=lambda batch, source: outbox.settle_decision(windows, name, batch, source))
         return changed
 
     # -- dead letters -----------------------------------------------------
@@ -270,12 +279,18 @@ class MongoStore(MongoCollections):
 
     @_translate_errors
     def commit_window(self, name: str, token: str | None, ids: Sequence[RecordId], keep: bool = False,
-                      data: list[Any] | None = None) -> tuple[int, RecordId]:
+                      data: list[Any] | None = None, output: Output | None = None) -> tuple[int, RecordId]:
         """As the contract says, in two writes and no transaction: the messages, then the record, already
-        processed (a consumer dying between them leaves no record, never an unprocessed one)."""
+        processed (a consumer dying between them leaves no record, never an unprocessed one). With
+        ``output``: the record first, as the commit point of :mod:`~minibatch.store.mongodb_outbox`."""
+        _, buffer, windows = self._collections()
+        data = [] if data is None else data
+        if output is not None:
+            return outbox.commit_with_output(buffer, windows, name, token, ids, keep, None, data, output,
+                                             self.server().max_bson)
         count = self.commit(name, token, ids, keep=keep)
-        window_id = window_store.save_window(self._collections()[2], name, [] if data is None else data, None,
-                                             token, self.server().max_bson, processed=True)
+        window_id = window_store.save_window(windows, name, data, None, token, self.server().max_bson,
+                                             processed=True)
         return count, window_id
 
     @_translate_errors
@@ -300,7 +315,7 @@ class MongoStore(MongoCollections):
             if row['_id'] != PENDING:  # a batch still being written is not there yet
                 state = row['_id'] if row['_id'] in counts else AVAILABLE
                 counts[state] += row['n']
-        counts['windows'] = windows.count_documents({'stream': name})
+        counts['windows'] = windows.count_documents({'stream': name, 'outbox': {'$ne': True}})
         record = self._collections()[0].find_one({'name': name}, {'expired': 1}) or {}
         counts['expired'] = int(record.get('expired') or 0)
         return counts
@@ -317,6 +332,53 @@ class MongoStore(MongoCollections):
         removed = buffer.delete_many({'stream': name, 'state': DONE, 'created': {'$lt': cutoff}}).deleted_count
         removed += windows.delete_many({'stream': name, 'processed': True, 'created': {'$lt': cutoff}}).deleted_count
         return removed + expired, expired
+
+    # -- consumer groups (see mongodb_groups) -----------------------------
+    @_translate_errors
+    def register_group(self, name: str, group: str, start: str = 'earliest', keep: bool = False) -> bool:
+        self.ensure_stream(name)
+        streams, buffer, _ = self._collections()
+        return group_store.register(streams, buffer, name, group, start, keep)
+
+    @_translate_errors
+    def groups(self, name: str) -> dict[str, dict[str, Any]]:
+        return group_store.registry(self._collections()[0], name)
+
+    @_translate_errors
+    def pull(self, name: str, group: str, limit: int) -> int:
+        """As the contract says; looks back for late messages at most every ``group_lookback_every`` seconds."""
+        streams, buffer, windows = self._collections()
+        now = time.monotonic()
+        last = self._looked_back.get((name, group))
+        due = last is None or now - last >= self.group_lookback_every
+        copied, looked_back = group_store.pull(
+            streams, buffer, name, group, limit, due,
+            settle=lambda: appending.settle_abandoned(
+                buffer, name, self.pending_timeout,
+                committed=lambda batch, source: outbox.settle_decision(windows, name, batch, source)))
+        if looked_back:
+            self._looked_back[(name, group)] = now
+        return copied
+
+    @_translate_errors
+    def delete_group(self, name: str, group: str) -> bool:
+        self._looked_back.pop((name, group), None)
+        return group_store.delete(self._collections()[0], name, group, self.delete_stream)
+
+    @_translate_errors
+    def replay(self, name: str, group: str, since: datetime.datetime | RecordId | None = None) -> int:
+        streams, buffer, _ = self._collections()
+        return group_store.replay(streams, buffer, name, group, since)
+
+    @_translate_errors
+    def retain(self, name: str) -> int:
+        streams, buffer, _ = self._collections()
+        return group_store.retain(streams, buffer, name)
+
+    @_translate_errors
+    def group_lag(self, name: str, group: str) -> tuple[int, datetime.datetime | None]:
+        streams, buffer, _ = self._collections()
+        return group_store.lag(streams, buffer, name, group)
 
     # -- wake-ups ---------------------------------------------------------
     def waiter(self, name: str) -> ChangeStreamWaiter:

@@ -59,6 +59,15 @@ def register(conn: sqlite3.Connection, name: str, group: str, start: str, keep: 
     return True
 
 
+def has_new(conn: sqlite3.Connection, name: str, group: str) -> bool:
+    """Whether ``name`` has a message after ``group``'s position (a read; False for an unknown group)."""
+    entry = registry(conn, name).get(group)
+    if entry is None or group == DEFAULT_GROUP:
+        return False
+    return conn.execute('SELECT 1 FROM buffer WHERE +stream = ? AND id > ? LIMIT 1',
+                        (name, entry.get('position') or 0)).fetchone() is not None
+
+
 def pull(conn: sqlite3.Connection, name: str, group: str, limit: int) -> int:
     """Copy up to ``limit`` messages after ``group``'s position into its group stream; move the position."""
     entry = registry(conn, name).get(group)
