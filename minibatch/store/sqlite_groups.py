@@ -102,6 +102,7 @@ def delete_group(conn: sqlite3.Connection, name: str, group: str) -> bool:
 
 def _first_from(conn: sqlite3.Connection, name: str, since: datetime.datetime | RecordId | None) -> int | None:
     """The id of the first retained message of ``name`` from ``since`` on (see replay); None if there is none."""
+    params: tuple[Any, ...]
     if since is None:
         sql, params = 'SELECT min(id) FROM buffer WHERE stream = ?', (name,)
     elif isinstance(since, datetime.datetime):
@@ -142,7 +143,8 @@ def retain(conn: sqlite3.Connection, name: str) -> int:
     if not groups or any(entry.get('keep') for entry in groups.values()):
         return 0
     named = [group_stream(name, g) for g in groups if g != DEFAULT_GROUP]
-    conditions, params = [f"state NOT IN ('{DEAD}', '{CLAIMED}')"], [name]
+    conditions: list[str] = [f"state NOT IN ('{DEAD}', '{CLAIMED}')"]
+    params: list[Any] = [name]
     if DEFAULT_GROUP in groups:
         conditions = [f"state = '{DONE}'"]
     if named:
@@ -161,8 +163,9 @@ def retain(conn: sqlite3.Connection, name: str) -> int:
 def lag(conn: sqlite3.Connection, name: str, group: str) -> tuple[int, float | None]:
     """(messages ``group`` has not committed, ``created`` epoch of the oldest, or None)."""
     if group == DEFAULT_GROUP:
-        return tuple(conn.execute(f'SELECT count(*), min(created) FROM buffer WHERE stream = ? AND state IN'
-                                  f' {UNCOMMITTED}', (name,)).fetchone())  # type: ignore[return-value]
+        count, oldest = conn.execute(f'SELECT count(*), min(created) FROM buffer WHERE stream = ? AND state IN'
+                                     f' {UNCOMMITTED}', (name,)).fetchone()
+        return count, oldest
     entry = registry(conn, name).get(group)
     if entry is None:
         return 0, None
