@@ -609,3 +609,193 @@ def test_status_masks_the_password_of_a_user_that_logs_in(mongo_url):
             admin.admin.command('dropUser', user)
         finally:
             admin.close()
+
+
+# -- consumer groups ----------------------------------------------------------
+def grouped(url, name='orders', messages=5):
+    """Stream ``name`` with ``messages`` messages, group 'billing' (copies pulled) and group 'audit' (none yet)."""
+    stream = mb.stream(name, url=url)
+    stream.append([{'i': i} for i in range(messages)])
+    stream.store.register_group(name, 'billing')
+    stream.store.register_group(name, 'audit')
+    assert stream.store.pull(name, 'billing', 1000) == messages
+    return stream
+
+
+def group_rows(lines):
+    """{group: {header: cell}} of the groups table in ``lines`` (the table starts at the 'group' header)."""
+    lines = [line.strip() for line in lines if line.strip()]
+    start = next(i for i, line in enumerate(lines) if line.startswith('group '))
+    headers = lines[start].split()
+    rows = {}
+    for line in lines[start + 1:]:
+        cells = line.split()
+        if len(cells) != len(headers):
+            break
+        rows[cells[0]] = dict(zip(headers, cells))
+    return rows
+
+
+def test_groups_table_shows_the_lag_of_stream_stats(store_url):
+    stream = grouped(store_url)
+    store = stream.store
+    copies = store.find_available('orders[billing]', limit=2)
+    store.claim('orders[billing]', [m.id for m in copies], 'token-1', 60)
+    store.commit('orders[billing]', 'token-1', [copies[0].id], keep=True)
+    stats = stream.stats()['groups']
+    result = invoke(['--url', store_url, 'groups', 'orders'])
+    assert result.exit_code == 0, result.stderr
+    rows = group_rows(result.stdout.splitlines())
+    assert set(rows) == {'audit', 'billing'} == set(stats)
+    for group, figures in stats.items():
+        row = rows[group]
+        assert int(row['lag']) == figures['lag'] and int(row['in_flight']) == figures['in_flight']
+        assert int(row['dead']) == figures['dead'] and int(row['consumers']) == figures['consumers_alive']
+        assert row['start'] == figures['start'] == 'earliest'
+        assert row['oldest'].endswith('s')  # an age, every group lags here
+    assert stats['billing']['in_flight'] >= 1 and stats['audit']['lag'] == 5
+    out = json.loads(invoke(['--url', store_url, 'groups', 'orders', '--json']).stdout)
+    assert out['stream'] == 'orders'
+    for group, figures in stream.stats()['groups'].items():
+        assert {k: v for k, v in out['groups'][group].items() if k != 'lag_seconds'} == \
+            {k: v for k, v in figures.items() if k != 'lag_seconds'}
+        assert out['groups'][group]['lag_seconds'] == pytest.approx(figures['lag_seconds'], abs=5)
+
+
+def test_groups_of_a_stream_without_groups_and_of_no_stream(store_url):
+    mb.stream('plain', url=store_url).append({'x': 1})
+    result = invoke(['--url', store_url, 'groups', 'plain'])
+    assert result.exit_code == 0 and result.stdout.strip() == "no consumer groups on 'plain'"
+    assert json.loads(invoke(['--url', store_url, 'groups', 'plain', '--json']).stdout)['groups'] == {}
+    result = invoke(['--url', store_url, 'groups', 'missing'])
+    assert result.exit_code == 1
+    assert_error_line(result.stderr, "no stream named 'missing'")
+
+
+def test_status_shows_groups_only_for_streams_with_groups(store_url):
+    grouped(store_url)
+    mb.stream('plain', url=store_url).append({'x': 1})
+    result = invoke(['--url', store_url, 'status'])
+    assert result.exit_code == 0, result.stderr
+    assert 'groups of plain:' not in result.stdout
+    section = result.stdout.split('groups of orders:\n')[1].splitlines()
+    rows = group_rows(section)
+    stats = mb.stream('orders', url=store_url).stats()['groups']
+    assert {group: int(row['lag']) for group, row in rows.items()} == {g: f['lag'] for g, f in stats.items()}
+    assert table_rows(result.stdout)['plain']['backlog'] == '1'  # the streams table is as before
+    result = invoke(['--url', store_url, 'status', 'plain'])
+    assert 'groups of' not in result.stdout and len(result.stdout.strip().splitlines()) == 4  # unchanged
+
+
+def test_replay_replays_one_group_and_leaves_the_other_alone(store_url):
+    stream = grouped(store_url)
+    store = stream.store
+    # billing processes everything; audit copies everything but processes nothing yet
+    copies = store.find_available('orders[billing]', limit=100)
+    token = 'token-b'
+    store.claim('orders[billing]', [m.id for m in copies], token, 60)
+    assert store.commit('orders[billing]', token, [m.id for m in copies], keep=True) == 5
+    assert stream.stats()['groups']['billing']['lag'] == 0
+    assert store.pull('orders', 'audit', 1000) == 5
+    audit_before = stream.stats()['groups']['audit']
+    result = invoke(['--url', store_url, 'replay', 'orders', 'billing'])
+    assert result.exit_code == 0, result.stderr
+    assert "replayed 5 messages of 'orders' for group 'billing'" in result.stdout
+    groups = stream.stats()['groups']
+    assert groups['billing']['lag'] == 5
+    assert groups['audit']['lag'] == audit_before['lag'] == 5
+    assert store.counts('orders[billing]')['available'] == 0  # copied again by the next pull
+    assert store.pull('orders', 'billing', 1000) == 5
+
+
+def test_replay_since_a_datetime_or_a_message_id(store_url):
+    import datetime
+    stream = mb.stream('timed', url=store_url)
+    stream.append([{'i': i} for i in range(3)])
+    time.sleep(0.05)
+    middle = datetime.datetime.now(datetime.timezone.utc)
+    time.sleep(0.05)
+    stream.append([{'i': i} for i in range(3, 5)])
+    store = stream.store
+    store.register_group('timed', 'g')
+    assert store.pull('timed', 'g', 1000) == 5
+    ids = [m.id for m in store.messages('timed')]
+    # an ISO 8601 date and time with an offset: converted to UTC
+    local = middle.astimezone(datetime.timezone(datetime.timedelta(hours=2)))
+    result = invoke(['--url', store_url, 'replay', 'timed', 'g', '--since', local.isoformat()])
+    assert result.exit_code == 0, result.stderr
+    assert "replayed 2 messages of 'timed' from" in result.stdout
+    # without an offset: UTC
+    naive = middle.replace(tzinfo=None).isoformat()
+    result = invoke(['--url', store_url, 'replay', 'timed', 'g', '--since', naive])
+    assert result.exit_code == 0 and 'replayed 2 messages' in result.stdout, result.stderr
+    # a message id, as the store writes it
+    result = invoke(['--url', store_url, 'replay', 'timed', 'g', '--since', str(ids[1])])
+    assert result.exit_code == 0 and 'replayed 4 messages' in result.stdout, result.stderr
+    # a date alone is midnight UTC: every message
+    result = invoke(['--url', store_url, 'replay', 'timed', 'g', '--since', '2000-01-01'])
+    assert result.exit_code == 0 and 'replayed 5 messages' in result.stdout, result.stderr
+    result = invoke(['--url', store_url, 'replay', 'timed', 'g', '--since', 'yesterday'])
+    assert result.exit_code == 1
+    assert_error_line(result.stderr, 'yesterday')
+
+
+def test_parse_since():
+    import datetime
+    from minibatch.cli.groups import parse_since
+    assert parse_since(None) is None
+    assert parse_since('2026-12-01T10:00:00+02:00') == datetime.datetime(2026, 12, 1, 8, 0)
+    assert parse_since('2026-12-01T10:00:00Z') == datetime.datetime(2026, 12, 1, 10, 0)
+    assert parse_since('2026-12-01 10:00') == datetime.datetime(2026, 12, 1, 10, 0)
+    assert parse_since('2026-12-01') == datetime.datetime(2026, 12, 1)
+    # digits are a message id, never a compact date
+    assert parse_since('20261201') == '20261201'
+    assert parse_since('65a1b2c3d4e5f6a7b8c9d0e1') == '65a1b2c3d4e5f6a7b8c9d0e1'
+
+
+def test_replay_of_an_unknown_group_is_one_error_line(store_url):
+    grouped(store_url)
+    result = invoke(['--url', store_url, 'replay', 'orders', 'shipping'])
+    assert result.exit_code == 1
+    assert_error_line(result.stderr, "stream 'orders' has no group 'shipping'", 'audit', 'billing')
+    result = invoke(['--url', store_url, 'replay', 'missing', 'billing'])
+    assert result.exit_code == 1
+    assert_error_line(result.stderr, "no stream named 'missing'")
+
+
+def test_delete_group_asks_first(store_url):
+    stream = grouped(store_url)
+    base = ['--url', store_url, 'delete-group', 'orders']
+    result = invoke(base + ['billing'], input='n\n')
+    assert result.exit_code == 1 and 'nothing deleted' in result.stderr
+    assert set(stream.groups()) == {'audit', 'billing'}
+    result = invoke(base + ['billing'], input='y\n')
+    assert result.exit_code == 0 and "deleted group 'billing' of 'orders'" in result.stdout
+    assert set(stream.groups()) == {'audit'}
+    assert stream.stats()['groups']['audit']['lag'] == 5  # the other group is untouched
+    result = invoke(base + ['billing', '--yes'])
+    assert result.exit_code == 1
+    assert_error_line(result.stderr, "stream 'orders' has no group 'billing'")
+
+
+def test_dead_letters_of_a_group(store_url):
+    stream = grouped(store_url)
+    store = stream.store
+    copy = store.find_available('orders[billing]', limit=1)[0]
+    store.claim('orders[billing]', [copy.id], 'token-1', 60)
+    assert store.release('orders[billing]', 'token-1', [copy.id], 'ValueError: billing broke', max_attempts=1) \
+        == (0, 1)
+    base = ['--url', store_url, 'dead-letters']
+    result = invoke(base + ['list', 'orders', '--group', 'billing'])
+    assert result.exit_code == 0, result.stderr
+    assert 'ValueError: billing broke' in result.stdout
+    assert 'dead-letters requeue orders --group billing' in result.stderr
+    assert 'no dead letters' in invoke(base + ['list', 'orders']).stdout  # the stream's own: none
+    assert 'no dead letters' in invoke(base + ['list', 'orders', '--group', 'audit']).stdout
+    assert stream.stats()['groups']['billing']['dead'] == 1
+    result = invoke(base + ['requeue', 'orders', '-g', 'billing'])
+    assert result.exit_code == 0 and "requeued 1 dead letter of 'orders[billing]'" in result.stdout
+    assert stream.stats()['groups']['billing']['dead'] == 0
+    result = invoke(base + ['list', 'orders', '--group', 'nope'])
+    assert result.exit_code == 1
+    assert_error_line(result.stderr, "stream 'orders' has no group 'nope'")

@@ -145,6 +145,56 @@ def test_a_stream_name_with_a_slash_and_spaces(tmp_path, serve):
     assert stream.stats()['backlog'] == 3
 
 
+def grouped(url, name='orders'):
+    """Stream ``name``: 4 messages; group 'billing' copied them and holds one in flight, group 'audit' copied none."""
+    stream = mb.stream(name, url=url)
+    stream.append([{'n': n} for n in range(4)])
+    store = stream.store
+    store.register_group(name, 'billing')
+    store.register_group(name, 'audit')
+    assert store.pull(name, 'billing', 1000) == 4
+    copy = store.find_available(f'{name}[billing]', limit=1)[0]
+    store.claim(f'{name}[billing]', [copy.id], 'token-1', 60)
+    return stream
+
+
+def test_stream_api_lists_the_groups_of_stream_stats(store_url, serve):
+    orders = grouped(store_url)
+    mb.stream('plain', url=store_url).append({'x': 1})
+    base = serve(store_url)
+    status, body = call(base + 'api/streams/orders')
+    assert status == 200
+    stats = orders.stats()['groups']
+    assert [row['group'] for row in body['groups']] == ['audit', 'billing']
+    for row in body['groups']:
+        figures = stats[row['group']]
+        for key in ('lag', 'in_flight', 'dead', 'consumers_alive', 'start', 'keep'):
+            assert row[key] == figures[key], (row['group'], key)
+        assert 0 <= row['lag_seconds'] <= figures['lag_seconds'] + 0.01
+    assert body['groups'][1]['in_flight'] == 1 and body['groups'][0]['lag'] == 4
+    assert call(base + 'api/streams/plain')[1]['groups'] == []
+    status, page = call(base + 'streams/orders')
+    assert status == 200 and 'id="groups"' in page and 'id="groups-section" hidden' in page
+
+
+def test_streaming_app_status_has_the_groups(tmp_path):
+    from minibatch.contrib.apps import StreamingApp
+    url = 'sqlite:///' + str(tmp_path / 'app.db')
+    orders = grouped(url)
+    app = StreamingApp(url=url, streams=['orders'])
+    try:
+        with BackgroundServer(app.server) as server:
+            status, body = call(server.url + 'status')
+    finally:
+        app.stop()
+    assert status == 200
+    groups = body['streams']['orders']['groups']
+    stats = orders.stats()['groups']
+    assert set(groups) == {'audit', 'billing'}
+    assert {g: f['lag'] for g, f in groups.items()} == {g: f['lag'] for g, f in stats.items()}
+    assert groups['billing']['in_flight'] == 1 and groups['billing']['start'] == 'earliest'
+
+
 def test_bad_options_are_refused():
     for options in ({'refresh': 0}, {'windows': -1}, {'letters': 'all'}, {'token': 'short'}):
         with pytest.raises(ConfigurationError):
@@ -344,3 +394,23 @@ def test_stream_page_asks_for_the_token_and_purges(tmp_path, serve, page):
     wait_until(lambda: page.locator('#dead-letters tbody tr').count() == 0, message='the list emptied')
     assert asked == ['confirm', 'prompt'] and orders.stats()['dead'] == 0
     assert 'purged 2' in page.locator('#action-result').text_content()
+
+
+def test_stream_page_shows_the_groups(tmp_path, serve, page):
+    url = 'sqlite:///' + str(tmp_path / 's.db')
+    orders = grouped(url)
+    mb.stream('plain', url=url).append({'x': 1})
+    base = serve(url, refresh=0.2)
+    page.goto(base + 'streams/orders')
+    page.locator('#groups tr[data-id="audit"] td.lag').filter(has_text='4').wait_for()
+    assert page.locator('#groups-section').is_visible()
+    billing = page.locator('#groups tr[data-id="billing"]')
+    assert billing.locator('td.in_flight').text_content() == '1'
+    assert billing.locator('td.start').text_content() == 'earliest'
+    assert billing.locator('td.lag').text_content() == '4'  # the copies, the one in flight among them
+    orders.append({'n': 4})  # both groups lag one more
+    billing.locator('td.lag').filter(has_text='5').wait_for()
+    page.locator('#groups tr[data-id="audit"] td.lag').filter(has_text='5').wait_for()
+    page.goto(base + 'streams/plain')
+    page.locator('#figures .backlog .value').filter(has_text='1').wait_for()
+    assert not page.locator('#groups-section').is_visible()

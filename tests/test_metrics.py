@@ -128,3 +128,30 @@ def test_streaming_app_serves_metrics(tmp_path):
         values, _, _ = scrape(server.url + 'svc/metrics')
     app.stop()
     assert values['minibatch_backlog'] == {'app-stream': 2}
+
+
+def test_group_gauges_equal_the_groups_of_stream_stats(store_url):
+    orders = mb.stream('orders', url=store_url)
+    orders.append([{'n': n} for n in range(5)])
+    store = orders.store
+    store.register_group('orders', 'billing')
+    store.register_group('orders', 'audit')
+    assert store.pull('orders', 'billing', 1000) == 5
+    copies = store.find_available('orders[billing]', limit=3)
+    store.claim('orders[billing]', [m.id for m in copies], 'token-1', 60)
+    assert store.commit('orders[billing]', 'token-1', [m.id for m in copies], keep=True) == 3
+    mb.stream('plain', url=store_url).append({'x': 1})
+    with BackgroundServer(create_app(store_url, sample=False)) as server:
+        with urllib.request.urlopen(server.url + 'metrics', timeout=10) as response:
+            text = response.read().decode()
+    families = {family.name: family for family in parser.text_string_to_metric_families(text)}
+    stats = orders.stats()['groups']
+    lag = {(s.labels['stream'], s.labels['group']): s.value for s in families['minibatch_group_lag'].samples}
+    assert lag == {('orders', 'audit'): 5, ('orders', 'billing'): 2}  # no samples for streams without groups
+    assert lag == {('orders', group): figures['lag'] for group, figures in stats.items()}
+    seconds = {(s.labels['stream'], s.labels['group']): s.value
+               for s in families['minibatch_group_lag_seconds'].samples}
+    for group, figures in stats.items():
+        # read a moment before stats(): at most that much younger
+        assert 0 < seconds[('orders', group)] <= figures['lag_seconds']
+    assert families['minibatch_group_lag'].type == families['minibatch_group_lag_seconds'].type == 'gauge'

@@ -1,7 +1,8 @@
 """The ``minibatch`` command (also ``python -m minibatch``).
 
 Commands: ``status``, ``append``, ``tail``, ``consume``, ``dead-letters``
-(``list``, ``requeue``, ``purge``), ``demo`` and ``dashboard``; see docs/cli.rst
+(``list``, ``requeue``, ``purge``), ``groups``, ``replay``, ``delete-group``,
+``demo`` and ``dashboard``; see docs/cli.rst
 and docs/dashboard.rst. Every
 command works on the store chosen by ``--url`` (or ``MINIBATCH_URL``, then the
 usual precedence, see :func:`minibatch.store.resolve_url`), which
@@ -24,7 +25,7 @@ import sys
 import click
 
 from minibatch import __version__
-from minibatch.cli import append, consume, dashboard, dead_letters, demo, status, tail
+from minibatch.cli import append, consume, dashboard, dead_letters, demo, groups, status, tail
 from minibatch.cli.common import CliError, Group, Settings, one_line, setup_logging
 from minibatch.errors import MinibatchError
 
@@ -42,8 +43,8 @@ def cli(ctx, url, verbose):
     ctx.obj = Settings(url)
 
 
-for command in (status.status, append.append, tail.tail, consume.consume, dead_letters.dead_letters, demo.demo,
-                dashboard.dashboard):
+for command in (status.status, append.append, tail.tail, consume.consume, dead_letters.dead_letters, groups.groups,
+                groups.replay, groups.delete_group, demo.demo, dashboard.dashboard):
     cli.add_command(command)
 del command
 

@@ -8,16 +8,20 @@ question). Both take every dead letter of the stream, or only the IDs given,
 written as ``list`` prints them; an ID that is not a dead letter of the
 stream is an error, and then nothing is changed.
 
-Exit codes: 0; 1 with one error line on stderr when the stream does not
-exist, an ID is unknown, ``purge`` was not confirmed (no answer, or no
+Exit codes: 0; 1 with one error line on stderr when the stream (or the
+group) does not exist, an ID is unknown, ``purge`` was not confirmed (no answer, or no
 terminal to answer on, is no), or the store cannot be used.
 """
 import sys
 
 import click
 
-from minibatch.cli.common import CliError, Group, json_id, pass_store, plain, plural, require_stream, shorten, \
-    table, to_json
+from minibatch.cli.common import CliError, Group, json_id, pass_store, plain, plural, shorten, table, to_json
+from minibatch.cli.groups import group_target
+
+#: the --group option of every dead-letters command
+group_option = click.option('-g', '--group', metavar='GROUP',
+                            help="the dead letters of consumer group GROUP of STREAM (its stream STREAM[GROUP])")
 
 
 @click.group('dead-letters', cls=Group, short_help='list, requeue or purge dead letters')
@@ -29,10 +33,12 @@ def dead_letters():
 @click.argument('stream')
 @click.option('--json', 'as_json', is_flag=True, help='one JSON object per dead letter')
 @click.option('-n', '--limit', type=click.IntRange(min=1), metavar='N', help='at most N, oldest first')
+@group_option
 @pass_store(read_only=True)
-def dead_letters_list(store, stream, as_json, limit):
+def dead_letters_list(store, stream, as_json, limit, group):
     """List the dead letters of STREAM, oldest first, with their attempts and last error."""
-    require_stream(store, stream)
+    hint = f'{stream} --group {group}' if group else stream
+    stream = group_target(store, stream, group)
     letters = store.dead_letters(stream, limit=limit)
     if as_json:
         for m in letters:
@@ -46,16 +52,17 @@ def dead_letters_list(store, stream, as_json, limit):
              shorten(to_json(m.data), 60)] for m in letters]
     click.echo('\n'.join(table(('id', 'attempts', 'created', 'error', 'data'), rows, numeric=('attempts',))))
     click.echo(f'{plural(len(letters), "dead letter")}; put them back with: '
-               f'minibatch dead-letters requeue {stream} [ID]...', err=True)
+               f'minibatch dead-letters requeue {hint} [ID]...', err=True)
 
 
 @dead_letters.command('requeue', short_help='put dead letters back into the stream')
 @click.argument('stream')
 @click.argument('ids', nargs=-1, metavar='[ID]...')
+@group_option
 @pass_store
-def dead_letters_requeue(store, stream, ids):
+def dead_letters_requeue(store, stream, ids, group):
     """Put dead letters of STREAM (all, or the IDs as printed by list) back into the stream."""
-    require_stream(store, stream)
+    stream = group_target(store, stream, group)
     count = store.requeue(stream, ids=_dead_ids(store, stream, ids))
     click.echo(f'requeued {plural(count, "dead letter")} of {stream!r}')
 
@@ -64,10 +71,11 @@ def dead_letters_requeue(store, stream, ids):
 @click.argument('stream')
 @click.argument('ids', nargs=-1, metavar='[ID]...')
 @click.option('--yes', is_flag=True, help='do not ask for confirmation')
+@group_option
 @pass_store
-def dead_letters_purge(store, stream, ids, yes):
+def dead_letters_purge(store, stream, ids, yes, group):
     """Delete dead letters of STREAM (all, or the IDs as printed by list). Irreversible."""
-    require_stream(store, stream)
+    stream = group_target(store, stream, group)
     selected = _dead_ids(store, stream, ids)
     count = len(selected) if selected is not None else len(store.dead_letters(stream))
     if not count:

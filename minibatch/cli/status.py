@@ -13,6 +13,7 @@ import time
 import click
 
 from minibatch.cli.common import age, pass_store, require_stream, table, to_json
+from minibatch.cli.groups import group_table
 from minibatch.status import stream_stats
 from minibatch.store.base import utcnow
 
@@ -40,6 +41,8 @@ def status(store, streams, as_json, consumers, watch):
     backlog: messages waiting; in_flight: held by a consumer now; processed,
     failed: summed over the consumers' reports; dead: dead letters; rate/s:
     messages per second of the consumers alive; consumers: consumers alive.
+    A stream with consumer groups gets a table of them below: each group's
+    lag (messages it has not committed) and how long the oldest has waited.
     """
     def show():
         stats = collect(store, streams)
@@ -83,13 +86,17 @@ def render_json(store, stats):
 
 
 def render_text(store, stats, consumers=False, now=None):
-    """The status as lines of text: the store, a row per stream and, optionally, consumer reports."""
+    """The status as lines of text: the store, a row per stream, groups where there are any and, optionally,
+    consumer reports."""
     lines = [f'store: {store.describe()}']
     if not stats:
         return lines + ['no streams']
     headers = ('stream',) + tuple(header for header, _ in STREAM_COLUMNS)
     rows = [[name] + [_number(figures[key], key) for _, key in STREAM_COLUMNS] for name, figures in stats.items()]
     lines += [''] + table(headers, rows, numeric=headers[1:])
+    for name, figures in stats.items():
+        if figures.get('groups'):
+            lines += ['', f'groups of {name}:'] + ['  ' + line for line in group_table(figures['groups'])]
     if consumers:
         now = now or utcnow()
         for name, figures in stats.items():

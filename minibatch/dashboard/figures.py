@@ -26,6 +26,8 @@ _stream_stats: Callable[..., dict[str, Any]] = stream_stats
 #: the keys of stream_stats the overview shows for every stream
 OVERVIEW_KEYS = ('backlog', 'in_flight', 'processed', 'failed', 'dead', 'expired', 'rate', 'consumers_alive',
                  'windows')
+#: the keys of a group's figures (stream_stats' ``groups``) the stream page shows
+GROUP_KEYS = ('lag', 'lag_seconds', 'in_flight', 'dead', 'consumers_alive', 'rate', 'start', 'keep')
 #: consumer report fields the stream page shows
 CONSUMER_KEYS = ('id', 'host', 'pid', 'state', 'rate', 'in_flight', 'processed', 'failed', 'windows', 'alive')
 
@@ -115,9 +117,16 @@ def recent_windows(store: Store, name: str, limit: int) -> list[dict[str, Any]]:
             for w in reversed(records)]
 
 
+def group_rows(groups: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``groups`` figures of ``stream_stats`` as the stream page lists them: one row per group, by name."""
+    return [{'group': name, **{key: figures.get(key) for key in GROUP_KEYS}}
+            for name, figures in sorted(groups.items())]
+
+
 def stream_detail(store: Store, info: StreamInfo, history: History, letters: int = 100,
                   now: datetime.datetime | None = None) -> dict[str, Any]:
-    """The stream page's figures of ``info``'s stream: figures, consumers, dead letters (at most ``letters``), history.
+    """The stream page's figures of ``info``'s stream: figures, consumer groups, consumers, dead letters (at most
+    ``letters``), history.
 
     Read-only (the history is read as the overview last wrote it). Recent
     windows are not included: see :func:`recent_windows`.
@@ -130,6 +139,7 @@ def stream_detail(store: Store, info: StreamInfo, history: History, letters: int
         'created': iso(info.created),
         'max_age': info.max_age,
         'figures': figures,
+        'groups': group_rows(stats.get('groups') or {}),
         'consumers': [consumer_row(record) for record in stats['consumers']],
         'dead_letters': [letter_row(m) for m in store.messages(info.name, state=DEAD, limit=letters)],
         'history': history.samples(info, now),

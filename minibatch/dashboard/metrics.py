@@ -18,6 +18,15 @@ here) and yields, labelled ``stream=``:
 ``minibatch_window_duration_seconds`` histogram how long window functions ran
 =================================== ========= ==============================================
 
+and, labelled ``stream=`` and ``group=``, one sample per consumer group of a
+stream (the ``groups`` figures of ``stream.stats()``; no samples for a stream
+without groups):
+
+=================================== ========= ==============================================
+``minibatch_group_lag``             gauge     messages the group has not committed yet
+``minibatch_group_lag_seconds``     gauge     age of the oldest of them (0: none)
+=================================== ========= ==============================================
+
 The histogram sums the ``window_seconds`` field of the consumer reports,
 ``{"le": [bounds...], "counts": [per bucket...], "sum": seconds}`` (counts
 not cumulative, one more than ``le`` for ``+Inf``). A stream whose
@@ -46,6 +55,13 @@ METRICS = (
     ('minibatch_oldest_age_seconds', 'gauge', 'oldest_age', 'Age of the oldest waiting message (0: none waits).'),
     ('minibatch_rate', 'gauge', 'rate', 'Messages per second committed by the consumers alive.'),
     ('minibatch_consumers_alive', 'gauge', 'consumers_alive', 'Consumers whose last report is recent.'),
+)
+#: (name, key of a group's figures, help) of the per-group gauges
+GROUP_METRICS = (
+    ('minibatch_group_lag', 'lag', 'Messages of the stream the consumer group has not committed yet '
+                                   '(dead letters aside).'),
+    ('minibatch_group_lag_seconds', 'lag_seconds', 'Age of the oldest message the consumer group has not committed '
+                                                   '(0: none).'),
 )
 HISTOGRAM = 'minibatch_window_duration_seconds'
 CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8'
@@ -103,7 +119,7 @@ class StreamCollector:
         return []
 
     def collect(self, now: datetime.datetime | None = None) -> Iterator[Any]:
-        """The metric families, one sample per stream each (read now from the store)."""
+        """The metric families, one sample per stream (or per group of a stream) each, read now from the store."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
         store = self.get_store()
         now = now or utcnow()
@@ -114,6 +130,12 @@ class StreamCollector:
             for stream, stats in figures.items():
                 family.add_metric([stream], float(stats[key]))
             yield family
+        for name, key, text in GROUP_METRICS:
+            gauge = GaugeMetricFamily(name, text, labels=['stream', 'group'])
+            for stream, stats in figures.items():
+                for group, group_figures in sorted((stats.get('groups') or {}).items()):
+                    gauge.add_metric([stream, group], float(group_figures[key] or 0))
+            yield gauge
         histogram = HistogramMetricFamily(HISTOGRAM, 'How long window functions ran (from the consumer reports).',
                                           labels=['stream'])
         for stream, stats in figures.items():

@@ -46,6 +46,10 @@ _OVERVIEW = """<table id="streams" class="figures">
 _STREAM = """<section class="cards" id="figures"></section>
 <section><h2>last hour</h2><div id="chart" class="chart"></div>
 <p class="legend"><span class="swatch backlog"></span> backlog <span class="swatch rate"></span> rate/s</p></section>
+<section id="groups-section" hidden><h2>groups</h2>
+<table id="groups" class="figures"><thead><tr><th>group</th><th>start</th><th>lag</th><th>oldest unprocessed</th>
+<th>in flight</th><th>dead</th><th>consumers</th><th>rate/s</th></tr></thead>
+<tbody></tbody></table></section>
 <section><h2>consumers</h2>
 <table id="consumers" class="figures"><thead><tr><th>consumer</th><th>host</th><th>pid</th><th>state</th>
 <th>rate/s</th><th>windows in flight</th><th>processed</th><th>failed</th><th>last heartbeat</th></tr></thead>

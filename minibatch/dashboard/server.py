@@ -6,7 +6,7 @@ Routes, relative to where the blueprint is mounted:
 ``/``                                       GET    the overview page
 ``/streams/<name>``                         GET    a stream's page
 ``/api/overview``                           GET    every stream's figures and chart history (JSON)
-``/api/streams/<name>``                     GET    one stream: figures, consumers, windows, dead letters
+``/api/streams/<name>``                     GET    one stream: figures, groups, consumers, windows, dead letters
 ``/api/streams/<name>/dead-letters/requeue`` POST   requeue dead letters: ``{"ids": [...]}``, or no body for all
 ``/api/streams/<name>/dead-letters/purge``  POST   delete dead letters, the same way
 ``/metrics``                                GET    Prometheus text format (:mod:`minibatch.dashboard.metrics`)

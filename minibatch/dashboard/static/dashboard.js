@@ -189,6 +189,19 @@
       text(card.querySelector('.value'), c[0] === 'oldest_age' && !data.figures.backlog ? '-' : c[2](v));
     });
     chart(document.getElementById('chart'), data.history, now, data.span, 720, 160, true);
+    var groups = data.groups || [];
+    document.getElementById('groups-section').hidden = groups.length === 0;
+    rows(document.querySelector('#groups tbody'), groups, 'group', function (row, g) {
+      cell(row, 'group', g.group);
+      cell(row, 'start', g.start || '');
+      cell(row, 'lag', number(g.lag));
+      cell(row, 'lag_seconds', g.lag ? duration(g.lag_seconds) : '-');
+      cell(row, 'in_flight', number(g.in_flight || 0));
+      cell(row, 'dead', number(g.dead || 0)).classList.toggle('alert', g.dead > 0);
+      cell(row, 'consumers_alive', number(g.consumers_alive || 0))
+        .classList.toggle('alert', g.lag > 0 && !g.consumers_alive);
+      cell(row, 'rate', rate(g.rate));
+    });
     rows(document.querySelector('#consumers tbody'), data.consumers, 'id', function (row, c) {
       cell(row, 'id', c.id);
       cell(row, 'host', c.host || '');
