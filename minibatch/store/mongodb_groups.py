@@ -1,0 +1,354 @@
+"""Consumer groups of the MongoDB store: copies pulled into group streams, replay and retention.
+
+The design is that of every store (:mod:`minibatch.store.base_groups`): a
+named group ``g`` of stream ``s`` holds copies of the messages of ``s`` in the
+group stream ``s[g]``, and its registry entry ``status.groups.g`` of the stream
+record says up to which message of ``s`` it has copied (``position``). What is
+particular to MongoDB:
+
+* **A copy is made once.** A copy carries ``origin`` (the original's ``_id``)
+  and ``origin_key`` (``'<group stream>|<origin>'``), on which the buffer has
+  a unique sparse index (:data:`ORIGIN_KEY_INDEX`). Copies are inserted with
+  ``insert_many(ordered=False)`` and a copy that exists already is refused by
+  the server (duplicate key, code 11000) and ignored: two consumers pulling at
+  once, or a pull that crashed between inserting its copies and moving the
+  position, never make a second copy. The position moves by compare-and-set
+  (filtered on the position read), so it never moves back.
+* **Ids order only to the second.** An ObjectId is made by its producer, and
+  ids of different producers order by their time to the second only; a batch
+  appended in a transaction (or published from pending) becomes visible when
+  it is committed, after its ids were made. So a message whose id is below a
+  group's position can become visible after the position passed it. Every
+  pull therefore also *looks back* (at most once per ``group_lookback_every``
+  seconds, :data:`LOOKBACK_EVERY` by default, per store object and group):
+  the messages of ``s`` with ids within :data:`LOOKBACK` seconds below the
+  position that have no copy yet are copied (two reads of ids, and an insert
+  only when one is missing). A message is thus never skipped if it becomes
+  visible within about ``LOOKBACK - LOOKBACK_EVERY`` seconds of its id's time
+  (its producer's clock, so clock skew between hosts counts against it).
+* **Retention keeps the look-back's memory.** :func:`retain` never removes an
+  original less than :data:`LOOKBACK` seconds (by id) below the lowest
+  position, so the copies the look-back compares against still exist; it
+  removes the originals every group committed in chunks of :data:`CHUNK`,
+  and then the ``done`` copies of what it removed.
+* **A pending message stops a pull.** A batch written pending (an append
+  without transactions, or a commit's output, see
+  :mod:`~minibatch.store.mongodb_outbox`) is copied once published, never
+  before: a pull copies up to the first pending message. One abandoned for
+  longer than the store's ``pending_timeout`` is settled by that pull.
+
+A group stream is an ordinary stream of the same collections: its consumers
+claim, commit, release and dead-letter the copies with the ordinary methods.
+"""
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import bson
+from bson.raw_bson import RawBSONDocument
+from pymongo.errors import BulkWriteError
+
+from minibatch.errors import ConfigurationError
+from minibatch.store.base_groups import DEFAULT_GROUP, STARTS, check_group, group_stream
+from minibatch.store.mongodb_append import PENDING
+from minibatch.store.records import AVAILABLE, CLAIMED, DEAD, DONE, RETRY, RecordId, utcnow
+
+#: seconds (of ObjectId time) below a group's position that a pull looks back over for messages that
+#: became visible late (see the module's docstring); retention keeps that much below the lowest position
+LOOKBACK = 10.0
+#: seconds between two look-backs of one group by one store object: bounds their cost under load
+LOOKBACK_EVERY = 1.0
+#: originals retain() removes per round trip (ids read, then deleted by id)
+CHUNK = 5000
+#: the buffer's unique sparse index that makes a copy at most once per group
+ORIGIN_KEY_INDEX = 'mb_origin_key'
+#: MongoDB's duplicate key error
+DUPLICATE_KEY = 11000
+
+#: the copies a group has not committed yet: they are its lag, and they hold their originals
+WAITING = [AVAILABLE, CLAIMED, RETRY]
+#: the messages of a stream its groups see: not being written (pending), not appended dead
+#: (appended dead: state dead with no attempt; a message a consumer gave up on has attempts)
+SEEN: dict[str, Any] = {'state': {'$ne': PENDING}, '$or': [{'state': {'$ne': DEAD}}, {'attempts': {'$gt': 0}}]}
+#: the fields of an original a copy is made of
+_COPIED = {'_id': 1, 'created': 1, 'data': 1, 'state': 1, 'attempts': 1}
+
+
+def ensure_indexes(buffer: Any) -> None:
+    """Create the buffer indexes groups need (idempotent): copies by origin, originals by stream and id."""
+    buffer.create_index([('origin_key', 1)], name=ORIGIN_KEY_INDEX, unique=True, sparse=True)
+    buffer.create_index([('stream', 1), ('origin', 1)], name='mb_origin', sparse=True)
+    # pulls, look-backs, retention and replay read a stream's messages in id order whatever their state
+    buffer.create_index([('stream', 1), ('_id', 1)], name='mb_stream_id')
+
+
+def origin_key(target: str, origin: RecordId) -> str:
+    """The value of the unique ``origin_key`` of the copy of ``origin`` in group stream ``target``."""
+    return f'{target}|{origin}'
+
+
+def _key(group: str) -> str:
+    return f'status.groups.{group}'
+
+
+def _raw(collection: Any) -> Any:
+    # copies are made of the records as stored: data is never decoded (fast, and an undecodable
+    # message is copied as it is and dead-lettered by the group's reads, as on the stream itself)
+    return collection.with_options(codec_options=collection.codec_options.with_options(
+        document_class=RawBSONDocument))
+
+
+def registry(streams: Any, name: str) -> dict[str, dict[str, Any]]:
+    """The groups of stream ``name`` (``status.groups`` of its record); {} when none. One read."""
+    doc = streams.find_one({'name': name}, {'status.groups': 1}) or {}
+    groups = (doc.get('status') or {}).get('groups') or {}
+    return {group: dict(entry) for group, entry in groups.items()}
+
+
+def register(streams: Any, buffer: Any, name: str, group: str, start: str, keep: bool) -> bool:
+    """Create the registry entry of ``group`` unless it exists (one conditional write); True if created.
+
+    The stream record must exist. An existing entry only gets ``keep`` True
+    when asked for (a group keeps messages once any of its consumers asked).
+    """
+    check_group(group)
+    if start not in STARTS:
+        raise ConfigurationError(f'start must be one of {", ".join(repr(s) for s in STARTS)}, got {start!r}')
+    position = None
+    if group != DEFAULT_GROUP and start == 'latest':
+        last = buffer.find_one({'stream': name}, {'_id': 1}, sort=[('_id', -1)])
+        position = last['_id'] if last else None
+    entry = {'created': utcnow(), 'start': start, 'keep': bool(keep), 'position': position}
+    created = streams.update_one({'name': name, _key(group): {'$exists': False}},
+                                 {'$set': {_key(group): entry}}).modified_count == 1
+    if not created and keep:
+        streams.update_one({'name': name, _key(group): {'$exists': True}}, {'$set': {_key(group) + '.keep': True}})
+    return created
+
+
+def _copy(doc: Any, target: str) -> dict[str, Any]:
+    """The copy in group stream ``target`` of the raw original ``doc``: available, its created and data."""
+    return {'_id': bson.ObjectId(), 'stream': target, 'created': doc.get('created'), 'data': doc.get('data'),
+            'processed': False, 'state': AVAILABLE, 'attempts': 0, 'origin': doc['_id'],
+            'origin_key': origin_key(target, doc['_id'])}
+
+
+def insert_copies(buffer: Any, copies: list[dict[str, Any]]) -> int:
+    """Insert ``copies``, ignoring those that exist already (duplicate key); how many were inserted."""
+    if not copies:
+        return 0
+    try:
+        return len(buffer.insert_many(copies, ordered=False).inserted_ids)
+    except BulkWriteError as exc:
+        details = exc.details or {}
+        if any(error.get('code') != DUPLICATE_KEY for error in details.get('writeErrors') or []):
+            raise
+        return int(details.get('nInserted') or 0)
+
+
+def pull(streams: Any, buffer: Any, name: str, group: str, limit: int, look_back: bool,
+         settle: Callable[[], int]) -> tuple[int, bool]:
+    """Copy up to ``limit`` new messages of ``name`` into ``group``'s group stream, and maybe look back.
+
+    ``settle`` settles the abandoned pending batches of ``name`` (called when a
+    pending message older than the pending timeout stops the pull). Returns
+    ``(copied, looked_back)``; (0, False) for the default group or an
+    unregistered one.
+    """
+    if group == DEFAULT_GROUP:
+        return 0, False
+    entry = registry(streams, name).get(group)
+    if entry is None:
+        return 0, False
+    target = group_stream(name, group)
+    position = entry.get('position')
+    copied = 0
+    looked_back = look_back and position is not None
+    if look_back and position is not None:
+        copied += _look_back(buffer, name, target, position)
+    if limit <= 0:
+        return copied, looked_back
+    query: dict[str, Any] = {'stream': name}
+    if position is not None:
+        query['_id'] = {'$gt': position}
+    docs = _raw(buffer).find(query, _COPIED).sort('_id', 1).limit(limit)
+    copies, new_position, stopped = [], position, None
+    for doc in docs:
+        if doc.get('state') == PENDING:
+            stopped = doc  # a batch being written: copied once published, and the position waits for it
+            break
+        new_position = doc['_id']
+        if doc.get('state') == DEAD and not doc.get('attempts'):
+            continue  # appended dead: input not to process; the position moves over it
+        copies.append(_copy(doc, target))
+    docs.close()
+    # copies first, then the position: a crash in between leaves copies the next pull's inserts refuse
+    copied += insert_copies(buffer, copies)
+    if new_position != position:
+        # compare-and-set: of two pullers that read the same position, one moves it; the other's copies
+        # were refused or are the same ones. The entry must still exist (delete_group may have run)
+        streams.update_one({'name': name, _key(group) + '.created': {'$exists': True},
+                            _key(group) + '.position': position},
+                           {'$set': {_key(group) + '.position': new_position}})
+    if stopped is not None and not copies:
+        settle()  # blocked by a pending batch: one abandoned long enough is published or removed
+    return copied, looked_back
+
+
+def _look_back(buffer: Any, name: str, target: str, position: bson.ObjectId) -> int:
+    """Copy the messages of ``name`` within LOOKBACK below ``position`` that have no copy in ``target``."""
+    low = bson.ObjectId.from_datetime(position.generation_time - datetime.timedelta(seconds=LOOKBACK))
+    window = {'$gte': low, '$lte': position}
+    originals = {doc['_id'] for doc in buffer.find({'stream': name, '_id': window, **SEEN}, {'_id': 1})}
+    if not originals:
+        return 0
+    copied = {doc['origin'] for doc in buffer.find({'stream': target, 'origin': window}, {'origin': 1, '_id': 0})}
+    missing = sorted(originals - copied)
+    if not missing:
+        return 0
+    docs = _raw(buffer).find({'stream': name, '_id': {'$in': missing}, **SEEN}, _COPIED).sort('_id', 1)
+    return insert_copies(buffer, [_copy(doc, target) for doc in docs])
+
+
+def _bound(position: bson.ObjectId) -> bson.ObjectId:
+    """The lowest id retention keeps for a group at ``position``: LOOKBACK seconds below it."""
+    return bson.ObjectId.from_datetime(position.generation_time - datetime.timedelta(seconds=LOOKBACK))
+
+
+def retain(streams: Any, buffer: Any, name: str) -> int:
+    """Remove the messages of ``name`` every registered group committed, then the copies of them.
+
+    See :meth:`~minibatch.store.base_groups.StoreGroups.retain` and the
+    module's docstring. Returns the number of messages of ``name`` removed.
+    """
+    groups = registry(streams, name)
+    if not groups or any(entry.get('keep') for entry in groups.values()):
+        return 0
+    # a message still being written, claimed, or a dead letter (kept to be inspected) is never removed
+    query: dict[str, Any] = {'stream': name, 'state': DONE if DEFAULT_GROUP in groups
+                             else {'$nin': [DEAD, CLAIMED, PENDING]}}
+    targets = [group_stream(name, group) for group in groups if group != DEFAULT_GROUP]
+    bound, blocking = None, set()
+    for group, entry in groups.items():
+        if group == DEFAULT_GROUP:
+            continue
+        position = entry.get('position')
+        if position is None:
+            return 0  # a named group that copied nothing yet has committed nothing
+        group_bound = _bound(position)
+        bound = group_bound if bound is None else min(bound, group_bound)
+        # few: a group's consumers pull only when little of its stream is waiting
+        blocking.update(buffer.distinct('origin', {'stream': group_stream(name, group), 'state': {'$in': WAITING},
+                                                   'origin': {'$lt': group_bound}}))
+    if bound is not None:
+        query['_id'] = {'$lt': bound, '$nin': sorted(blocking)} if blocking else {'$lt': bound}
+    removed = 0
+    while True:
+        ids = [doc['_id'] for doc in buffer.find(query, {'_id': 1}).sort('_id', 1).limit(CHUNK)]
+        if not ids:
+            break
+        # the query again: a message replayed or claimed meanwhile stays
+        removed += buffer.delete_many({**query, '_id': {'$in': ids}}).deleted_count
+        if targets:
+            buffer.delete_many({'stream': {'$in': targets}, 'origin': {'$in': ids}, 'state': DONE})
+        if len(ids) < CHUNK:
+            break
+    for target in targets:
+        _forget_orphan_copies(buffer, name, target)
+    return removed
+
+
+def _forget_orphan_copies(buffer: Any, name: str, target: str) -> int:
+    """Remove the done copies in ``target`` older than every message of ``name``: their originals are gone.
+
+    Catches what a retain() killed between its two deletes left, and copies of
+    messages the retention limit (``max_age``) or a purge removed. One read, one delete.
+    """
+    oldest = buffer.find_one({'stream': name}, {'_id': 1}, sort=[('_id', 1)])
+    origin: dict[str, Any] = {'$lt': oldest['_id']} if oldest else {'$exists': True}
+    return int(buffer.delete_many({'stream': target, 'state': DONE, 'origin': origin}).deleted_count)
+
+
+def _count_oldest(buffer: Any, query: Mapping[str, Any]) -> tuple[int, datetime.datetime | None]:
+    rows = list(buffer.aggregate([{'$match': dict(query)},
+                                  {'$group': {'_id': None, 'n': {'$sum': 1}, 'oldest': {'$min': '$created'}}}]))
+    if not rows:
+        return 0, None
+    return int(rows[0].get('n') or 0), rows[0].get('oldest')
+
+
+def lag(streams: Any, buffer: Any, name: str, group: str) -> tuple[int, datetime.datetime | None]:
+    """``(lag, oldest)`` of ``group`` on ``name`` (see ``StoreGroups.group_lag``). Two aggregations at most."""
+    if group == DEFAULT_GROUP:
+        return _count_oldest(buffer, {'stream': name, 'state': {'$in': WAITING}})
+    entry = registry(streams, name).get(group)
+    if entry is None:
+        return 0, None
+    uncopied: dict[str, Any] = {'stream': name, **SEEN}
+    if entry.get('position') is not None:
+        uncopied['_id'] = {'$gt': entry['position']}
+    count, oldest = _count_oldest(buffer, uncopied)
+    waiting, oldest_waiting = _count_oldest(buffer, {'stream': group_stream(name, group), 'state': {'$in': WAITING}})
+    times = [t for t in (oldest, oldest_waiting) if t is not None]
+    return count + waiting, min(times) if times else None
+
+
+def delete(streams: Any, name: str, group: str, delete_stream: Callable[[str], None]) -> bool:
+    """Remove ``group``'s registry entry and (named) its group stream with ``delete_stream``; False if none."""
+    removed = streams.update_one({'name': name, _key(group): {'$exists': True}},
+                                 {'$unset': {_key(group): ''}}).modified_count == 1
+    if removed and group != DEFAULT_GROUP:
+        delete_stream(group_stream(name, group))
+    return removed
+
+
+def _since(since: datetime.datetime | RecordId | None) -> dict[str, Any]:
+    """The query of the messages from ``since`` on (a naive UTC datetime, an id, or None: all)."""
+    if since is None:
+        return {}
+    if isinstance(since, datetime.datetime):
+        if since.tzinfo is not None:
+            since = since.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+        return {'created': {'$gte': since}}
+    try:
+        return {'_id': {'$gte': bson.ObjectId(since)}}
+    except (TypeError, bson.errors.InvalidId) as exc:
+        raise ConfigurationError(f'replay since must be a datetime, a message id or None, got {since!r}') from exc
+
+
+def replay(streams: Any, buffer: Any, name: str, group: str,
+           since: datetime.datetime | RecordId | None) -> int:
+    """Make ``group`` see the retained messages of ``name`` from ``since`` on again; how many.
+
+    Named group: its copies from the first such message on are removed (first,
+    so that no pull refuses a copy as made before the position moves back)
+    and its position moves back to just before that message (never forward).
+    Default group: those messages in state ``done`` become available.
+    """
+    retained = {'stream': name, **SEEN, **_since(since)}
+    count = int(buffer.count_documents(retained))
+    if group == DEFAULT_GROUP:
+        buffer.update_many({**retained, 'state': DONE},
+                           {'$set': {'state': AVAILABLE, 'processed': False, 'attempts': 0},
+                            '$unset': {'error': '', 'done': '', 'failed': '', 'claim': '', 'lease': ''}})
+        return count
+    if group not in registry(streams, name) or not count:
+        return 0
+    first = buffer.find_one(retained, {'_id': 1}, sort=[('_id', 1)])['_id']
+    buffer.delete_many({'stream': group_stream(name, group), 'origin': {'$gte': first}})
+    before = buffer.find_one({'stream': name, '_id': {'$lt': first}}, {'_id': 1}, sort=[('_id', -1)])
+    new = before['_id'] if before else None
+    field = _key(group) + '.position'
+    for _ in range(10):  # a compare-and-set: a pull moving the position meanwhile makes us read it again
+        entry = registry(streams, name).get(group)
+        if entry is None:
+            return 0
+        current = entry.get('position')
+        if current is None or current < first:
+            break  # it has not copied that far yet: nothing to move back
+        if streams.update_one({'name': name, field: current}, {'$set': {field: new}}).modified_count:
+            break
+    return count
+
