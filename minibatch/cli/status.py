@@ -15,7 +15,7 @@ import click
 from minibatch.cli.common import age, pass_store, require_stream, table, to_json
 from minibatch.cli.groups import group_table
 from minibatch.status import stream_stats
-from minibatch.store.base import utcnow
+from minibatch.store.base import DEFAULT_GROUP, utcnow
 
 #: (header, key of stream_stats) of the per-stream table
 STREAM_COLUMNS = (('backlog', 'backlog'), ('in_flight', 'in_flight'), ('processed', 'processed'),
@@ -95,7 +95,8 @@ def render_text(store, stats, consumers=False, now=None):
     rows = [[name] + [_number(figures[key], key) for _, key in STREAM_COLUMNS] for name, figures in stats.items()]
     lines += [''] + table(headers, rows, numeric=headers[1:])
     for name, figures in stats.items():
-        if figures.get('groups'):
+        # the default group alone (any stream a consumer ran on) is the stream's own row: no table for it
+        if set(figures.get('groups') or ()) - {DEFAULT_GROUP}:
             lines += ['', f'groups of {name}:'] + ['  ' + line for line in group_table(figures['groups'])]
     if consumers:
         now = now or utcnow()

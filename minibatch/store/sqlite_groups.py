@@ -53,6 +53,9 @@ def register(conn: sqlite3.Connection, name: str, group: str, start: str, keep: 
     position = None
     if group != DEFAULT_GROUP and start == 'latest':
         position = conn.execute('SELECT coalesce(max(id), 0) FROM buffer WHERE stream = ?', (name,)).fetchone()[0]
+    if group != DEFAULT_GROUP:  # its copies are a stream of their own: status, the dashboard and /metrics list it
+        conn.execute("INSERT OR IGNORE INTO streams (name, created, last_read, status) VALUES (?, ?, ?, '{}')",
+                     (group_stream(name, group), now, now))
     entry = {'created': to_datetime(now), 'start': start, 'keep': bool(keep), 'position': position}
     conn.execute('UPDATE streams SET status = json_set(status, ?, json(?)) WHERE name = ?',
                  (_path(group), dumps(entry), name))
