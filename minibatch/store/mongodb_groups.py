@@ -26,11 +26,17 @@ particular to MongoDB:
   only when one is missing). A message is thus never skipped if it becomes
   visible within about ``LOOKBACK - LOOKBACK_EVERY`` seconds of its id's time
   (its producer's clock, so clock skew between hosts counts against it).
-* **Retention keeps the look-back's memory.** :func:`retain` never removes an
-  original less than :data:`LOOKBACK` seconds (by id) below the lowest
-  position, so the copies the look-back compares against still exist; it
-  removes the originals every group committed in chunks of :data:`CHUNK`,
-  and then the ``done`` copies of what it removed.
+* **Retention waits for the look-back.** :func:`retain` removes a message at
+  or below a group's position once its copy is ``done`` or ``dead``; one
+  without a copy only when it is more than :data:`LOOKBACK` seconds below the
+  position (the look-back will not copy it any more: a message before a
+  ``'latest'`` start, or whose dead copy was purged). Originals are removed
+  before their copies, so a look-back that still finds an original finds its
+  copy too and copies nothing twice.
+* **A 'latest' start has a floor.** The entry of a group started
+  ``'latest'`` on a stream with messages also records ``floor``, the position
+  it started at: the look-back never copies what was there before (a replay
+  removes the floor).
 * **A pending message stops a pull.** A batch written pending (an append
   without transactions, or a commit's output, see
   :mod:`~minibatch.store.mongodb_outbox`) is copied once published, never
@@ -120,7 +126,9 @@ def register(streams: Any, buffer: Any, name: str, group: str, start: str, keep:
     if group != DEFAULT_GROUP and start == 'latest':
         last = buffer.find_one({'stream': name}, {'_id': 1}, sort=[('_id', -1)])
         position = last['_id'] if last else None
-    entry = {'created': utcnow(), 'start': start, 'keep': bool(keep), 'position': position}
+    entry: dict[str, Any] = {'created': utcnow(), 'start': start, 'keep': bool(keep), 'position': position}
+    if position is not None:
+        entry['floor'] = position  # the look-back never copies what was there before a 'latest' start
     created = streams.update_one({'name': name, _key(group): {'$exists': False}},
                                  {'$set': {_key(group): entry}}).modified_count == 1
     if not created and keep:
@@ -167,7 +175,7 @@ def pull(streams: Any, buffer: Any, name: str, group: str, limit: int, look_back
     copied = 0
     looked_back = look_back and position is not None
     if look_back and position is not None:
-        copied += _look_back(buffer, name, target, position)
+        copied += _look_back(buffer, name, target, position, entry.get('floor'))
     if limit <= 0:
         return copied, looked_back
     query: dict[str, Any] = {'stream': name}
@@ -197,10 +205,11 @@ def pull(streams: Any, buffer: Any, name: str, group: str, limit: int, look_back
     return copied, looked_back
 
 
-def _look_back(buffer: Any, name: str, target: str, position: bson.ObjectId) -> int:
-    """Copy the messages of ``name`` within LOOKBACK below ``position`` that have no copy in ``target``."""
-    low = bson.ObjectId.from_datetime(position.generation_time - datetime.timedelta(seconds=LOOKBACK))
-    window = {'$gte': low, '$lte': position}
+def _look_back(buffer: Any, name: str, target: str, position: bson.ObjectId, floor: Any = None) -> int:
+    """Copy the messages of ``name`` within LOOKBACK below ``position`` (above ``floor``) without a copy in ``target``."""
+    window: dict[str, Any] = {'$gte': _bound(position), '$lte': position}
+    if floor is not None and floor >= window['$gte']:
+        window = {'$gt': floor, '$lte': position}
     originals = {doc['_id'] for doc in buffer.find({'stream': name, '_id': window, **SEEN}, {'_id': 1})}
     if not originals:
         return 0
@@ -221,7 +230,15 @@ def retain(streams: Any, buffer: Any, name: str) -> int:
     """Remove the messages of ``name`` every registered group committed, then the copies of them.
 
     See :meth:`~minibatch.store.base_groups.StoreGroups.retain` and the
-    module's docstring. Returns the number of messages of ``name`` removed.
+    module's docstring. A named group committed a message at or below its
+    position when its copy is ``done`` or ``dead``; more than LOOKBACK below
+    its position also when it has no copy (a message the group never copies:
+    before a ``'latest'`` start, or whose dead copy was purged). A message
+    within LOOKBACK below the position without a copy may still be copied by
+    a look-back, so it stays. Reads the originals in chunks of CHUNK ids (and
+    per chunk the copies of the recent ones); the copies that hold messages
+    are few, as a group's consumers pull only when little of its stream waits.
+    Returns the number of messages of ``name`` removed.
     """
     groups = registry(streams, name)
     if not groups or any(entry.get('keep') for entry in groups.values()):
@@ -229,33 +246,46 @@ def retain(streams: Any, buffer: Any, name: str) -> int:
     # a message still being written, claimed, or a dead letter (kept to be inspected) is never removed
     query: dict[str, Any] = {'stream': name, 'state': DONE if DEFAULT_GROUP in groups
                              else {'$nin': [DEAD, CLAIMED, PENDING]}}
-    targets = [group_stream(name, group) for group in groups if group != DEFAULT_GROUP]
-    bound, blocking = None, set()
+    named = {}  # group stream -> (position, look-back bound, floor)
     for group, entry in groups.items():
-        if group == DEFAULT_GROUP:
-            continue
-        position = entry.get('position')
-        if position is None:
-            return 0  # a named group that copied nothing yet has committed nothing
-        group_bound = _bound(position)
-        bound = group_bound if bound is None else min(bound, group_bound)
-        # few: a group's consumers pull only when little of its stream is waiting
-        blocking.update(buffer.distinct('origin', {'stream': group_stream(name, group), 'state': {'$in': WAITING},
-                                                   'origin': {'$lt': group_bound}}))
-    if bound is not None:
-        query['_id'] = {'$lt': bound, '$nin': sorted(blocking)} if blocking else {'$lt': bound}
-    removed = 0
+        if group != DEFAULT_GROUP:
+            if entry.get('position') is None:
+                return 0  # a named group that copied nothing yet has committed nothing
+            named[group_stream(name, group)] = (entry['position'], _bound(entry['position']), entry.get('floor'))
+    upper = min((position for position, _, _ in named.values()), default=None)
+    blocking: set[Any] = set()
+    for target in named:
+        blocking.update(buffer.distinct('origin', {'stream': target, 'state': {'$in': WAITING},
+                                                   'origin': {'$lte': upper}}))
+    removed, after = 0, None
     while True:
-        ids = [doc['_id'] for doc in buffer.find(query, {'_id': 1}).sort('_id', 1).limit(CHUNK)]
+        ids_query: dict[str, Any] = {}
+        if upper is not None:
+            ids_query['$lte'] = upper
+        if after is not None:
+            ids_query['$gt'] = after
+        if blocking:
+            ids_query['$nin'] = sorted(blocking)
+        chunk = {**query, '_id': ids_query} if ids_query else query
+        ids = [doc['_id'] for doc in buffer.find(chunk, {'_id': 1}).sort('_id', 1).limit(CHUNK)]
         if not ids:
             break
-        # the query again: a message replayed or claimed meanwhile stays
-        removed += buffer.delete_many({**query, '_id': {'$in': ids}}).deleted_count
-        if targets:
-            buffer.delete_many({'stream': {'$in': targets}, 'origin': {'$in': ids}, 'state': DONE})
-        if len(ids) < CHUNK:
+        after, complete = ids[-1], len(ids) < CHUNK
+        for target, (_, bound, floor) in named.items():
+            recent = [i for i in ids if i >= bound and (floor is None or i > floor)]
+            if recent:
+                committed = set(buffer.distinct('origin', {'stream': target, 'origin': {'$in': recent},
+                                                           'state': {'$in': [DONE, DEAD]}}))
+                ids = [i for i in ids if i not in recent or i in committed]
+        if ids:
+            # the query again: a message replayed or claimed meanwhile stays. Originals before their
+            # copies: a look-back that still finds an original then finds its copies too
+            removed += buffer.delete_many({**query, '_id': {'$in': ids}}).deleted_count
+            if named:
+                buffer.delete_many({'stream': {'$in': list(named)}, 'origin': {'$in': ids}, 'state': DONE})
+        if complete:
             break
-    for target in targets:
+    for target in named:
         _forget_orphan_copies(buffer, name, target)
     return removed
 
@@ -327,6 +357,10 @@ def replay(streams: Any, buffer: Any, name: str, group: str,
     and its position moves back to just before that message (never forward).
     Default group: those messages in state ``done`` become available.
     """
+    groups = registry(streams, name)
+    if group != DEFAULT_GROUP and group not in groups:
+        known = ', '.join(repr(g) for g in sorted(groups)) or 'none'
+        raise ConfigurationError(f'stream {name!r} has no group {group!r} (its groups: {known})')
     retained = {'stream': name, **SEEN, **_since(since)}
     count = int(buffer.count_documents(retained))
     if group == DEFAULT_GROUP:
@@ -334,7 +368,7 @@ def replay(streams: Any, buffer: Any, name: str, group: str,
                            {'$set': {'state': AVAILABLE, 'processed': False, 'attempts': 0},
                             '$unset': {'error': '', 'done': '', 'failed': '', 'claim': '', 'lease': ''}})
         return count
-    if group not in registry(streams, name) or not count:
+    if not count:
         return 0
     first = buffer.find_one(retained, {'_id': 1}, sort=[('_id', 1)])['_id']
     buffer.delete_many({'stream': group_stream(name, group), 'origin': {'$gte': first}})
@@ -348,7 +382,9 @@ def replay(streams: Any, buffer: Any, name: str, group: str,
         current = entry.get('position')
         if current is None or current < first:
             break  # it has not copied that far yet: nothing to move back
-        if streams.update_one({'name': name, field: current}, {'$set': {field: new}}).modified_count:
+        # and the floor of a 'latest' start goes: the group asked for what is below it
+        if streams.update_one({'name': name, field: current},
+                              {'$set': {field: new}, '$unset': {_key(group) + '.floor': ''}}).modified_count:
             break
     return count
 
