@@ -11,7 +11,9 @@ Scenarios (see docs/performance.rst): append one by one and batched; end to
 end (pre-filled stream, ``size=100``, inline and process pool); latency from
 append to function start; database operations of an idle consumer; competing
 consumers with a CPU-bound function; peak RSS of a consumer; ``async def``
-functions waiting on a slow local HTTP service, next to the process pool. Prints a table
+functions waiting on a slow local HTTP service, next to the process pool; consumer
+groups (end to end per group with one and two groups, appends with five groups
+registered and none). Prints a table
 and the target ratios, writes everything to JSON. The machine is noisy:
 compare ratios measured in the same run, and run twice.
 """
@@ -34,7 +36,7 @@ CONSUMER = os.path.join(HERE, 'consumer.py')
 LEGACY = os.path.join(HERE, 'legacy.py')
 
 SCENARIOS = ('append_one', 'append_batch', 'append_buffered', 'e2e_inline', 'e2e_process', 'latency_inline',
-             'latency_process', 'idle', 'scale_out', 'memory', 'async_io', 'eventtime')
+             'latency_process', 'idle', 'scale_out', 'memory', 'async_io', 'eventtime', 'groups')
 # with minibatch 0.6.0, e2e_inline/e2e_process also give e2e_inline_060n/e2e_process_060n (MongoDB, 0.6.0's n)
 
 # A key suffixed _mongodb overrides the plain key for the MongoDB store. The MongoDB-wire test server
@@ -47,7 +49,9 @@ FULL = dict(append_one_n=2000, append_one_n_mongodb=1000, append_batch_n=20000, 
             scale_work_ms_mongodb=300.0, memory_n=100000, memory_n_mongodb=10000, memory_backlog=2000,
             async_n=100, async_delay=1.0,
             et_n=100000, et_keys=1000, et_n_mongodb=5000, et_keys_mongodb=50, et_memory_n=100000,
-            et_memory_keys=10000, et_memory_n_mongodb=2000, et_memory_keys_mongodb=200)
+            et_memory_keys=10000, et_memory_n_mongodb=2000, et_memory_keys_mongodb=200,
+            groups_n=20000, groups_n_mongodb=3000, groups_append_n=20000, groups_append_n_mongodb=10000,
+            groups_repeats=3)
 # On the wire server a window costs the server (one Python process) ~0.2 s: a function must do more
 # than that to be the bottleneck, hence more work per window for the MongoDB scale-out.
 QUICK = dict(append_one_n=100, append_batch_n=2000, batch=1000, append_repeats=1, e2e_n=500, e2e_n_mongodb=300,
@@ -56,7 +60,8 @@ QUICK = dict(append_one_n=100, append_batch_n=2000, batch=1000, append_repeats=1
              scale_work_ms_mongodb=20.0, memory_n=1000, memory_n_mongodb=500, memory_backlog=500,
              async_n=20, async_delay=0.5,
              et_n=10000, et_keys=100, et_n_mongodb=1000, et_keys_mongodb=10, et_memory_n=10000,
-             et_memory_keys=2000, et_memory_n_mongodb=500, et_memory_keys_mongodb=100)
+             et_memory_keys=2000, et_memory_n_mongodb=500, et_memory_keys_mongodb=100,
+             groups_n=1000, groups_n_mongodb=300, groups_append_n=2000, groups_repeats=1)
 
 
 class Bench:
@@ -246,6 +251,42 @@ class Bench:
         if self.wanted('eventtime'):
             self.eventtime()
 
+        if self.wanted('groups'):
+            self.groups()
+
+    def groups(self):
+        """End to end per group with one and with two named groups; appends with 5 groups registered and none.
+
+        Each measured alternately ``groups_repeats`` times, the best of each counting (benchmarks/groups.py).
+        """
+        import groups
+        p = self.p
+        for store in self.stores:
+            n = self.param('groups_n', store)
+            runs = {1: [], 2: []}
+            for _ in range(p['groups_repeats']):
+                for count in (1, 2):
+                    r = self.attempt('groups', store, 'ours',
+                                     lambda: groups.end_to_end(self.url(store), n, count, self.outdir))
+                    r and runs[count].append(r)
+            for count, results in runs.items():
+                if results:
+                    best = max(results, key=lambda r: r['rate'])
+                    self.record('groups', store, 'ours', f'e2e, {count} group(s)', best['rate'], 'msgs/s per group',
+                                **best, tries=[r['rate'] for r in results])
+            n = self.param('groups_append_n', store)
+            runs = {0: [], 5: []}
+            for _ in range(p['groups_repeats']):
+                for count in (0, 5):
+                    r = self.attempt('groups', store, 'ours',
+                                     lambda: groups.append_with_groups(self.url(store), n, count, p['batch']))
+                    r and runs[count].append(r)
+            for count, results in runs.items():
+                if results:
+                    best = max(results, key=lambda r: r['rate'])
+                    self.record('groups', store, 'ours', f'append, {count} groups', best['rate'], 'msgs/s',
+                                **best, tries=[r['rate'] for r in results])
+
     def eventtime(self):
         """Keyed tumbling(60) windows (event times out of order by up to the grace) and size=100 count windows,
         same number of messages, one after the other; then the RSS of a consumer through many keys."""
@@ -392,6 +433,14 @@ class Bench:
                             'met': None if v is None else v <= bound,
                             'note': f'process pool: {pool["value"]:.1f} s' if pool else ''})
         self.eventtime_targets(ratio, value)
+        for store in self.stores:
+            if self.wanted('groups'):
+                ratio(f'end to end per group, 2 groups / 1 group ({store})',
+                      value('groups', store, 'ours', 'e2e, 2 group(s)'),
+                      value('groups', store, 'ours', 'e2e, 1 group(s)'), '>=', 0.8)
+                ratio(f'append batched, 5 groups registered / none ({store})',
+                      value('groups', store, 'ours', 'append, 5 groups'),
+                      value('groups', store, 'ours', 'append, 0 groups'), '>=', 0.9)
         return out
 
     def eventtime_targets(self, ratio, value):
@@ -417,7 +466,7 @@ class Bench:
         lines.append('-' * len(header))
         seen = []
         for row in self.results:
-            per_variant = row['scenario'] in ('scale_out', 'eventtime')
+            per_variant = row['scenario'] in ('scale_out', 'eventtime', 'groups')
             key = (row['scenario'], row['store'], row['variant'] if per_variant else None)
             if key in seen or row['impl'] != 'ours':
                 continue
@@ -428,6 +477,10 @@ class Bench:
             label = row['scenario'] + (f" x{row['details']['consumers']}" if row['scenario'] == 'scale_out' else '')
             if row['scenario'] == 'eventtime':
                 label = 'et ' + row['variant'].split(',')[0].replace('RSS growth', 'RSS')
+            if row['scenario'] == 'groups':
+                label = {'e2e, 1 group(s)': 'groups e2e x1', 'e2e, 2 group(s)': 'groups e2e x2',
+                         'append, 0 groups': 'groups append 0', 'append, 5 groups': 'groups append 5'}.get(
+                             row['variant'], 'groups')
             lines.append(self._line(label, row['store'], ours_row, raw_row, old_row, row['unit']))
             if row['scenario'].startswith('latency'):
                 for pct in ('p95_ms', 'p99_ms'):

@@ -129,8 +129,9 @@ def measure_idle(counter, outdir, warmup, duration):
 def build_emitter(opts, fn, sink):
     if opts['impl'] == 'ours':
         import minibatch as mb
+        group = {'group': opts['group']} if opts.get('group') else {}  # a consumer group (the groups scenario)
         em = mb.streaming(opts['stream'], size=opts['size'], url=opts['url'], executor=opts['executor'],
-                          sink=sink).make(fn)
+                          sink=sink, **group).make(fn)
         em.stream  # connect now: start-up is not part of what is measured
         return em
     import minibatch as mb  # 0.6.0: connects while building the emitter
