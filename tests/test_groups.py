@@ -217,11 +217,7 @@ def test_replay_of_one_group_reprocesses_from_there_and_nothing_for_the_other(st
         orders.replay('nosuchgroup')
 
 
-def test_replay_since_the_created_time_of_a_message_includes_that_message(store, request):
-    if 'sqlite' in request.node.name:
-        # sqlite stores created as float epoch seconds; the datetime a reader gets is rounded to the microsecond,
-        # half of the time upwards, and store/sqlite_groups.py _first_from then compares created >= that
-        request.applymarker(pytest.mark.xfail(reason='replay(since=m.created) can miss m on SQLite (rounding)'))
+def test_replay_since_the_created_time_of_a_message_includes_that_message(store):
     store.register_group('orders', 'billing')
     missed = []
     for i in range(20):

@@ -35,6 +35,7 @@ from minibatch.store import mongodb_append as appending
 from minibatch.store import mongodb_groups as group_store
 from minibatch.store import mongodb_outbox as outbox
 from minibatch.store import mongodb_windows as window_store
+from minibatch.store.base_groups import DEFAULT_GROUP, check_group, group_stream
 from minibatch.store.base import (AVAILABLE, CLAIMED, DEAD, DONE, RETRY, STATES, Doc, Message, Output, RecordId,
                                   WindowRecord, utcnow)
 from minibatch.store.mongodb_append import PENDING, error_text
@@ -336,7 +337,10 @@ class MongoStore(MongoCollections):
     # -- consumer groups (see mongodb_groups) -----------------------------
     @_translate_errors
     def register_group(self, name: str, group: str, start: str = 'earliest', keep: bool = False) -> bool:
+        check_group(group)
         self.ensure_stream(name)
+        if group != DEFAULT_GROUP:  # its copies are a stream of their own: status, the dashboard and /metrics list it
+            self.ensure_stream(group_stream(name, group))
         streams, buffer, _ = self._collections()
         return group_store.register(streams, buffer, name, group, start, keep)
 
