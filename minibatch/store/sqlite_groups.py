@@ -110,7 +110,7 @@ def _first_from(conn: sqlite3.Connection, name: str, since: datetime.datetime | 
         sql, params = 'SELECT min(id) FROM buffer WHERE stream = ?', (name,)
     elif isinstance(since, datetime.datetime):
         # half a microsecond of tolerance: a created time read back as a datetime is rounded to the microsecond
-        sql, params = 'SELECT min(id) FROM buffer WHERE stream = ? AND created >= ?', (name, to_epoch(since) - 5e-7)
+        sql, params = 'SELECT min(id) FROM buffer WHERE stream = ? AND created >= ?', (name, (to_epoch(since) or 0.0) - 5e-7)
     else:
         try:
             first = int(since)
