@@ -51,7 +51,7 @@ FULL = dict(append_one_n=2000, append_one_n_mongodb=1000, append_batch_n=20000, 
             et_n=100000, et_keys=1000, et_n_mongodb=5000, et_keys_mongodb=50, et_memory_n=100000,
             et_memory_keys=10000, et_memory_n_mongodb=2000, et_memory_keys_mongodb=200,
             groups_n=20000, groups_n_mongodb=1000, groups_append_n=20000, groups_append_n_mongodb=5000,
-            groups_repeats=3)
+            groups_repeats=3, groups_append_repeats=5)
 # On the wire server a window costs the server (one Python process) ~0.2 s: a function must do more
 # than that to be the bottleneck, hence more work per window for the MongoDB scale-out.
 QUICK = dict(append_one_n=100, append_batch_n=2000, batch=1000, append_repeats=1, e2e_n=500, e2e_n_mongodb=300,
@@ -61,7 +61,7 @@ QUICK = dict(append_one_n=100, append_batch_n=2000, batch=1000, append_repeats=1
              async_n=20, async_delay=0.5,
              et_n=10000, et_keys=100, et_n_mongodb=1000, et_keys_mongodb=10, et_memory_n=10000,
              et_memory_keys=2000, et_memory_n_mongodb=500, et_memory_keys_mongodb=100,
-             groups_n=1000, groups_n_mongodb=300, groups_append_n=2000, groups_repeats=1)
+             groups_n=1000, groups_n_mongodb=300, groups_append_n=2000, groups_repeats=1, groups_append_repeats=2)
 
 
 class Bench:
@@ -257,7 +257,8 @@ class Bench:
     def groups(self):
         """End to end per group with one and with two named groups; appends with 5 groups registered and none.
 
-        Each measured alternately ``groups_repeats`` times, the best of each counting (benchmarks/groups.py).
+        Each measured alternately ``groups_repeats`` (appends: ``groups_append_repeats``) times, the best of
+        each counting (benchmarks/groups.py).
         """
         import groups
         p = self.p
@@ -276,7 +277,7 @@ class Bench:
                                 **best, tries=[r['rate'] for r in results])
             n = self.param('groups_append_n', store)
             runs = {0: [], 5: []}
-            for _ in range(p['groups_repeats']):
+            for _ in range(p['groups_append_repeats']):  # short runs: more tries take the noise out
                 for count in (0, 5):
                     r = self.attempt('groups', store, 'ours',
                                      lambda: groups.append_with_groups(self.url(store), n, count, p['batch']))
