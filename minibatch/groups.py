@@ -23,11 +23,13 @@ logger = logging.getLogger('minibatch.groups')
 
 #: messages a consumer copies into its group stream at once (one write)
 PULL_BATCH = 1000
-#: seconds after which a consumer pulls again even if it copied a full batch it has not claimed yet
-#: (another consumer of its group may have taken them); bounds the copies waiting per consumer
-PULL_AGAIN = 1.0
-#: seconds between two looks at the stream's groups (a new group makes the default group keep messages)
+#: a consumer pulls again once fewer than this many of its copies are unclaimed, or when a round found
+#: nothing to do (others of its group took them): the copies waiting stay about PULL_BATCH per consumer
+LOW_WATER = PULL_BATCH // 2
+#: seconds between two looks at the stream's groups (whether there are named groups, so retention to do)
 REFRESH = 2.0
+#: seconds between two rounds of retention on a stream: one consumer of any group does it for all
+RETAIN_EVERY = 2.0
 
 
 def check_options(group: str | None, start: str) -> str | None:
@@ -59,8 +61,8 @@ class Membership:
         self.joined = False
         self._others = False  # the stream has named groups (or the default group is not alone)
         self._next_refresh = 0.0
-        self._unclaimed = 0  # copies this consumer pulled and has not claimed yet
-        self._last_pull = 0.0
+        self._unclaimed = 0  # copies this consumer pulled and has not claimed yet (others may have)
+        self._starved = True  # the last round found no window: pull whatever the count says
 
     @property
     def named(self) -> bool:
@@ -78,7 +80,9 @@ class Membership:
 
         A named group keeps its copies (they mark what it has seen) until
         retention removes them with their originals; the default group keeps
-        messages while a named group is registered, which may still need them.
+        messages while a named group is registered, which may still need them
+        (the store decides that in the commit too, so a group registered since
+        the last look is never missed).
         """
         return self.keep or self.named or self._others
 
@@ -102,19 +106,20 @@ class Membership:
 
     def refill(self) -> int:
         """Copy new messages into a named group's stream, a batch at a time; returns how many. Default: 0."""
-        if self.group is None:
-            return 0
-        now = time.monotonic()
-        if self._unclaimed >= PULL_BATCH and now - self._last_pull < PULL_AGAIN:
+        if self.group is None or (self._unclaimed >= LOW_WATER and not self._starved):
             return 0
         copied = self.store.pull(self.source, self.group, PULL_BATCH)
-        self._unclaimed = copied if copied else 0
-        self._last_pull = now
+        self._unclaimed = copied if self._starved else self._unclaimed + copied
+        self._starved = False
         return copied
 
     def claimed(self, count: int) -> None:
         """This consumer claimed ``count`` messages (of its pulls or others')."""
         self._unclaimed = max(0, self._unclaimed - count)
+
+    def starved(self) -> None:
+        """A round of this consumer found no window: the next refill pulls, whatever it pulled before."""
+        self._starved = True
 
     def upkeep(self) -> int:
         """Look at the stream's groups now and then; remove what every group committed. Returns the count."""
@@ -122,7 +127,7 @@ class Membership:
         if now < self._next_refresh:
             return 0
         self._refresh(now)
-        if not self._others:
+        if not self._others or not self.store.take_turn(self.source, 'retain', RETAIN_EVERY):
             return 0
         removed = self.store.retain(self.source)
         if removed:

@@ -174,9 +174,11 @@ class Runner:
         membership.refill()
         ready, args = em.window_ready()
         if not ready:
+            membership.starved()
             return False
         messages = em.process(em.query(*(args or ())))
         if not messages and not em.emit_empty:
+            membership.starved()
             return False
         em.emit(messages)
         em.timestamp(*(args or ()))

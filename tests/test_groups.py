@@ -228,8 +228,6 @@ def test_replay_since_the_created_time_of_a_message_includes_that_message(store)
     assert missed == [], 'replay(since=m.created) must include m'
 
 
-@pytest.mark.xfail(reason='a default-group consumer learns of a new named group only every groups.REFRESH (2 s) and '
-                          'deletes on commit meanwhile: the new group misses those messages')
 def test_a_group_registered_while_the_default_group_runs_gets_every_later_message(store_url):
     orders = mb.stream('orders', url=store_url)
     seen = []

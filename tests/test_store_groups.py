@@ -337,3 +337,25 @@ def test_model_every_group_commits_every_message_once(store, ops):
     for group in committed:
         store.delete_group(name, group)
     store.delete_stream(name)
+
+
+def test_take_turn_gives_a_job_to_one_caller_per_period(store):
+    store.ensure_stream(S)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(store.take_turn(S, 'retain', 30))) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [False] * 5 + [True]
+    assert store.take_turn(S, 'other', 30) is True, 'jobs are counted apart'
+    assert store.take_turn(S, 'retain', 0) is True, 'once the period is over, the next caller gets it'
+    assert store.take_turn('no-such-stream', 'retain', 0) is False
+
+
+def test_a_commit_keeps_messages_while_a_named_group_is_registered(store):
+    store.append(S, [{'i': 0}])
+    store.register_group(S, 'billing')  # nothing pulled yet: billing still needs the message
+    consume_all(store, S, keep=False)
+    assert [m.state for m in store.messages(S)] == [DONE]
+    assert store.pull(S, 'billing', 10) == 1

@@ -251,7 +251,11 @@ class Store(StoreUpkeep, StoreGroups):
         Only messages among ``ids`` still held under ``token`` are affected,
         so a consumer whose lease was lost cannot commit another's claim.
         Removes the messages unless ``keep`` is true, in which case they stay
-        with state ``done``. Atomic per message. With ``window_id``, that
+        with state ``done``; while a named consumer group is registered on
+        ``name`` they stay ``done`` whatever ``keep`` (that group may not have
+        copied them yet: :meth:`retain` removes them once every group has
+        committed them; decided in the commit, so a group registered a moment
+        before is never missed). Atomic per message. With ``window_id``, that
         window record is marked processed too (in the same transaction where
         the store has transactions, right after otherwise), also when ``ids``
         is empty; a missing window record is ignored. Returns the number of

@@ -141,6 +141,16 @@ class StoreGroups:
         """
         raise self._no_groups()
 
+    def take_turn(self, name: str, job: str, seconds: float) -> bool:
+        """Whether this caller does ``job`` on stream ``name`` now: True for one caller per ``seconds``.
+
+        Atomic (a compare-and-set of the time ``job`` was last taken, kept in
+        the stream's ``status``): of consumers racing, one gets True; the others
+        get False until ``seconds`` have passed. For work one consumer does for
+        all, such as :meth:`retain`. False for a missing stream.
+        """
+        raise self._no_groups()
+
     def group_lag(self, name: str, group: str) -> tuple[int, datetime.datetime | None]:
         """``(lag, oldest)``: messages of ``name`` ``group`` has not committed, and the ``created`` of the oldest.
 

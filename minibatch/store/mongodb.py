@@ -175,7 +175,9 @@ class MongoStore(MongoCollections):
                window_id: RecordId | None = None, output: Output | None = None) -> int:
         """As the contract says; with ``output``, by the outbox protocol of
         :mod:`~minibatch.store.mongodb_outbox` (four single writes, recovered by ``expire_leases``)."""
-        _, buffer, windows = self._collections()
+        streams, buffer, windows = self._collections()
+        # while a named group is registered, another group may still need them: kept for retention
+        keep = keep or (bool(ids) and group_store.has_named(streams, name))
         if output is not None:
             return outbox.commit_with_output(buffer, windows, name, token, ids, keep, window_id, None, output,
                                              self.server().max_bson)[0]
@@ -284,9 +286,10 @@ class MongoStore(MongoCollections):
         """As the contract says, in two writes and no transaction: the messages, then the record, already
         processed (a consumer dying between them leaves no record, never an unprocessed one). With
         ``output``: the record first, as the commit point of :mod:`~minibatch.store.mongodb_outbox`."""
-        _, buffer, windows = self._collections()
+        streams, buffer, windows = self._collections()
         data = [] if data is None else data
         if output is not None:
+            keep = keep or (bool(ids) and group_store.has_named(streams, name))
             return outbox.commit_with_output(buffer, windows, name, token, ids, keep, None, data, output,
                                              self.server().max_bson)
         count = self.commit(name, token, ids, keep=keep)
@@ -378,6 +381,10 @@ class MongoStore(MongoCollections):
     def retain(self, name: str) -> int:
         streams, buffer, _ = self._collections()
         return group_store.retain(streams, buffer, name)
+
+    @_translate_errors
+    def take_turn(self, name: str, job: str, seconds: float) -> bool:
+        return group_store.take_turn(self._collections()[0], name, job, seconds, time.time())
 
     @_translate_errors
     def group_lag(self, name: str, group: str) -> tuple[int, datetime.datetime | None]:

@@ -113,6 +113,20 @@ def registry(streams: Any, name: str) -> dict[str, dict[str, Any]]:
     return {group: dict(entry) for group, entry in groups.items()}
 
 
+def take_turn(streams: Any, name: str, job: str, seconds: float, now: float) -> bool:
+    """True (and ``job``'s time set to ``now``) if nobody took ``job`` on ``name`` in the last ``seconds``."""
+    key = f'status.turns.{job}'
+    return streams.update_one({'name': name, '$or': [{key: {'$exists': False}}, {key: {'$lte': now - seconds}}]},
+                              {'$set': {key: now}}).modified_count == 1
+
+
+def has_named(streams: Any, name: str) -> bool:
+    """Whether stream ``name`` has a named group registered (one read of its record)."""
+    record = streams.find_one({'name': name}, {'status.groups': 1})
+    groups = ((record or {}).get('status') or {}).get('groups') or {}
+    return any(group != DEFAULT_GROUP for group in groups)
+
+
 def register(streams: Any, buffer: Any, name: str, group: str, start: str, keep: bool) -> bool:
     """Create the registry entry of ``group`` unless it exists (one conditional write); True if created.
 

@@ -263,7 +263,7 @@ class SQLiteStore(Store):
         appended = self._output_rows(output)
 
         def work(conn: sqlite3.Connection) -> int:
-            count = lifecycle.commit(conn, name, token, ids, keep)
+            count = lifecycle.commit(conn, name, token, ids, keep or groups.has_named(conn, name))
             if window_id is not None:
                 lifecycle.mark_window(conn, window_id)
             if count:
@@ -278,7 +278,7 @@ class SQLiteStore(Store):
         appended = self._output_rows(output)
 
         def work(conn: sqlite3.Connection) -> tuple[int, RecordId]:
-            count = lifecycle.commit(conn, name, token, ids, keep)
+            count = lifecycle.commit(conn, name, token, ids, keep or groups.has_named(conn, name))
             if count:
                 self._append_output(conn, appended)
             return count, lifecycle.insert_window(conn, name, time.time(), data_json, processed=True)
@@ -334,6 +334,10 @@ class SQLiteStore(Store):
 
     def retain(self, name: str) -> int:
         return self._write(lambda conn: groups.retain(conn, name))
+
+    def take_turn(self, name: str, job: str, seconds: float) -> bool:
+        now = time.time()
+        return self._write(lambda conn: groups.take_turn(conn, name, job, seconds, now))
 
     def group_lag(self, name: str, group: str) -> tuple[int, datetime.datetime | None]:
         count, oldest = groups.lag(self.db.conn(), name, group)

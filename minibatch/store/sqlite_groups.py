@@ -6,8 +6,9 @@ hands out ids under the write lock, so ids follow commit order exactly: a
 group's ``position`` (the id of the last message it copied) never passes a
 message that becomes visible later, and a pull copies every message once.
 
-Scans of a stream's new messages filter with ``+stream`` so that SQLite walks
-the primary key from the position, not the stream's whole index.
+Scans of a stream's messages by id go through the (stream, state, id) index, one
+range per state: a walk of the primary key from a group's position would pass
+every copy made since (copies get the highest ids).
 """
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ import sqlite3
 from typing import Any
 
 from minibatch.errors import ConfigurationError
-from minibatch.store.base import AVAILABLE, CLAIMED, DEAD, DONE, RETRY, RecordId
+from minibatch.store.base import AVAILABLE, CLAIMED, DEAD, DONE, RETRY, STATES, RecordId
 from minibatch.store.base_groups import DEFAULT_GROUP, STARTS, check_group, group_stream
 from minibatch.store.sqlite_values import dumps, loads, to_datetime, to_epoch
 
 #: messages appended dead (``append_dead``) or dead-lettered unread: no group gets a copy
 APPENDED_DEAD = f"(state = '{DEAD}' AND attempts = 0)"
+#: every state, for queries of a stream's messages by id that should use the (stream, state, id) index
+EVERY_STATE = '(' + ', '.join(f"'{state}'" for state in STATES) + ')'
 #: the states of a message (or copy) its group has not committed yet
 UNCOMMITTED = f"('{AVAILABLE}', '{CLAIMED}', '{RETRY}')"
 
@@ -62,12 +65,26 @@ def register(conn: sqlite3.Connection, name: str, group: str, start: str, keep: 
     return True
 
 
+def take_turn(conn: sqlite3.Connection, name: str, job: str, seconds: float, now: float) -> bool:
+    """True (and ``job``'s time set to ``now``) if nobody took ``job`` on ``name`` in the last ``seconds``."""
+    path = f'$.turns."{job}"'
+    return conn.execute('UPDATE streams SET status = json_set(status, ?, ?) WHERE name = ?'
+                        ' AND coalesce(json_extract(status, ?), 0) <= ?',
+                        (path, now, name, path, now - seconds)).rowcount == 1
+
+
+def has_named(conn: sqlite3.Connection, name: str) -> bool:
+    """Whether stream ``name`` has a named group registered (in the caller's transaction: exact)."""
+    return conn.execute("SELECT EXISTS (SELECT 1 FROM streams, json_each(streams.status, '$.groups')"
+                        f" WHERE streams.name = ? AND json_each.key != '{DEFAULT_GROUP}')", (name,)).fetchone()[0] == 1
+
+
 def has_new(conn: sqlite3.Connection, name: str, group: str) -> bool:
     """Whether ``name`` has a message after ``group``'s position (a read; False for an unknown group)."""
     entry = registry(conn, name).get(group)
     if entry is None or group == DEFAULT_GROUP:
         return False
-    return conn.execute('SELECT 1 FROM buffer WHERE +stream = ? AND id > ? LIMIT 1',
+    return conn.execute(f'SELECT 1 FROM buffer WHERE stream = ? AND state IN {EVERY_STATE} AND id > ? LIMIT 1',
                         (name, entry.get('position') or 0)).fetchone() is not None
 
 
@@ -77,13 +94,18 @@ def pull(conn: sqlite3.Connection, name: str, group: str, limit: int) -> int:
     if entry is None or group == DEFAULT_GROUP:
         return 0
     position = entry.get('position') or 0
-    last = conn.execute('SELECT max(id) FROM (SELECT id FROM buffer WHERE +stream = ? AND id > ? ORDER BY id LIMIT ?)',
-                        (name, position, int(limit))).fetchone()[0]
+    # the limit-th next id: of each state's next ids in index order (a walk of ids from the position would
+    # pass every copy made since, whose ids are higher), the lowest limit
+    per_state = ' UNION ALL '.join(
+        f"SELECT id FROM (SELECT id FROM buffer WHERE stream = ? AND state = '{state}' AND id > ? ORDER BY id LIMIT ?)"
+        for state in STATES)
+    last = conn.execute(f'SELECT max(id) FROM (SELECT id FROM ({per_state}) ORDER BY id LIMIT ?)',
+                        (*(name, position, int(limit)) * len(STATES), int(limit))).fetchone()[0]
     if last is None:
         return 0
     copied = conn.execute(
         'INSERT INTO buffer (stream, created, data, origin) SELECT ?, created, data, id FROM buffer'
-        f' WHERE +stream = ? AND id > ? AND id <= ? AND NOT {APPENDED_DEAD} ORDER BY id',
+        f' WHERE stream = ? AND state IN {EVERY_STATE} AND id > ? AND id <= ? AND NOT {APPENDED_DEAD} ORDER BY id',
         (group_stream(name, group), name, position, last)).rowcount
     conn.execute('UPDATE streams SET status = json_set(status, ?, ?) WHERE name = ?',
                  (_path(group, 'position'), last, name))
@@ -116,7 +138,7 @@ def _first_from(conn: sqlite3.Connection, name: str, since: datetime.datetime | 
             first = int(since)
         except (TypeError, ValueError):
             raise ConfigurationError(f'since must be a datetime or a message id of the stream, got {since!r}') from None
-        sql, params = 'SELECT min(id) FROM buffer WHERE +stream = ? AND id >= ?', (name, first)
+        sql, params = f'SELECT min(id) FROM buffer WHERE stream = ? AND state IN {EVERY_STATE} AND id >= ?', (name, first)
     return conn.execute(sql, params).fetchone()[0]
 
 
@@ -131,14 +153,14 @@ def replay(conn: sqlite3.Connection, name: str, group: str, since: datetime.date
     if group == DEFAULT_GROUP:
         return conn.execute(
             f"UPDATE buffer SET state = '{AVAILABLE}', processed = 0, attempts = 0, error = NULL, claim = NULL,"
-            f" lease = NULL WHERE +stream = ? AND id >= ? AND state = '{DONE}'", (name, first)).rowcount
+            f" lease = NULL WHERE stream = ? AND state = '{DONE}' AND id >= ?", (name, first)).rowcount
     conn.execute('DELETE FROM buffer WHERE stream = ? AND origin >= ?', (group_stream(name, group), first))
     position = groups[group].get('position') or 0
     if position >= first:
         conn.execute('UPDATE streams SET status = json_set(status, ?, ?) WHERE name = ?',
                      (_path(group, 'position'), first - 1, name))
-    return conn.execute(f'SELECT count(*) FROM buffer WHERE +stream = ? AND id >= ? AND NOT {APPENDED_DEAD}',
-                        (name, first)).fetchone()[0]
+    return conn.execute(f'SELECT count(*) FROM buffer WHERE stream = ? AND state IN {EVERY_STATE} AND id >= ?'
+                        f' AND NOT {APPENDED_DEAD}', (name, first)).fetchone()[0]
 
 
 def retain(conn: sqlite3.Connection, name: str) -> int:
@@ -174,8 +196,8 @@ def lag(conn: sqlite3.Connection, name: str, group: str) -> tuple[int, float | N
     if entry is None:
         return 0, None
     fresh, fresh_oldest = conn.execute(
-        f'SELECT count(*), min(created) FROM buffer WHERE +stream = ? AND id > ? AND NOT {APPENDED_DEAD}',
-        (name, entry.get('position') or 0)).fetchone()
+        f'SELECT count(*), min(created) FROM buffer WHERE stream = ? AND state IN {EVERY_STATE} AND id > ?'
+        f' AND NOT {APPENDED_DEAD}', (name, entry.get('position') or 0)).fetchone()
     waiting, waiting_oldest = conn.execute(
         f'SELECT count(*), min(created) FROM buffer WHERE stream = ? AND state IN {UNCOMMITTED}',
         (group_stream(name, group),)).fetchone()
