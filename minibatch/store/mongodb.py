@@ -177,7 +177,7 @@ class MongoStore(MongoCollections):
         :mod:`~minibatch.store.mongodb_outbox` (four single writes, recovered by ``expire_leases``)."""
         streams, buffer, windows = self._collections()
         # while a named group is registered, another group may still need them: kept for retention
-        keep = keep or (bool(ids) and group_store.has_named(streams, name))
+        keep = keep or (bool(ids) and self._has_named_groups(streams, name))
         if output is not None:
             return outbox.commit_with_output(buffer, windows, name, token, ids, keep, window_id, None, output,
                                              self.server().max_bson)[0]
@@ -289,7 +289,7 @@ class MongoStore(MongoCollections):
         streams, buffer, windows = self._collections()
         data = [] if data is None else data
         if output is not None:
-            keep = keep or (bool(ids) and group_store.has_named(streams, name))
+            keep = keep or (bool(ids) and self._has_named_groups(streams, name))
             return outbox.commit_with_output(buffer, windows, name, token, ids, keep, None, data, output,
                                              self.server().max_bson)
         count = self.commit(name, token, ids, keep=keep)
@@ -345,7 +345,23 @@ class MongoStore(MongoCollections):
         if group != DEFAULT_GROUP:  # its copies are a stream of their own: status, the dashboard and /metrics list it
             self.ensure_stream(group_stream(name, group))
         streams, buffer, _ = self._collections()
-        return group_store.register(streams, buffer, name, group, start, keep)
+        created = group_store.register(streams, buffer, name, group, start, keep)
+        if created and group != DEFAULT_GROUP:
+            # a commit decides keep-or-remove on a view of the groups at most GROUPS_TTL old: once that
+            # has passed, every commit knows this group, so it misses nothing appended after we return
+            time.sleep(group_store.GROUPS_TTL)
+        return created
+
+    def _has_named_groups(self, streams: Any, name: str) -> bool:
+        """Whether ``name`` has a named group, as read at most GROUPS_TTL seconds ago (one read per that)."""
+        cache = self.__dict__.setdefault('_named_groups', {})
+        now = time.monotonic()
+        known = cache.get(name)
+        if known is not None and now - known[0] < group_store.GROUPS_TTL:
+            return bool(known[1])
+        found = group_store.has_named(streams, name)  # timed from before the read: a stale answer expires first
+        cache[name] = (now, found)
+        return found
 
     @_translate_errors
     def groups(self, name: str) -> dict[str, dict[str, Any]]:

@@ -120,6 +120,12 @@ def take_turn(streams: Any, name: str, job: str, seconds: float, now: float) -> 
                               {'$set': {key: now}}).modified_count == 1
 
 
+#: seconds a MongoDB store trusts what it read of a stream's named groups, when a commit decides whether to
+#: keep its messages (one read per stream and this period, not per commit); registering a named group
+#: waits this long before it returns, so that no commit misses it afterwards
+GROUPS_TTL = 1.0
+
+
 def has_named(streams: Any, name: str) -> bool:
     """Whether stream ``name`` has a named group registered (one read of its record)."""
     record = streams.find_one({'name': name}, {'status.groups': 1})
