@@ -403,6 +403,8 @@ def test_consume_passes_every_consumer_option(monkeypatch, tmp_path):
     em = consumer_built(monkeypatch, tmp_path, '--concurrency', '4',
                         source='async def handle(window):\n    return window.data\n')
     assert em.concurrency == 4
+    em = consumer_built(monkeypatch, tmp_path, '--group', 'billing', '--start', 'latest')
+    assert (em.group, em.options.start, em.stream_name) == ('billing', 'latest', f'{em.source_name}[billing]')
 
 
 @pytest.mark.parametrize('options, fragment', [

@@ -49,7 +49,7 @@ SECONDS = click.FloatRange(min=0, min_open=True)
 CONSUMER_OPTIONS = {'executor': 'executor', 'workers': 'workers', 'concurrency': 'concurrency', 'keep': 'keep',
                     'max_attempts': 'max_attempts', 'lease': 'lease', 'retry_backoff': 'retry_backoff',
                     'isolate': 'isolate', 'window_timeout': 'timeout', 'stop_grace': 'stop_grace',
-                    'emit_empty': 'emit_empty', 'max_window': 'max_window'}
+                    'emit_empty': 'emit_empty', 'max_window': 'max_window', 'group': 'group', 'start': 'start'}
 #: options that mean something for time windows only
 TIME_WINDOW_OPTIONS = ('fixed', 'emit_empty', 'max_window')
 
@@ -71,6 +71,9 @@ TIME_WINDOW_OPTIONS = ('fixed', 'emit_empty', 'max_window')
 @click.option('--concurrency', type=click.IntRange(min=1), metavar='N',
               help='for an async def function: windows awaiting at once (default 100)')
 @click.option('--keep', is_flag=True, help='keep processed messages (state done) instead of deleting them')
+@click.option('--group', metavar='NAME', help='the consumer group (every group sees every message; docs/groups.rst)')
+@click.option('--start', type=click.Choice(['earliest', 'latest']),
+              help='where a new group starts (default earliest: every retained message)')
 @click.option('--max-attempts', type=click.IntRange(min=1), metavar='N',
               help='deliveries of a message before it becomes a dead letter (default 3)')
 @click.option('--lease', type=SECONDS, metavar='SECONDS',
