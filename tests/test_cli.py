@@ -79,10 +79,11 @@ def assert_error_line(stderr, *fragments):
         assert fragment in lines[0], stderr
 
 
-def table_rows(stdout):
-    """{first cell: {header: cell}} of the first table in ``stdout``."""
-    lines = [line for line in stdout.splitlines() if line.strip()]
-    start = next(i for i, line in enumerate(lines) if line.startswith('stream '))
+def table_rows(stdout, first='stream'):
+    """{first cell: {header: cell}} of the first table in ``stdout`` (lines of text too) whose header starts
+    with ``first``."""
+    lines = [line.strip() for line in (stdout.splitlines() if isinstance(stdout, str) else stdout) if line.strip()]
+    start = next(i for i, line in enumerate(lines) if line.startswith(first + ' '))
     headers = lines[start].split()
     rows = {}
     for line in lines[start + 1:]:
@@ -626,16 +627,7 @@ def grouped(url, name='orders', messages=5):
 
 def group_rows(lines):
     """{group: {header: cell}} of the groups table in ``lines`` (the table starts at the 'group' header)."""
-    lines = [line.strip() for line in lines if line.strip()]
-    start = next(i for i, line in enumerate(lines) if line.startswith('group '))
-    headers = lines[start].split()
-    rows = {}
-    for line in lines[start + 1:]:
-        cells = line.split()
-        if len(cells) != len(headers):
-            break
-        rows[cells[0]] = dict(zip(headers, cells))
-    return rows
+    return table_rows(lines, first='group')
 
 
 def test_groups_table_shows_the_lag_of_stream_stats(store_url):

@@ -75,6 +75,7 @@ import minibatch as mb  # noqa: E402
 from minibatch.errors import ConfigurationError  # noqa: E402
 from minibatch.store.base import utcnow  # noqa: E402
 from tests.helpers import default_sigint, settled, wait_until  # noqa: E402
+from tests.test_reliability import delivered, stop_all  # noqa: E402
 
 
 def spawn(*args):
@@ -90,36 +91,6 @@ def start_consumer(url, outdir, **options):
 
 def start_pipeline(url, outdir, **options):
     return spawn(__file__, 'pipeline', url, outdir, json.dumps(options))
-
-
-def events(outdir, event):
-    """The logged windows of kind ``event`` in ``outdir`` as (pid, ids) pairs."""
-    found = []
-    for path in glob.glob(os.path.join(str(outdir), '*.jsonl')):
-        with open(path) as log:
-            for line in log:
-                if line.strip():
-                    record = json.loads(line)
-                    if record['event'] == event:
-                        found.append((record['pid'], record['ids']))
-    return found
-
-
-def delivered(outdir):
-    """The ids of every window the consumers logging to ``outdir`` finished, repeats included."""
-    return [i for _, ids in events(outdir, 'done') for i in ids]
-
-
-def stop_all(procs):
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def registered(stream, *groups):

@@ -320,17 +320,21 @@ def test_crash_after_staging_appends_nothing(store, monkeypatch, how):
     assert _output(store) == [{'total': 3}]
 
 
+def _commit_crashing_in(monkeypatch, step, store, how, ids, token, keep=False):
+    """Commit ``ids`` with output, the process "killed" (Crash, a BaseException) when the outbox reaches ``step``."""
+    def crash(*args, **kwargs):
+        raise Crash()
+    with monkeypatch.context() as patch:
+        patch.setattr(mongodb_outbox, step, crash)
+        with pytest.raises(Crash):
+            _commit(store, how, ids, token, [{'total': 3}], keep=keep)
+
+
 @pytest.mark.parametrize('how', COMMITS)
 @pytest.mark.parametrize('keep', [False, True])
 def test_crash_after_the_commit_point_commits_on_recovery(store, monkeypatch, how, keep):
     ids, token = _claimed(store)
-
-    def crash(*args, **kwargs):
-        raise Crash()
-    with monkeypatch.context() as patch:
-        patch.setattr(mongodb_outbox, 'commit_messages', crash)
-        with pytest.raises(Crash):
-            _commit(store, how, ids, token, [{'total': 3}], keep=keep)
+    _commit_crashing_in(monkeypatch, 'commit_messages', store, how, ids, token, keep=keep)
     assert _output(store) == []
     assert len(store.messages(S, state=CLAIMED)) == 3
     _lapse(store, token)
@@ -347,13 +351,7 @@ def test_crash_after_the_commit_point_commits_on_recovery(store, monkeypatch, ho
 @pytest.mark.parametrize('how', COMMITS)
 def test_crash_after_committing_publishes_on_settling(store, monkeypatch, how):
     ids, token = _claimed(store)
-
-    def crash(*args, **kwargs):
-        raise Crash()
-    with monkeypatch.context() as patch:
-        patch.setattr(mongodb_outbox, 'publish', crash)
-        with pytest.raises(Crash):
-            _commit(store, how, ids, token, [{'total': 3}])
+    _commit_crashing_in(monkeypatch, 'publish', store, how, ids, token)
     assert _output(store) == []
     assert not store.messages(S, state=CLAIMED)
     store.expire_leases(OUT)  # not abandoned yet: stays pending

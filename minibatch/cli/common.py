@@ -11,6 +11,7 @@ import datetime
 import functools
 import json
 import logging
+import sys
 
 import click
 
@@ -190,6 +191,21 @@ def table(headers, rows, numeric=()):
 
 
 # -- store lookups ------------------------------------------------------
+def confirm_or_refuse(question, refusal):
+    """Ask ``question`` on stderr unless the caller passed --yes; CliError(``refusal``) unless confirmed.
+
+    No answer (stdin closed) is no.
+    """
+    try:
+        confirmed = click.confirm(question, err=True)
+    except click.exceptions.Abort:
+        confirmed = False
+    if not sys.stdin.isatty():
+        click.echo(err=True)  # the answer was not typed, so the prompt line is still open
+    if not confirmed:
+        raise CliError(refusal)
+
+
 def require_stream(store, name):
     """Raise StreamNotFound (one clear line) unless stream ``name`` exists in ``store``."""
     if store.get_stream(name) is None:

@@ -12,11 +12,11 @@ Exit codes: 0; 1 with one error line on stderr when the stream (or the
 group) does not exist, an ID is unknown, ``purge`` was not confirmed (no answer, or no
 terminal to answer on, is no), or the store cannot be used.
 """
-import sys
 
 import click
 
-from minibatch.cli.common import CliError, Group, json_id, pass_store, plain, plural, shorten, table, to_json
+from minibatch.cli.common import (CliError, Group, confirm_or_refuse, json_id, pass_store, plain, plural, shorten,
+                                  table, to_json)
 from minibatch.cli.groups import group_target
 
 #: the --group option of every dead-letters command
@@ -82,14 +82,8 @@ def dead_letters_purge(store, stream, ids, yes, group):
         click.echo(f'no dead letters in {stream!r}')
         return
     if not yes:
-        try:
-            confirmed = click.confirm(f'delete {plural(count, "dead letter")} of {stream!r} for good?', err=True)
-        except click.exceptions.Abort:  # no answer (stdin closed) is no
-            confirmed = False
-        if not sys.stdin.isatty():
-            click.echo(err=True)  # the answer was not typed, so the prompt line is still open
-        if not confirmed:
-            raise CliError('nothing purged (confirm, or pass --yes)')
+        confirm_or_refuse(f'delete {plural(count, "dead letter")} of {stream!r} for good?',
+                          'nothing purged (confirm, or pass --yes)')
     purged = store.purge_dead(stream, ids=selected)
     click.echo(f'purged {plural(purged, "dead letter")} of {stream!r}')
 

@@ -14,11 +14,10 @@ the stream, ``delete-group`` was not confirmed (no answer, or no terminal to
 answer on, is no), or the store cannot be used.
 """
 import datetime
-import sys
 
 import click
 
-from minibatch.cli.common import CliError, pass_store, plural, require_stream, table, to_json
+from minibatch.cli.common import CliError, confirm_or_refuse, pass_store, plural, require_stream, table, to_json
 from minibatch.errors import ConfigurationError
 from minibatch.status import stream_stats
 from minibatch.store.base import DEFAULT_GROUP, group_stream
@@ -166,15 +165,8 @@ def delete_group(store, stream, group, yes):
     if group not in registry:
         raise CliError(f'stream {stream!r} has no group {group!r} (its groups: {", ".join(registry) or "none"})')
     if not yes:
-        try:
-            confirmed = click.confirm(f'delete group {group!r} of {stream!r} with its copies and dead letters?',
-                                      err=True)
-        except click.exceptions.Abort:  # no answer (stdin closed) is no
-            confirmed = False
-        if not sys.stdin.isatty():
-            click.echo(err=True)  # the answer was not typed, so the prompt line is still open
-        if not confirmed:
-            raise CliError('nothing deleted (confirm, or pass --yes)')
+        confirm_or_refuse(f'delete group {group!r} of {stream!r} with its copies and dead letters?',
+                          'nothing deleted (confirm, or pass --yes)')
     alive = stream_stats(store, stream)['groups'].get(group, {}).get('consumers_alive', 0)
     store.delete_group(stream, group)
     click.echo(f'deleted group {group!r} of {stream!r}')
