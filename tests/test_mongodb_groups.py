@@ -198,7 +198,7 @@ def _consume_group(store, group=G, name=S):
 
 def test_retain_keeps_an_uncopied_message_the_look_back_may_still_copy(store):
     store.register_group(S, G)
-    store.append(S, [{"i": i} for i in range(3)])
+    store.append(S, [{'i': i} for i in range(3)])
     assert store.pull(S, G, 100) == 3 and _consume_group(store) == 3
     assert store.retain(S) == 3  # committed by the only group: removed at once, with their copies
     assert not _originals(store) and not _copies(store)
