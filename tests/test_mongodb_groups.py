@@ -364,6 +364,20 @@ def test_crash_after_committing_publishes_on_settling(store, monkeypatch, how):
     assert _output(store) == [{'total': 3}]
 
 
+@pytest.mark.parametrize('how', COMMITS)
+def test_crash_after_committing_is_finished_by_the_input_streams_recovery_within_seconds(store, monkeypatch, how):
+    ids, token = _claimed(store)
+    _commit_crashing_in(monkeypatch, 'publish', store, how, ids, token)
+    store.expire_leases(S)
+    assert _output(store) == [], 'a commit under way is left to its consumer for OPEN_GRACE'
+    monkeypatch.setattr(mongodb_outbox, 'OPEN_GRACE', -1.0)
+    store.expire_leases(S)  # no consumer of the output stream, no pending_timeout: the input's recovery publishes
+    assert _output(store) == [{'total': 3}]
+    store.expire_leases(S), store.expire_leases(OUT)
+    assert _output(store) == [{'total': 3}]
+    assert store.messages(S, state=CLAIMED) == []
+
+
 def test_a_commit_that_lost_its_claim_appends_nothing(store):
     ids, token = _claimed(store)
     _lapse(store, token)

@@ -248,6 +248,7 @@ class MongoStore(MongoCollections):
         window_store.forget_dead_windows(buffer, windows, name, tokens, now - datetime.timedelta(
             seconds=self.orphan_window_age))
         outbox.forget_outbox_records(buffer, windows, name, now - datetime.timedelta(seconds=self.orphan_window_age))
+        outbox.finish_open(buffer, windows, name, now - datetime.timedelta(seconds=outbox.OPEN_GRACE))
         # batches are left pending by producers without transactions and by commits with output, on any server
         changed += appending.settle_abandoned(
             buffer, name, self.pending_timeout,

@@ -32,9 +32,12 @@ Recovery, for a consumer killed after step:
   processed record of the lapsed claim and, instead of giving the messages
   back, commits them as the consumer would have, and publishes the batch
   (:func:`recover`).
-* **3** (messages committed, batch pending): ``settle_abandoned`` of the
-  output stream finds the record and publishes the batch instead of deleting
-  it (:func:`settle_decision`).
+* **3** (messages committed, batch pending): the record is still *open*
+  (``open``, the time of step 2, is removed by the last step); ``expire_leases``
+  of the input stream finishes records open for more than :data:`OPEN_GRACE`
+  seconds (:func:`finish_open`), and ``settle_abandoned`` of the output stream
+  publishes the batch of a recorded commit instead of deleting it
+  (:func:`settle_decision`).
 
 Who settles a record's fate is decided once, on the record: the field
 ``decision`` becomes ``'commit'`` (recovery committing for a dead consumer,
@@ -65,6 +68,8 @@ from minibatch.store.records import AVAILABLE, CLAIMED, DONE, Doc, RecordId, utc
 COMMIT = 'commit'
 #: ``decision`` of a record whose commit found no message held: its output is discarded
 VOID = 'void'
+#: seconds after which a commit record still open is finished by recovery (its consumer takes milliseconds)
+OPEN_GRACE = 5.0
 #: the fields that publish a staged message
 PUBLISHED = {'state': AVAILABLE, 'processed': False}
 
@@ -126,7 +131,7 @@ def commit_with_output(buffer: Any, windows: Any, name: str, token: str | None, 
     """
     target, docs = output
     batch = token if token is not None else f'outbox-{bson.ObjectId()}'
-    fields = {'output': target, 'batch': batch, 'keep': bool(keep)}
+    fields = {'output': target, 'batch': batch, 'keep': bool(keep), 'open': utcnow()}
     raw = stage(name, target, docs, batch, max_bson)
     record = None
     if data is not None:
@@ -155,9 +160,41 @@ def commit_with_output(buffer: Any, windows: Any, name: str, token: str | None, 
         publish(buffer, target, batch)
     elif decide(windows, window_id, VOID):
         discard(buffer, target, batch)
-    if outbox_only:
-        windows.delete_one({'_id': window_id})
+    _close(windows, window_id, outbox_only)
     return count, window_id
+
+
+def _close(windows: Any, record: RecordId, outbox_only: bool) -> None:
+    """The last step: the record is no longer open (:func:`finish_open` leaves it alone); an outbox-only one goes."""
+    if outbox_only:
+        windows.delete_one({'_id': record})
+    else:
+        windows.update_one({'_id': record}, {'$unset': {'open': ''}})
+
+
+def finish_open(buffer: Any, windows: Any, name: str, before: Any) -> int:
+    """Finish the commits with output of ``name`` whose record was opened before ``before`` and is still open.
+
+    Their consumer wrote the commit point (step 2) and was killed before the
+    end: decide ``'commit'`` (unless it voided the commit), commit the messages
+    still held under the token, publish the batch, close the record. Safe while
+    the consumer still runs (a slow one): the decision is taken once, and
+    committing and publishing again change nothing. So a committed window's
+    output appears within a few seconds of the crash, not after
+    ``pending_timeout``. One read (of a sparse index) when none is open.
+    """
+    finished = 0
+    for record in list(windows.find({'stream': name, 'open': {'$lt': before}},
+                                    {'token': 1, 'output': 1, 'batch': 1, 'keep': 1, 'outbox': 1})):
+        target, batch = record.get('output'), record.get('batch') or record.get('token')
+        if decide(windows, record['_id'], COMMIT):
+            commit_messages(buffer, name, record.get('token'), None, bool(record.get('keep')))
+            publish(buffer, target, batch)
+        else:
+            discard(buffer, target, batch)
+        _close(windows, record['_id'], bool(record.get('outbox')))
+        finished += 1
+    return finished
 
 
 def _insert_pending(buffer: Any, target: str, raw: Sequence[Any], batch: str) -> None:
@@ -190,8 +227,7 @@ def recover(buffer: Any, windows: Any, name: str, tokens: Sequence[str]) -> set[
             continue
         commit_messages(buffer, name, record['token'], None, bool(record.get('keep')))
         publish(buffer, record['output'], record.get('batch') or record['token'])
-        if record.get('outbox'):
-            windows.delete_one({'_id': record['_id']})
+        _close(windows, record['_id'], bool(record.get('outbox')))
         committed.add(record['token'])
     return committed
 

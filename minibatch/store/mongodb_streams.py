@@ -75,6 +75,8 @@ class MongoCollections(MongoConnection):
             db['buffer'].create_index([('stream', 1), ('processed', 1), ('_id', 1)], name='mb_available')
             db['buffer'].create_index([('stream', 1), ('state', 1), ('lease', 1)], name='mb_state_lease')
             db['window'].create_index([('stream', 1), ('processed', 1)], name='mb_window')
+            # commits with output still under way (mongodb_outbox): only those records have the field
+            db['window'].create_index([('open', 1)], name='mb_window_open', sparse=True)
             groups.ensure_indexes(db['buffer'])
             try:
                 db['stream'].create_index([('name', 1)], name='mb_name_unique', unique=True)
