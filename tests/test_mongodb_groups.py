@@ -378,6 +378,19 @@ def test_crash_after_committing_is_finished_by_the_input_streams_recovery_within
     assert store.messages(S, state=CLAIMED) == []
 
 
+@pytest.mark.parametrize('how', COMMITS)
+@pytest.mark.parametrize('step', ['commit_messages', 'publish'])
+def test_a_commit_retried_after_failing_part_way_appends_once(store, monkeypatch, how, step):
+    # the runner retries a commit whose store call failed (the server briefly away): same token, same output
+    ids, token = _claimed(store)
+    _commit_crashing_in(monkeypatch, step, store, how, ids, token)
+    _commit(store, how, ids, token, [{'total': 3}])
+    assert _output(store) == [{'total': 3}]
+    assert store.messages(S, state=CLAIMED) == []
+    store.expire_leases(S), store.expire_leases(OUT)
+    assert _output(store) == [{'total': 3}]
+
+
 def test_a_commit_that_lost_its_claim_appends_nothing(store):
     ids, token = _claimed(store)
     _lapse(store, token)

@@ -46,6 +46,10 @@ messages held any more: they were given back before the record was written,
 so its output must not appear, and the staged batch is deleted), whichever
 comes first; the other side then backs off.
 
+A commit retried after it failed part-way (the runner retries while the
+server is briefly away) finishes the earlier try if that reached its commit
+point, and otherwise deletes what it staged first: the output is written once.
+
 **The limit** is that of every lease without fencing: a consumer that stalls
 past its lease (its messages are given back and processed again by another
 consumer) and then commits can still produce the output twice ("zombie").
@@ -133,6 +137,18 @@ def commit_with_output(buffer: Any, windows: Any, name: str, token: str | None, 
     batch = token if token is not None else f'outbox-{bson.ObjectId()}'
     fields = {'output': target, 'batch': batch, 'keep': bool(keep), 'open': utcnow()}
     raw = stage(name, target, docs, batch, max_bson)
+    if token is not None:
+        # a retry of a commit that failed part-way (the store was briefly away): finish the earlier try
+        # if it reached its commit point, else drop what it staged, so the output is never written twice
+        earlier = windows.find_one({'stream': name, 'token': token, 'output': target, 'open': {'$exists': True}},
+                                   {'_id': 1, 'outbox': 1})
+        if earlier is not None:
+            count = commit_messages(buffer, name, token, ids, keep)
+            if decide(windows, earlier['_id'], COMMIT):
+                publish(buffer, target, batch)
+            _close(windows, earlier['_id'], bool(earlier.get('outbox')))
+            return count, earlier['_id']
+        discard(buffer, target, batch)
     record = None
     if data is not None:
         record = window_store.encode_window(name, data, None, token, max_bson, processed=True, extra=fields)
