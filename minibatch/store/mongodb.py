@@ -350,7 +350,7 @@ class MongoStore(MongoCollections):
         if created and group != DEFAULT_GROUP:
             # a commit decides keep-or-remove on a view of the groups at most GROUPS_TTL old: once that
             # has passed, every commit knows this group, so it misses nothing appended after we return
-            time.sleep(group_store.GROUPS_TTL)
+            time.sleep(self.groups_ttl)
         return created
 
     def _has_named_groups(self, streams: Any, name: str) -> bool:
@@ -358,7 +358,7 @@ class MongoStore(MongoCollections):
         cache = self.__dict__.setdefault('_named_groups', {})
         now = time.monotonic()
         known = cache.get(name)
-        if known is not None and now - known[0] < group_store.GROUPS_TTL:
+        if known is not None and now - known[0] < self.groups_ttl:
             return bool(known[1])
         found = group_store.has_named(streams, name)  # timed from before the read: a stale answer expires first
         cache[name] = (now, found)

@@ -49,6 +49,9 @@ class MongoCollections(MongoConnection):
         self.orphan_window_age = 60.0
         #: seconds between two look-backs of a group's pulls (see mongodb_groups): 0 looks back on every pull
         self.group_lookback_every = groups.LOOKBACK_EVERY
+        #: seconds a commit trusts what it read of a stream's named groups, and registering a named group
+        #: waits before it returns (see mongodb_groups.GROUPS_TTL); the same in every process of a deployment
+        self.groups_ttl = groups.GROUPS_TTL
         self._looked_back: dict[tuple[str, str], float] = {}  # (stream, group) -> time.monotonic() of the last
 
     # -- collections ------------------------------------------------------
