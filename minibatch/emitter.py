@@ -243,15 +243,16 @@ class WindowEmitter(LegacyEmitterAPI):
 
     def claim(self, qs):
         """Claim ``qs`` atomically under one new lease token; return the claimed, in the order of ``qs``."""
-        items = [_as_claimable(m) for m in (qs or [])]
-        if not items:
+        if not qs:
             return []
+        items = qs if type(qs) is list and all(type(m) is Message for m in qs) else [_as_claimable(m) for m in qs]
         token = uuid.uuid4().hex
         claimed = self.store.claim(self.stream_name, items, token, self.lease)
         if self.group is not None:
             self.membership.claimed(len(claimed))
-        position = {getattr(item, 'id', item): i for i, item in enumerate(items)}
-        claimed.sort(key=lambda m: position.get(m.id, len(position)))
+        if not _in_order_of(claimed, items):
+            position = {getattr(item, 'id', item): i for i, item in enumerate(items)}
+            claimed.sort(key=lambda m: position.get(m.id, len(position)))
         for message in claimed:
             message.token = token
         return claimed
@@ -420,6 +421,11 @@ class _CallableSink:
 
     def __init__(self, fn):
         self.put = fn
+
+
+def _in_order_of(claimed, items):
+    """True when ``claimed`` are ``items`` themselves, in their order (the usual case: no sort needed)."""
+    return len(claimed) == len(items) and all(c is i for c, i in zip(claimed, items))
 
 
 def _as_claimable(item):

@@ -66,8 +66,12 @@ class CountWindow(WindowEmitter):
         # whether we got them or another consumer did, these are gone; competing
         # consumers then move on to the next window read ahead instead of all
         # racing again for the oldest one (only a short read-ahead is read anew)
-        tried = {getattr(m, 'id', m) for m in qs}
-        self._ahead = [m for m in self._ahead if m.id not in tried]
+        ahead = self._ahead
+        if qs and len(ahead) >= len(qs) and all(a is m for a, m in zip(ahead, qs)):
+            self._ahead = ahead[len(qs):]  # the usual case: the window was the head of the read-ahead
+        else:
+            tried = {getattr(m, 'id', m) for m in qs}
+            self._ahead = [m for m in ahead if m.id not in tried]
         for _ in range(3):  # others took some: top up from the next available messages
             if len(claimed) >= self.size or not claimed:
                 break

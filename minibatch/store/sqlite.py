@@ -25,7 +25,7 @@ import operator
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from minibatch.errors import InvalidMessage
 from minibatch.store import eventtime
@@ -228,12 +228,13 @@ class SQLiteStore(Store):
         if not ids:
             return []
         # leases are timed from inside the write transaction: waiting for the write lock must not shorten them
-        if all(type(m) is Message for m in ids) and len({getattr(m, 'attempts', 0) for m in ids}) == 1:
+        first = ids[0]
+        if type(first) is Message and all(type(m) is Message and m.attempts == first.attempts for m in ids):
             # read by find_available: their data need not be read and decoded again. They are claimed
             # only while their attempts are as read, so these copies are current (a retry's backoff is
             # computed from them); with mixed attempts, the general path reads the rows back.
-            messages: list[Message] = list(ids)
-            attempts = messages[0].attempts
+            messages = cast(list[Message], list(ids))  # all Message: checked above
+            attempts = first.attempts
             held = self._write(lambda conn: lifecycle.claim_known(conn, name, messages, token, time.time() + lease,
                                                                   attempts))
             claimed = messages if held is None else list({m.id: m for m in messages if m.id in held}.values())

@@ -238,8 +238,8 @@ def available_messages_of(name: str, rows: Sequence[Sequence[Any]]) -> tuple[lis
         docs = [doc for doc, why in decoded if why is None]
     else:
         bad = []
-    return [Message(id=id_, stream=name, created=to_datetime(created), data=doc, state=AVAILABLE, attempts=attempts,
-                    error=error)
+    # positional arguments: half the cost of keywords, on the hot path (Message's field order)
+    return [Message(id_, name, to_datetime(created), doc, AVAILABLE, attempts, error)
             for (id_, created, _, attempts, error), doc in zip(rows, docs)], bad
 
 
