@@ -177,8 +177,8 @@ def test_expire_leases_removes_the_unprocessed_window_records_of_the_claims_it_e
     assert {w.id: w.processed for w in store.windows('s')} == {running: False, committed: True, untracked: False}
 
 
-def test_a_claim_that_still_holds_a_message_keeps_its_window_record(store):
-    # a CountWindow tops up a window under the same token: those messages have a later lease
+def test_a_claim_topped_up_holds_all_its_messages_to_the_new_lease_and_keeps_its_window_record(store):
+    # a CountWindow tops up a window under the same token: the claim, one row, takes the later lease
     store.ensure_stream('s')
     ids = store.append('s', [{'i': i} for i in range(2)])
     token = uuid.uuid4().hex
@@ -186,8 +186,10 @@ def test_a_claim_that_still_holds_a_message_keeps_its_window_record(store):
     store.claim('s', ids[1:], token, lease=60)
     window = store.save_window('s', [{'i': 0}, {'i': 1}], token=token)
     time.sleep(0.06)
-    assert store.expire_leases('s') == 1
+    assert store.expire_leases('s') == 0
+    assert [m.id for m in store.messages('s', state='claimed')] == ids
     assert [w.id for w in store.windows('s', processed=False)] == [window]
+    assert store.commit('s', token, ids) == 2 and store.messages('s') == []
 
 
 def test_a_file_of_an_earlier_version_gets_the_token_column(db_path):

@@ -118,12 +118,14 @@ class State(EventTimeState):
         if now >= self._next_rescan:
             self._next_rescan = now + RESCAN
             sql = (f'SELECT {AVAILABLE_COLUMNS} FROM buffer b WHERE stream = ? AND state = ? AND NOT EXISTS '
-                   '(SELECT 1 FROM et_events e WHERE e.spec = ? AND e.msg = b.id) ORDER BY id LIMIT ?')
-            params: tuple[Any, ...] = (self.stream, AVAILABLE, self.spec, limit)
+                   '(SELECT 1 FROM et_events e WHERE e.spec = ? AND e.msg = b.id)'
+                   f' AND id NOT IN ({lifecycle.CLAIMED_IDS}) ORDER BY id LIMIT ?')
+            params: tuple[Any, ...] = (self.stream, AVAILABLE, self.spec, self.stream, limit)
         else:
             sql = (f'SELECT {AVAILABLE_COLUMNS} FROM buffer WHERE stream = ? AND state = ? AND id > '
-                   '(SELECT cursor FROM et_specs WHERE spec = ?) ORDER BY id LIMIT ?')
-            params = (self.stream, AVAILABLE, self.spec, limit)
+                   f'(SELECT cursor FROM et_specs WHERE spec = ?) AND id NOT IN ({lifecycle.CLAIMED_IDS})'
+                   ' ORDER BY id LIMIT ?')
+            params = (self.stream, AVAILABLE, self.spec, self.stream, limit)
         messages, bad = available_messages_of(self.stream, self.db.read(sql, params))
         if bad:
             getattr(self.store, '_bury')(self.stream, bad, AVAILABLE)
@@ -214,12 +216,15 @@ class State(EventTimeState):
             f'UPDATE et_windows SET state = {TAKEN}, due = ? WHERE {_ROW} AND state = ? AND due = ?',
             (due, self.spec, row.key, row.start, row.end, row.state, row.due)).rowcount == 1)
 
-    _CONTENTS = ('SELECT e.msg, e.key, e.t, b.state, b.lease, e.ws FROM et_events e JOIN buffer b ON b.id = e.msg'
+    # a claimed message is available in its row and held by a claim (see sqlite_messages): state and lease from it
+    _CONTENTS = (f"SELECT e.msg, e.key, e.t, CASE WHEN cl.id IS NULL THEN b.state ELSE '{CLAIMED}' END,"
+                 ' coalesce(cl.lease, b.lease), e.ws FROM et_events e JOIN buffer b ON b.id = e.msg'
+                 f' LEFT JOIN ({lifecycle.CLAIMED_LEASES}) AS cl ON cl.id = e.msg'
                  ' WHERE e.spec = ? AND e.late = 0 AND e.key = ? AND e.t >= ? AND e.t < ? AND e.ws <= ?'
                  f' AND b.state IN {_IN_STREAM} ORDER BY e.t, e.msg')
 
     def contents(self, row: Row) -> list[Indexed]:
-        rows = self.db.read(self._CONTENTS, (self.spec, row.key, row.start, row.end, row.start))
+        rows = self.db.read(self._CONTENTS, (self.stream, self.spec, row.key, row.start, row.end, row.start))
         return [Indexed(r[0], r[1], r[2], r[3], r[4], first=r[5]) for r in rows]
 
     def close(self, row: Row, now: float, lease: float, token: str) -> Closing:
@@ -228,7 +233,7 @@ class State(EventTimeState):
             if not self._take(conn, row, now + lease):
                 return Closing('lost'), []
             items = [Indexed(r[0], r[1], r[2], r[3], r[4], first=r[5]) for r in
-                     conn.execute(self._CONTENTS, (self.spec, row.key, row.start, row.end, row.start))]
+                     conn.execute(self._CONTENTS, (self.stream, self.spec, row.key, row.start, row.end, row.start))]
             if not items:
                 self._done(conn, row, [], sweep=True)
                 return Closing('empty'), []
@@ -263,7 +268,7 @@ class State(EventTimeState):
             else:
                 lifecycle.mark_window(conn, wid)
             if back:
-                lifecycle.on_token(conn, lifecycle.UNCLAIM, (), self.stream, token, back)
+                lifecycle.unclaim(conn, self.stream, token, back)
             self._done(conn, row, ())
             return count, wid
         result: tuple[int, RecordId] = self.db.write(work)
@@ -314,7 +319,8 @@ class State(EventTimeState):
     def late(self, limit: int) -> list[Indexed]:
         rows = self.db.read(
             'SELECT e.msg, e.key, e.t, b.state, b.lease, e.ws, e.we FROM et_events e JOIN buffer b ON b.id = e.msg'
-            ' WHERE e.spec = ? AND e.late = 1 AND b.state = ? ORDER BY e.msg LIMIT ?', (self.spec, AVAILABLE, limit))
+            f' WHERE e.spec = ? AND e.late = 1 AND b.state = ? AND e.msg NOT IN ({lifecycle.CLAIMED_IDS})'
+            ' ORDER BY e.msg LIMIT ?', (self.spec, AVAILABLE, self.stream, limit))
         return [Indexed(r[0], r[1], r[2], r[3], r[4], window=(r[5], r[6])) for r in rows]
 
     def forget(self, ids: Sequence[RecordId]) -> None:

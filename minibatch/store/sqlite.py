@@ -7,9 +7,10 @@ optionally ``?synchronous=FULL`` (default NORMAL), ``&timeout=SECONDS`` (busy ti
 
 Concurrency model: every process and thread has its own connection, in
 autocommit mode; every write is one ``BEGIN IMMEDIATE`` transaction
-(:mod:`~minibatch.store.sqlite_connection`). Claims are a single
-``UPDATE ... WHERE state='available' RETURNING``: SQLite serialises writers, so
-two consumers can never take the same message
+(:mod:`~minibatch.store.sqlite_connection`). A claim is one row of the
+``claims`` table naming the messages it holds, written after checking, in the
+same transaction, that none of them is claimed already: SQLite serialises
+writers, so two consumers can never take the same message
 (:mod:`~minibatch.store.sqlite_messages`). A window costs two writes: its
 claim, and its commit, which writes the window record in the same transaction.
 
@@ -144,8 +145,8 @@ class SQLiteStore(Store):
 
     def delete_stream(self, name: str) -> None:
         def work(conn: sqlite3.Connection) -> None:
-            for table, column in (('buffer', 'stream'), ('windows', 'stream'), ('consumers', 'stream'),
-                                  ('stream_counters', 'stream'), ('streams', 'name')):
+            for table, column in (('buffer', 'stream'), ('claims', 'stream'), ('windows', 'stream'),
+                                  ('consumers', 'stream'), ('stream_counters', 'stream'), ('streams', 'name')):
                 conn.execute(f'DELETE FROM {table} WHERE {column} = ?', (name,))
         self._write(work)
         eventtime.forget_stream(self, name)  # watermark, windows and index of event-time consumers
@@ -153,6 +154,7 @@ class SQLiteStore(Store):
     def clear(self, name: str) -> int:
         def work(conn: sqlite3.Connection) -> int:
             removed = conn.execute('DELETE FROM buffer WHERE stream = ?', (name,)).rowcount
+            conn.execute('DELETE FROM claims WHERE stream = ?', (name,))
             conn.execute('DELETE FROM windows WHERE stream = ?', (name,))
             return removed
         removed = self._write(work)
@@ -204,8 +206,9 @@ class SQLiteStore(Store):
     # -- consuming --------------------------------------------------------
     def find_available(self, name: str, limit: int | None = None,
                        until: datetime.datetime | None = None) -> list[Message]:
-        params: list[Any] = [name]
-        sql = f"SELECT {AVAILABLE_COLUMNS} FROM buffer WHERE stream = ? AND state = '{AVAILABLE}'"
+        params: list[Any] = [name, name]  # the claimed are left out (see sqlite_messages)
+        sql = (f"SELECT {AVAILABLE_COLUMNS} FROM buffer WHERE stream = ? AND state = '{AVAILABLE}'"
+               f' AND id NOT IN ({lifecycle.CLAIMED_IDS})')
         if until is not None:
             sql += ' AND created < ?'
             params.append(to_epoch(until))
@@ -222,7 +225,7 @@ class SQLiteStore(Store):
         """Dead-letter messages whose data cannot be decoded, with the reason: they must not block the others."""
         for id_, why in bad:
             logger.error('minibatch: stream %r: message %s dead-lettered: %s', name, id_, why)
-        self._write(lambda conn: lifecycle.bury(conn, name, bad, state, token))
+        self._write(lambda conn: lifecycle.bury(conn, name, bad, token))
 
     def claim(self, name: str, ids: Sequence[RecordId | Message], token: str, lease: float) -> list[Message]:
         if not ids:
@@ -250,8 +253,8 @@ class SQLiteStore(Store):
                 rows = [row for row in rows if row[0] not in dead]
             claimed = [message_of(row) for row in rows]
             for message in claimed:
-                message.token = token
-        claimed.sort(key=_by_id)  # in id order (RETURNING has no defined order; callers may pass any)
+                message.state, message.token = CLAIMED, token
+        claimed.sort(key=_by_id)  # in id order (callers may pass any)
         return claimed
 
     def renew(self, name: str, token: str, lease: float) -> int:
@@ -310,7 +313,7 @@ class SQLiteStore(Store):
     def unclaim(self, name: str, token: str, ids: Sequence[RecordId]) -> int:
         if not ids:
             return 0
-        return self._write(lambda conn: lifecycle.on_token(conn, lifecycle.UNCLAIM, (), name, token, ids))
+        return self._write(lambda conn: lifecycle.unclaim(conn, name, token, ids))
 
     def expire_leases(self, name: str, max_attempts: int = 3) -> int:
         now = time.time()
@@ -378,20 +381,39 @@ class SQLiteStore(Store):
 
     # -- inspection and housekeeping --------------------------------------
     def messages(self, name: str, state: str | None = None, limit: int | None = None) -> list[Message]:
+        # a claimed message is available in its row and held by a claim (see sqlite_messages)
         params: list[Any] = [name]
         sql = f'SELECT {MESSAGE_COLUMNS} FROM buffer WHERE stream = ?'
-        if state is not None:
+        if state == CLAIMED:
+            sql += f" AND state = '{AVAILABLE}' AND id IN ({lifecycle.CLAIMED_IDS})"
+            params.append(name)
+        elif state == AVAILABLE:
+            sql += f" AND state = '{AVAILABLE}' AND id NOT IN ({lifecycle.CLAIMED_IDS})"
+            params.append(name)
+        elif state is not None:
             sql += ' AND state = ?'
             params.append(state)
         sql += ' ORDER BY id'
         if limit is not None:
             sql += ' LIMIT ?'
             params.append(int(limit))
-        return [message_of(row) for row in self._read(sql, params)]
+        messages = [message_of(row) for row in self._read(sql, params)]
+        if state is None or state == CLAIMED:
+            claimed = self._claimed(name) if state is None else None
+            for message in messages:
+                if message.state == AVAILABLE and (claimed is None or message.id in claimed):
+                    message.state = CLAIMED
+        return messages
+
+    def _claimed(self, name: str) -> set[RecordId]:
+        return {row[0] for row in self._read(lifecycle.CLAIMED_IDS, (name,))}
 
     def counts(self, name: str) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
         counts.update(self._read('SELECT state, count(*) FROM buffer WHERE stream = ? GROUP BY state', (name,)))
+        counts[CLAIMED] = self._read(f"SELECT count(*) FROM buffer WHERE stream = ? AND state = '{AVAILABLE}'"
+                                     f' AND id IN ({lifecycle.CLAIMED_IDS})', (name, name))[0][0]
+        counts[AVAILABLE] -= counts[CLAIMED]
         counts['windows'] = self._read('SELECT count(*) FROM windows WHERE stream = ?', (name,))[0][0]
         expired = self._read("SELECT value FROM stream_counters WHERE stream = ? AND name = 'expired'", (name,))
         counts['expired'] = expired[0][0] if expired else 0
@@ -402,7 +424,8 @@ class SQLiteStore(Store):
 
         def work(conn: sqlite3.Connection) -> tuple[int, int]:
             expired = conn.execute(f"DELETE FROM buffer WHERE stream = ? AND state IN ('{AVAILABLE}', '{RETRY}')"
-                                   " AND created < ?", (name, cutoff)).rowcount
+                                   f' AND created < ? AND id NOT IN ({lifecycle.CLAIMED_IDS})',
+                                   (name, cutoff, name)).rowcount
             done = conn.execute(f"DELETE FROM buffer WHERE stream = ? AND state = '{DONE}' AND created < ?",
                                 (name, cutoff)).rowcount
             windows = conn.execute('DELETE FROM windows WHERE stream = ? AND processed = 1 AND created < ?',

@@ -87,6 +87,15 @@ CREATE TABLE IF NOT EXISTS consumers (
     info TEXT NOT NULL,
     PRIMARY KEY (stream, id)
 );
+-- the claims in flight, one row each: the ids it holds (a JSON array) until its lease ends.
+-- A claimed message's own row is not written at all (minibatch.store.sqlite_messages)
+CREATE TABLE IF NOT EXISTS claims (
+    token TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    lease REAL NOT NULL,
+    ids TEXT NOT NULL,
+    PRIMARY KEY (token, stream)
+) WITHOUT ROWID;
 """
 
 SYNCHRONOUS = ('OFF', 'NORMAL', 'FULL', 'EXTRA')
@@ -94,7 +103,7 @@ OPTIONS = ('synchronous', 'timeout', 'readonly')
 _BOOLEANS = {'1': True, 'true': True, 'yes': True, 'on': True, '0': False, 'false': False, 'no': False, 'off': False}
 #: table name -> its CREATE statement (a read-only connection makes empty TEMP copies of the tables a file lacks)
 TABLES = {match.group(1): match.group(0) for match in
-          re.finditer(r'CREATE TABLE IF NOT EXISTS (\w+) \(.*?\n\);', SCHEMA, re.S)}
+          re.finditer(r'CREATE TABLE IF NOT EXISTS (\w+) \(.*?\n\)( WITHOUT ROWID)?;', SCHEMA, re.S)}
 LOCK_RETRIES = 5
 _T = TypeVar('_T')
 
@@ -288,6 +297,7 @@ class Database:
             _add_missing_columns(conn)
             for statement in LATE_SCHEMA:
                 conn.execute(statement)
+            _move_old_claims(conn)
             conn.execute('COMMIT')
         except BaseException:
             conn.execute('ROLLBACK')
@@ -359,6 +369,21 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
     for table, column, declaration in ADDED_COLUMNS:
         if column not in {row[1] for row in conn.execute(f'PRAGMA table_info({table})')}:
             conn.execute(f'ALTER TABLE {table} ADD COLUMN {column} {declaration}')
+
+
+def _move_old_claims(conn: sqlite3.Connection) -> None:
+    """Turn the claims of files of earlier versions (rows in state 'claimed') into rows of ``claims``.
+
+    Inside the schema's transaction; one indexed look per stream when there are none.
+    """
+    for (stream,) in conn.execute('SELECT name FROM streams').fetchall():
+        old = conn.execute("SELECT claim, max(lease), json_group_array(id) FROM buffer"
+                           " WHERE stream = ? AND state = 'claimed' GROUP BY claim", (stream,)).fetchall()
+        for token, lease, ids in old:
+            conn.execute('INSERT OR REPLACE INTO claims (token, stream, lease, ids) VALUES (?, ?, ?, ?)',
+                         (token or '', stream, lease or 0.0, ids))
+        if old:
+            conn.execute("UPDATE buffer SET state = 'available' WHERE stream = ? AND state = 'claimed'", (stream,))
 
 
 def _unwritable(path: str) -> bool:

@@ -20,6 +20,7 @@ from minibatch.errors import ConfigurationError
 from minibatch.store.base import AVAILABLE, CLAIMED, DEAD, DONE, RETRY, STATES, RecordId
 from minibatch.store.base_groups import DEFAULT_GROUP, STARTS, check_group, group_stream
 from minibatch.store.sqlite_values import dumps, loads, to_datetime, to_epoch
+from minibatch.store.sqlite_messages import CLAIMED_IDS
 
 #: messages appended dead (``append_dead``) or dead-lettered unread: no group gets a copy
 APPENDED_DEAD = f"(state = '{DEAD}' AND attempts = 0)"
@@ -169,10 +170,11 @@ def retain(conn: sqlite3.Connection, name: str) -> int:
     if not groups or any(entry.get('keep') for entry in groups.values()):
         return 0
     named = [group_stream(name, g) for g in groups if g != DEFAULT_GROUP]
-    conditions: list[str] = [f"state NOT IN ('{DEAD}', '{CLAIMED}')"]
-    params: list[Any] = [name]
+    # named groups only: every message but dead letters and claimed ones (those are the copies' business)
+    conditions: list[str] = [f"state != '{DEAD}' AND id NOT IN ({CLAIMED_IDS})"]
+    params: list[Any] = [name, name]
     if DEFAULT_GROUP in groups:
-        conditions = [f"state = '{DONE}'"]
+        conditions, params = [f"state = '{DONE}'"], [name]
     if named:
         floor = min(entry.get('position') or 0 for g, entry in groups.items() if g != DEFAULT_GROUP)
         conditions.append('id <= ?')

@@ -5,21 +5,35 @@ Each function runs inside a write transaction its caller opened
 so that the store can put several of them in one transaction (a commit and its
 window record). States and their meaning: :mod:`minibatch.store.base`.
 
+**Claims live in a table of their own**, one row per claim (its token, its
+stream, its lease and the ids it holds as a JSON array), not in the messages'
+rows: a claimed message keeps ``state = 'available'`` in ``buffer`` and is
+*claimed* because a claim holds its id. Claiming a window of 100 messages
+therefore writes one small row instead of rewriting 100 rows and moving 100
+index entries, and a commit deletes the messages as a bare consumer would plus
+that one row. Every query for available messages leaves out the claimed ones
+(:data:`CLAIMED_IDS`); a claim's row goes once it holds nothing, and the
+claims of a stream go with the stream (clear, delete).
+
 Operations on listed messages filter with ``+stream``: without statistics the
 planner would otherwise walk the stream's whole index instead of looking up the
 ids by primary key, which made a claim cost O(stream length).
 """
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from minibatch.store.base import AVAILABLE, CLAIMED, DEAD, DONE, RETRY, Message, RecordId
+from minibatch.store.base import AVAILABLE, DEAD, DONE, RETRY, Message, RecordId
 
 CHUNK = 500  # ids per IN (...) list, well below SQLite's bound-parameter limit
 
-UNCLAIM = f"UPDATE buffer SET state = '{AVAILABLE}', processed = 0, claim = NULL, lease = NULL WHERE"
+#: the ids of stream ``?``'s claimed messages (one parameter: the stream), for ``id [NOT] IN (...)``
+CLAIMED_IDS = 'SELECT j.value FROM claims AS c, json_each(c.ids) AS j WHERE c.stream = ?'
+#: (id, lease) of stream ``?``'s claimed messages, to join on
+CLAIMED_LEASES = 'SELECT j.value AS id, c.lease AS lease FROM claims AS c, json_each(c.ids) AS j WHERE c.stream = ?'
 REQUEUE = (f"UPDATE buffer SET state = '{AVAILABLE}', processed = 0, attempts = 0, error = NULL,"
            ' claim = NULL, lease = NULL')
 PURGE = 'DELETE FROM buffer'
@@ -36,21 +50,58 @@ def marks(ids: Sequence[object]) -> str:
     return ','.join('?' * len(ids))
 
 
+def _json_ids(ids: Sequence[int]) -> str:
+    return '[' + ','.join(map(str, ids)) + ']'
+
+
+def held(conn: sqlite3.Connection, name: str, token: str | None) -> list[int]:
+    """The ids the claim ``token`` of stream ``name`` holds, in the order claimed ([] for none)."""
+    if token is None:
+        return []
+    row = conn.execute('SELECT ids FROM claims WHERE token = ? AND stream = ?', (token, name)).fetchone()
+    return json.loads(row[0]) if row else []
+
+
+def _hold(conn: sqlite3.Connection, name: str, token: str, until: float, ids: Sequence[int]) -> None:
+    """Record that claim ``token`` holds ``ids`` too, until ``until`` (a claim topped up keeps one row)."""
+    ids = held(conn, name, token) + list(ids)
+    conn.execute('INSERT OR REPLACE INTO claims (token, stream, lease, ids) VALUES (?, ?, ?, ?)',
+                 (token, name, until, _json_ids(ids)))
+
+
+def let_go(conn: sqlite3.Connection, name: str, token: str | None, ids: Iterable[Any]) -> list[int]:
+    """Take ``ids`` out of the claim ``token``; return those it held (the rest it never held, or no longer)."""
+    current = held(conn, name, token)
+    if not current:
+        return []
+    wanted = {int(getattr(i, 'id', i)) for i in ids}
+    mine = [i for i in current if i in wanted]
+    if not mine:
+        return []
+    rest = [i for i in current if i not in wanted]
+    if rest:
+        conn.execute('UPDATE claims SET ids = ? WHERE token = ? AND stream = ?', (_json_ids(rest), token, name))
+    else:
+        conn.execute('DELETE FROM claims WHERE token = ? AND stream = ?', (token, name))
+    return mine
+
+
 def claim(conn: sqlite3.Connection, name: str, ids: Iterable[Any], token: str, until: float,
           columns: str) -> list[Any]:
-    """Claim the still available messages among ``ids``; return their ``columns`` (in no defined order)."""
+    """Claim the available, unclaimed messages among ``ids``; return their ``columns`` (the id first)."""
     rows: list[Any] = []
     for chunk in chunks(ids):
         rows += conn.execute(
-            f"UPDATE buffer SET state = '{CLAIMED}', processed = 1, claim = ?, lease = ?"
-            f" WHERE +stream = ? AND state = '{AVAILABLE}' AND id IN ({marks(chunk)})"
-            f' RETURNING {columns}', (token, until, name, *chunk)).fetchall()
+            f"SELECT {columns} FROM buffer WHERE +stream = ? AND state = '{AVAILABLE}' AND id IN ({marks(chunk)})"
+            f' AND id NOT IN ({CLAIMED_IDS})', (name, *chunk, name)).fetchall()
+    if rows:
+        _hold(conn, name, token, until, [row[0] for row in rows])
     return rows
 
 
 def claim_known(conn: sqlite3.Connection, name: str, messages: Sequence[Message], token: str,
                 until: float, attempts: int) -> set[RecordId] | None:
-    """Claim the still available ``messages``; return None if all were claimed, else the ids that were.
+    """Claim the still available, unclaimed ``messages``; return None if all were claimed, else the ids that were.
 
     Only messages whose ``attempts`` are still ``attempts`` (as the caller read
     them) are claimed: one that failed since keeps its place for the next read,
@@ -58,61 +109,59 @@ def claim_known(conn: sqlite3.Connection, name: str, messages: Sequence[Message]
     from them).
     """
     ids = [m.id for m in messages]
-    sql = (f"UPDATE buffer SET state = '{CLAIMED}', processed = 1, claim = ?, lease = ?"
-           f" WHERE +stream = ? AND state = '{AVAILABLE}' AND attempts = ? AND id IN ")
-    count = 0
+    free: list[int] = []
     for chunk in chunks(ids):
-        count += conn.execute(f'{sql}({marks(chunk)})', (token, until, name, attempts, *chunk)).rowcount
-    if count == len(ids):
-        return None  # the usual case: no RETURNING rows to fetch and match
-    held: set[RecordId] = set()
-    for chunk in chunks(ids):  # some were taken by others: which are ours (still in the transaction)
-        held.update(row[0] for row in conn.execute(
-            f'SELECT id FROM buffer WHERE claim = ? AND lease = ? AND id IN ({marks(chunk)})', (token, until, *chunk)))
-    return held
+        free += [row[0] for row in conn.execute(
+            f"SELECT id FROM buffer WHERE +stream = ? AND state = '{AVAILABLE}' AND attempts = ?"
+            f' AND id IN ({marks(chunk)}) AND id NOT IN ({CLAIMED_IDS})', (name, attempts, *chunk, name))]
+    if free:
+        _hold(conn, name, token, until, sorted(free))
+    if len(free) == len(ids):
+        return None  # the usual case
+    return set(free)
 
 
-def on_token(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...], name: str, token: str | None,
-             ids: Iterable[RecordId]) -> int:
-    """Run ``sql`` (ending in a WHERE clause) on ``ids`` still claimed under ``token``; return the rowcount."""
-    count = 0
-    for chunk in chunks(ids):
-        count += conn.execute(
-            f"{sql} claim = ? AND +stream = ? AND state = '{CLAIMED}' AND id IN ({marks(chunk)})",
-            (*params, token, name, *chunk)).rowcount
-    return count
+def unclaim(conn: sqlite3.Connection, name: str, token: str | None, ids: Iterable[Any]) -> int:
+    """Give ``ids`` held under ``token`` back, untouched (no attempt counted); return how many."""
+    return len(let_go(conn, name, token, ids))
 
 
 def renew(conn: sqlite3.Connection, name: str, token: str, until: float) -> int:
-    return conn.execute(f"UPDATE buffer SET lease = ? WHERE claim = ? AND stream = ? AND state = '{CLAIMED}'",
-                        (until, token, name)).rowcount
+    row = conn.execute('UPDATE claims SET lease = ? WHERE token = ? AND stream = ? RETURNING json_array_length(ids)',
+                       (until, token, name)).fetchone()
+    return row[0] if row else 0
 
 
 def commit(conn: sqlite3.Connection, name: str, token: str | None, ids: Sequence[RecordId], keep: bool) -> int:
     """Delete the messages still held under ``token`` (or mark them done, with ``keep``); return the count."""
+    mine = let_go(conn, name, token, ids) if ids else []
+    if not mine:
+        return 0
     if keep:
         sql = f"UPDATE buffer SET state = '{DONE}', processed = 1, claim = NULL, lease = NULL WHERE"
     else:
         sql = 'DELETE FROM buffer WHERE'
-    return on_token(conn, sql, (), name, token, ids) if ids else 0
+    return sum(conn.execute(f"{sql} +stream = ? AND state = '{AVAILABLE}' AND id IN ({marks(chunk)})",
+                            (name, *chunk)).rowcount for chunk in chunks(mine))
 
 
 def release(conn: sqlite3.Connection, name: str, token: str, ids: Sequence[RecordId], error: str | None,
             max_attempts: int, backoff: float, now: float) -> tuple[int, int]:
     """Count a failed attempt: retry after ``backoff`` (at once if 0) or dead-letter; return (retried, dead)."""
+    mine = let_go(conn, name, token, ids)
     # SET expressions see the old row, so "attempts + 1" is the new attempt count throughout
     later = f"CASE WHEN ? > 0 THEN '{RETRY}' ELSE '{AVAILABLE}' END"
     new_state = f"CASE WHEN attempts + 1 >= ? THEN '{DEAD}' ELSE {later} END"
     sql = (f'UPDATE buffer SET attempts = attempts + 1, error = ?, claim = NULL, state = {new_state},'
            f' processed = CASE WHEN attempts + 1 < ? AND ? <= 0 THEN 0 ELSE 1 END,'
            f' lease = CASE WHEN attempts + 1 < ? AND ? > 0 THEN ? ELSE NULL END'
-           f" WHERE claim = ? AND +stream = ? AND state = '{CLAIMED}' AND id IN ")
+           f" WHERE +stream = ? AND state = '{AVAILABLE}' AND id IN ")
     states: list[Any] = []
-    for chunk in chunks(ids):
+    for chunk in chunks(mine):
         states += conn.execute(
             f'{sql} ({marks(chunk)}) RETURNING state',
             (error, max_attempts, backoff, max_attempts, backoff, max_attempts, backoff, now + backoff,
-             token, name, *chunk)).fetchall()
+             name, *chunk)).fetchall()
     dead = sum(1 for (state,) in states if state == DEAD)
     return len(states) - dead, dead
 
@@ -122,22 +171,25 @@ def expire(conn: sqlite3.Connection, name: str, max_attempts: int, now: float) -
 
     The unprocessed window records of the claims that expired go too (see :func:`drop_orphaned_windows`).
     """
-    lapsed = f"WHERE stream = ? AND state = '{CLAIMED}' AND lease < ?"
-    # the claims that lapsed, read first (the update clears them); when none did, that one read is all
-    tokens = [token for (token,) in conn.execute(f'SELECT DISTINCT claim FROM buffer {lapsed}', (name, now))]
+    # the claims that lapsed: a read of the (small) claims table; when none did, that and one update are all
+    lapsed = conn.execute('SELECT token, ids FROM claims WHERE stream = ? AND lease < ?', (name, now)).fetchall()
     expired = 0
-    if tokens:
-        # an abandoned claim counts as a failed delivery
-        expired = conn.execute(
-            f"UPDATE buffer SET attempts = attempts + 1, error = 'lease expired', claim = NULL, lease = NULL,"
-            f" state = CASE WHEN attempts + 1 >= ? THEN '{DEAD}' ELSE '{AVAILABLE}' END,"
-            f' processed = CASE WHEN attempts + 1 >= ? THEN 1 ELSE 0 END {lapsed}',
-            (max_attempts, max_attempts, name, now)).rowcount
+    if lapsed:
+        conn.execute('DELETE FROM claims WHERE stream = ? AND lease < ?', (name, now))
+        ids = sorted(i for _, held_ids in lapsed for i in json.loads(held_ids))
+        for chunk in chunks(ids):
+            # an abandoned claim counts as a failed delivery
+            expired += conn.execute(
+                f"UPDATE buffer SET attempts = attempts + 1, error = 'lease expired', claim = NULL, lease = NULL,"
+                f" state = CASE WHEN attempts + 1 >= ? THEN '{DEAD}' ELSE '{AVAILABLE}' END,"
+                f" processed = CASE WHEN attempts + 1 >= ? THEN 1 ELSE 0 END"
+                f" WHERE +stream = ? AND state = '{AVAILABLE}' AND id IN ({marks(chunk)})",
+                (max_attempts, max_attempts, name, *chunk)).rowcount
     backed_off = conn.execute(
         f"UPDATE buffer SET state = '{AVAILABLE}', processed = 0, lease = NULL"
         f" WHERE stream = ? AND state = '{RETRY}' AND lease <= ?", (name, now)).rowcount
-    if tokens:
-        drop_orphaned_windows(conn, name, tokens)
+    if lapsed:
+        drop_orphaned_windows(conn, name, [token for token, _ in lapsed])
     return expired + backed_off
 
 
@@ -146,31 +198,31 @@ def drop_orphaned_windows(conn: sqlite3.Connection, name: str, tokens: Sequence[
 
     Called when those claims' leases expired: their consumer died or hung, the
     messages go out again in a new window with a record of its own, and nobody
-    will commit the old one. A claim that still holds a message (part of a
-    window topped up later, with a later lease) keeps its record. Returns the count.
+    will commit the old one. Returns the count.
     """
     removed = 0
     for start in range(0, len(tokens), CHUNK):
         chunk = tokens[start:start + CHUNK]
         removed += conn.execute(
             f'DELETE FROM windows WHERE stream = ? AND processed = 0 AND token IN ({marks(chunk)}) AND NOT EXISTS'
-            f" (SELECT 1 FROM buffer WHERE buffer.stream = windows.stream AND state = '{CLAIMED}'"
-            '  AND claim = windows.token)', (name, *chunk)).rowcount
+            ' (SELECT 1 FROM claims WHERE claims.stream = windows.stream AND claims.token = windows.token)',
+            (name, *chunk)).rowcount
     return removed
 
 
-def bury(conn: sqlite3.Connection, name: str, bad: Sequence[tuple[RecordId, str]], state: str = AVAILABLE,
-         token: str | None = None) -> int:
-    """Dead-letter the messages ``bad`` (``(id, why)``: data that cannot be decoded) still in ``state``.
+def bury(conn: sqlite3.Connection, name: str, bad: Sequence[tuple[RecordId, str]], token: str | None = None) -> int:
+    """Dead-letter the messages ``bad`` (``(id, why)``: data that cannot be decoded); return the count.
 
-    ``token``: only those claimed with it (``state`` CLAIMED). Returns the count.
+    ``token`` None: only those still available and unclaimed; else only those
+    the claim ``token`` holds (they leave it).
     """
     sql = (f"UPDATE buffer SET state = '{DEAD}', processed = 1, error = ?, claim = NULL, lease = NULL"
-           f' WHERE id = ? AND +stream = ? AND state = ?')
-    if token is not None:
-        sql += ' AND claim = ?'
-    return sum(conn.execute(sql, (why, int(id_), name, state, *(() if token is None else (token,)))).rowcount
-               for id_, why in bad)
+           f" WHERE id = ? AND +stream = ? AND state = '{AVAILABLE}'")
+    if token is None:
+        sql += f' AND id NOT IN ({CLAIMED_IDS})'
+        return sum(conn.execute(sql, (why, int(id_), name, name)).rowcount for id_, why in bad)
+    mine = set(let_go(conn, name, token, [id_ for id_, _ in bad]))
+    return sum(conn.execute(sql, (why, int(id_), name)).rowcount for id_, why in bad if int(id_) in mine)
 
 
 def on_dead(conn: sqlite3.Connection, sql: str, name: str, ids: Iterable[RecordId] | None) -> int:
