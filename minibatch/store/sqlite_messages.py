@@ -63,26 +63,33 @@ def held(conn: sqlite3.Connection, name: str, token: str | None) -> list[int]:
 
 
 def _hold(conn: sqlite3.Connection, name: str, token: str, until: float, ids: Sequence[int]) -> None:
-    """Record that claim ``token`` holds ``ids`` too, until ``until`` (a claim topped up keeps one row)."""
-    ids = held(conn, name, token) + list(ids)
-    conn.execute('INSERT OR REPLACE INTO claims (token, stream, lease, ids) VALUES (?, ?, ?, ?)',
+    """Record that claim ``token`` holds ``ids`` too, until ``until`` (a claim topped up keeps one row).
+
+    One statement: a claim topped up (same token) gets the new ids appended to
+    its JSON array (both are non-empty arrays: ``[1,2`` + ``,`` + ``3]``) and the later lease.
+    """
+    conn.execute('INSERT INTO claims (token, stream, lease, ids) VALUES (?, ?, ?, ?)'
+                 ' ON CONFLICT (token, stream) DO UPDATE SET lease = excluded.lease,'
+                 " ids = substr(ids, 1, length(ids) - 1) || ',' || substr(excluded.ids, 2)",
                  (token, name, until, _json_ids(ids)))
 
 
 def let_go(conn: sqlite3.Connection, name: str, token: str | None, ids: Iterable[Any]) -> list[int]:
     """Take ``ids`` out of the claim ``token``; return those it held (the rest it never held, or no longer)."""
-    current = held(conn, name, token)
-    if not current:
+    if token is None:
         return []
+    # the usual case is a commit of the whole claim: take the row out at once, put back what stays
+    row = conn.execute('DELETE FROM claims WHERE token = ? AND stream = ? RETURNING lease, ids',
+                       (token, name)).fetchone()
+    if row is None:
+        return []
+    current: list[int] = json.loads(row[1])
     wanted = {int(getattr(i, 'id', i)) for i in ids}
     mine = [i for i in current if i in wanted]
-    if not mine:
-        return []
-    rest = [i for i in current if i not in wanted]
-    if rest:
-        conn.execute('UPDATE claims SET ids = ? WHERE token = ? AND stream = ?', (_json_ids(rest), token, name))
-    else:
-        conn.execute('DELETE FROM claims WHERE token = ? AND stream = ?', (token, name))
+    if len(mine) < len(current):
+        rest = [i for i in current if i not in wanted]
+        conn.execute('INSERT INTO claims (token, stream, lease, ids) VALUES (?, ?, ?, ?)',
+                     (token, name, row[0], _json_ids(rest)))
     return mine
 
 
