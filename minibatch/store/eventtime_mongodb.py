@@ -15,6 +15,15 @@ Without transactions, an event can be indexed into a window just as another
 consumer takes it; the index step therefore reads its windows again after
 writing, and marks late the events whose windows were all taken meanwhile
 (the claim of the message settles who gets it, as for every window).
+
+``mb_et_unindexed`` is made by the store when it connects (:func:`ensure_unindexed_index`,
+called from ``MongoCollections._ensure_indexes``), before any of its appends, not
+when the first event-time consumer starts: the MongoDB-wire test server
+(SecantusDB 0.7.0b3) builds an index without the documents of a multi-document
+transaction that is open meanwhile (an append of a batch), so a batch appended
+just as a consumer started was missing from that index for good, never indexed,
+and its windows never closed. ``mb_et_window`` can still be made by the consumer:
+a message gets its entry there when it is indexed (an update, not in a transaction).
 """
 from __future__ import annotations
 
@@ -35,6 +44,14 @@ _IN_STREAM = [AVAILABLE, CLAIMED, RETRY]
 PURGE_EVERY = 50
 #: seconds an index step holds its batch (claimed: see State._claim_batch)
 INDEX_LEASE = 30.0
+#: the buffer index of messages not yet indexed for a spec (``et.s`` null), in append order
+UNINDEXED_INDEX = 'mb_et_unindexed'
+
+
+def ensure_unindexed_index(buffer: Any) -> None:
+    """Create the buffer index :meth:`State.unindexed` reads (idempotent; see the module's docstring for why the
+    store makes it when it connects, before it appends anything)."""
+    buffer.create_index([('stream', 1), ('et.s', 1), ('_id', 1)], name=UNINDEXED_INDEX)
 
 
 def _epoch(value: Any) -> float | None:
@@ -56,8 +73,9 @@ class State(EventTimeState):
         db = getattr(store, '_db')()
         self.buffer = getattr(store, '_buffer')()
         self.specs, self.windows = db['eventtime_spec'], db['eventtime_window']
-        # unindexed messages in append order (et.s null), and a window's events by key and time
-        self.buffer.create_index([('stream', 1), ('et.s', 1), ('_id', 1)], name='mb_et_unindexed')
+        # unindexed messages in append order (et.s null; made by the store already, see the module's
+        # docstring), and a window's events by key and time
+        ensure_unindexed_index(self.buffer)
         self.buffer.create_index([('et.s', 1), ('et.l', 1), ('et.k', 1), ('et.t', 1)], name='mb_et_window')
         self.windows.create_index([('spec', 1), ('state', 1), ('due', 1)], name='mb_et_due')
         self.windows.create_index([('spec', 1), ('key', 1), ('end', 1)], name='mb_et_key')
@@ -80,7 +98,7 @@ class State(EventTimeState):
     # -- indexing ---------------------------------------------------------
     def unindexed(self, limit: int) -> list[Message]:
         cursor = self.buffer.find({'stream': self.stream, 'et.s': None, 'processed': False},
-                                  hint='mb_et_unindexed').sort('_id', 1)
+                                  hint=UNINDEXED_INDEX).sort('_id', 1)
         # a record whose data is not a dict is not ours to judge: the store's own reads dead-letter it
         return [Message(id=d['_id'], stream=self.stream, created=d.get('created'), data=d['data'],
                         state=AVAILABLE, attempts=d.get('attempts', 0), error=d.get('error'))

@@ -49,9 +49,9 @@ logger = logging.getLogger(__name__)
 class SQLiteStore(Store):
     """The embedded store: one SQLite file in WAL mode, shared by the processes of one machine.
 
-    Every write is one ``BEGIN IMMEDIATE`` transaction; claims are a single
-    ``UPDATE ... RETURNING`` on rows still available, so they are atomic
-    across processes. Ids come from AUTOINCREMENT: they only increase and are
+    Every write is one ``BEGIN IMMEDIATE`` transaction; a claim checks and
+    records the messages it takes (one row of ``claims``) in one, so claims are
+    atomic across processes. Ids come from AUTOINCREMENT: they only increase and are
     never reused.
 
     ``readonly=True`` (or ``?readonly=true``) opens the file read-only, as does

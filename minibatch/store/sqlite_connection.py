@@ -52,9 +52,10 @@ CREATE TABLE IF NOT EXISTS buffer (
     origin INTEGER
 );
 -- One index serves every query: the next available messages in id order
--- (find_available), claimed and retrying ones by lease (expire_leases, renew),
--- dead letters in order, counts per state (covering), housekeeping. A claim or
--- commit moves one entry of one index per message, and lookups by id use the key.
+-- (find_available), retrying ones by lease (expire_leases), dead letters in
+-- order, counts per state (covering), housekeeping. A claim does not touch it (claims
+-- have a table of their own, below), a commit removes or moves one entry per message,
+-- and lookups by id use the key.
 -- (Indexes of earlier versions are dropped: each cost a write per message.)
 DROP INDEX IF EXISTS buffer_available;
 DROP INDEX IF EXISTS buffer_state;
