@@ -25,16 +25,17 @@ import logging
 import operator
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, cast
 
 from minibatch.errors import InvalidMessage
 from minibatch.store import eventtime
 from minibatch.store import sqlite_groups as groups
 from minibatch.store import sqlite_messages as lifecycle
-from minibatch.store.base import (AVAILABLE, CLAIMED, DEAD, DONE, RETRY, STATES, Doc, Message, Output, RecordId,
+from minibatch.store.base import (AVAILABLE, CLAIMED, DEAD, Doc, Message, Output, RecordId,
                                   StatusPath, Store, StreamInfo, WindowRecord, utcnow)
 from minibatch.store.sqlite_connection import Database
+from minibatch.store.sqlite_inspection import SQLiteInspection
 from minibatch.store.sqlite_values import (AVAILABLE_COLUMNS, MESSAGE_COLUMNS, STREAM_COLUMNS,
                                            available_messages_of, dumps, loads, message_of, serialise, stream_of,
                                            stream_values, to_datetime, to_epoch, undecodable)
@@ -46,7 +47,7 @@ _by_id = operator.attrgetter('id')
 logger = logging.getLogger(__name__)
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SQLiteInspection, Store):
     """The embedded store: one SQLite file in WAL mode, shared by the processes of one machine.
 
     Every write is one ``BEGIN IMMEDIATE`` transaction; a claim checks and
@@ -378,83 +379,6 @@ class SQLiteStore(Store):
         return [WindowRecord(id=id_, stream=stream, created=to_datetime(created), data=loads(data),
                              processed=bool(done), query=loads(query))
                 for id_, stream, created, data, done, query in self._read(sql + ' ORDER BY id', params)]
-
-    # -- inspection and housekeeping --------------------------------------
-    def messages(self, name: str, state: str | None = None, limit: int | None = None) -> list[Message]:
-        # a claimed message is available in its row and held by a claim (see sqlite_messages)
-        params: list[Any] = [name]
-        sql = f'SELECT {MESSAGE_COLUMNS} FROM buffer WHERE stream = ?'
-        if state == CLAIMED:
-            sql += f" AND state = '{AVAILABLE}' AND id IN ({lifecycle.CLAIMED_IDS})"
-            params.append(name)
-        elif state == AVAILABLE:
-            sql += f" AND state = '{AVAILABLE}' AND id NOT IN ({lifecycle.CLAIMED_IDS})"
-            params.append(name)
-        elif state is not None:
-            sql += ' AND state = ?'
-            params.append(state)
-        sql += ' ORDER BY id'
-        if limit is not None:
-            sql += ' LIMIT ?'
-            params.append(int(limit))
-        messages = [message_of(row) for row in self._read(sql, params)]
-        if state is None or state == CLAIMED:
-            claimed = self._claimed(name) if state is None else None
-            for message in messages:
-                if message.state == AVAILABLE and (claimed is None or message.id in claimed):
-                    message.state = CLAIMED
-        return messages
-
-    def _claimed(self, name: str) -> set[RecordId]:
-        return {row[0] for row in self._read(lifecycle.CLAIMED_IDS, (name,))}
-
-    def counts(self, name: str) -> dict[str, int]:
-        counts = dict.fromkeys(STATES, 0)
-        counts.update(self._read('SELECT state, count(*) FROM buffer WHERE stream = ? GROUP BY state', (name,)))
-        counts[CLAIMED] = self._read(f"SELECT count(*) FROM buffer WHERE stream = ? AND state = '{AVAILABLE}'"
-                                     f' AND id IN ({lifecycle.CLAIMED_IDS})', (name, name))[0][0]
-        counts[AVAILABLE] -= counts[CLAIMED]
-        counts['windows'] = self._read('SELECT count(*) FROM windows WHERE stream = ?', (name,))[0][0]
-        expired = self._read("SELECT value FROM stream_counters WHERE stream = ? AND name = 'expired'", (name,))
-        counts['expired'] = expired[0][0] if expired else 0
-        return counts
-
-    def housekeep(self, name: str, max_age: float) -> tuple[int, int]:
-        cutoff = time.time() - max_age
-
-        def work(conn: sqlite3.Connection) -> tuple[int, int]:
-            expired = conn.execute(f"DELETE FROM buffer WHERE stream = ? AND state IN ('{AVAILABLE}', '{RETRY}')"
-                                   f' AND created < ? AND id NOT IN ({lifecycle.CLAIMED_IDS})',
-                                   (name, cutoff, name)).rowcount
-            done = conn.execute(f"DELETE FROM buffer WHERE stream = ? AND state = '{DONE}' AND created < ?",
-                                (name, cutoff)).rowcount
-            windows = conn.execute('DELETE FROM windows WHERE stream = ? AND processed = 1 AND created < ?',
-                                   (name, cutoff)).rowcount
-            if expired:
-                conn.execute("INSERT INTO stream_counters (stream, name, value) VALUES (?, 'expired', ?)"
-                             ' ON CONFLICT (stream, name) DO UPDATE SET value = value + excluded.value',
-                             (name, expired))
-            return expired + done + windows, expired
-        return self._write(work)
-
-    # -- consumers --------------------------------------------------------
-    def heartbeat(self, name: str, consumer: str, info: Mapping[str, Any]) -> None:
-        try:
-            info_json = dumps(dict(info))
-        except (TypeError, ValueError) as exc:
-            raise InvalidMessage(f'consumer info of {consumer!r} cannot be stored: {exc}') from exc
-        self._write(lambda conn: conn.execute(
-            'INSERT OR REPLACE INTO consumers (stream, id, seen, info) VALUES (?, ?, ?, ?)',
-            (name, str(consumer), time.time(), info_json)))
-
-    def consumers(self, name: str) -> list[dict[str, Any]]:
-        rows = self._read('SELECT id, seen, info FROM consumers WHERE stream = ? ORDER BY id', (name,))
-        return [{**loads(info), 'id': cid, 'seen': to_datetime(seen)} for cid, seen, info in rows]
-
-    def forget_consumers(self, name: str, older_than: float) -> int:
-        cutoff = time.time() - older_than
-        return self._write(lambda conn: conn.execute(
-            'DELETE FROM consumers WHERE stream = ? AND seen < ?', (name, cutoff)).rowcount)
 
     # -- wake-ups ---------------------------------------------------------
     def waiter(self, name: str) -> FileWaiter:
