@@ -345,3 +345,82 @@ def test_a_window_finishing_after_its_stream_was_deleted_forwards_nothing(store_
     assert 'lease expired' not in caplog.text, 'no lease expired: the messages were deleted'
     assert 'no longer held' in caplog.text, 'the window was dropped, and the log says why'
     assert sink.items == [], 'the result of a window whose messages are gone is not forwarded'
+
+
+# -- claims: one row per claim, a claimed message's own row untouched ------------------------
+def _rows(db_path, sql, params=()):
+    conn = sqlite3.connect(db_path)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def test_a_claim_of_100_messages_writes_one_claim_row_and_leaves_the_messages_rows_as_they_were(store, db_path):
+    store.ensure_stream('s')
+    ids = store.append('s', [{'i': i} for i in range(150)])
+    before = _rows(db_path, 'SELECT id, state, processed, claim, lease, attempts FROM buffer ORDER BY id')
+    token = uuid.uuid4().hex
+    assert [m.id for m in store.claim('s', store.find_available('s', limit=100), token, lease=60)] == ids[:100]
+    assert _rows(db_path, 'SELECT id, state, processed, claim, lease, attempts FROM buffer ORDER BY id') == before
+    assert _rows(db_path, 'SELECT token, stream, json_array_length(ids) FROM claims') == [(token, 's', 100)]
+    # ... and yet they are claimed everywhere it shows: not offered, counted, listed as claimed
+    assert [m.id for m in store.find_available('s')] == ids[100:]
+    assert store.counts('s')['claimed'] == 100 and store.counts('s')['available'] == 50
+    assert [m.state for m in store.messages('s', limit=101)] == ['claimed'] * 100 + ['available']
+    assert store.claim('s', ids[:100], uuid.uuid4().hex, lease=60) == []  # nobody else takes them
+    assert store.commit('s', token, ids[:100]) == 100
+    assert _rows(db_path, 'SELECT count(*) FROM claims') == [(0,)] and store.counts('s')['available'] == 50
+
+
+def test_committing_part_of_a_claim_keeps_the_rest_held_under_it(store):
+    store.ensure_stream('s')
+    ids = store.append('s', [{'i': i} for i in range(4)])
+    token = uuid.uuid4().hex
+    store.claim('s', ids, token, lease=60)
+    assert store.commit('s', token, ids[:1]) == 1
+    assert store.unclaim('s', token, ids[1:2]) == 1
+    assert [(m.id, m.state) for m in store.messages('s')] == [(ids[1], 'available'), (ids[2], 'claimed'),
+                                                              (ids[3], 'claimed')]
+    assert store.renew('s', token, lease=60) == 2
+    assert store.release('s', token, ids[2:], error='boom', max_attempts=1) == (0, 2)
+    assert store.renew('s', token, lease=60) == 0 and store.counts('s')['dead'] == 2
+
+
+def test_a_claimed_message_is_not_aged_out_by_max_age_and_clear_drops_the_claims(store, db_path):
+    store.ensure_stream('s')
+    ids = store.append('s', [{'i': i} for i in range(3)])
+    token = uuid.uuid4().hex
+    store.claim('s', ids[:1], token, lease=60)
+    time.sleep(0.02)
+    assert store.housekeep('s', max_age=0.01) == (2, 2)  # the two unclaimed ones expired
+    assert [(m.id, m.state) for m in store.messages('s')] == [(ids[0], 'claimed')]
+    assert store.commit('s', token, ids[:1]) == 1
+    store.claim('s', store.append('s', [{'i': 9}]), uuid.uuid4().hex, lease=60)
+    store.clear('s')
+    assert _rows(db_path, 'SELECT count(*) FROM claims') == [(0,)]
+
+
+def test_claims_of_a_file_of_an_earlier_version_are_carried_over(db_path):
+    # the claims as earlier versions kept them: in the messages' rows (state 'claimed', the token, the lease)
+    store = SQLiteStore('sqlite:///' + db_path)
+    store.ensure_stream('s')
+    ids = store.append('s', [{'i': i} for i in range(4)])
+    store.close()
+    conn = sqlite3.connect(db_path)
+    conn.execute("UPDATE buffer SET state = 'claimed', processed = 1, claim = 'old', lease = ? WHERE id IN (?, ?)",
+                 (time.time() + 600, ids[0], ids[1]))
+    conn.execute("UPDATE buffer SET state = 'claimed', processed = 1, claim = 'gone', lease = ? WHERE id = ?",
+                 (time.time() - 1, ids[2]))
+    conn.commit()
+    conn.close()
+    store = SQLiteStore('sqlite:///' + db_path)
+    try:
+        assert [m.state for m in store.messages('s')] == ['claimed', 'claimed', 'claimed', 'available']
+        assert [m.id for m in store.find_available('s')] == ids[3:]
+        assert store.expire_leases('s', max_attempts=3) == 1  # the lapsed one is given back, an attempt counted
+        assert [(m.state, m.attempts) for m in store.messages('s')][2] == ('available', 1)
+        assert store.commit('s', 'old', ids[:2]) == 2  # the live one is committed by its consumer as before
+        assert [m.id for m in store.messages('s')] == ids[2:]
+    finally:
+        store.close()
