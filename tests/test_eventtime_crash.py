@@ -7,8 +7,6 @@ import signal
 import subprocess
 import sys
 
-import pytest
-
 import minibatch as mb
 
 from tests.helpers import wait_until
@@ -86,17 +84,6 @@ def stop(*procs):
             proc.kill()
 
 
-#: a known bug, open in issue 13: late in a full run, competing event-time consumers on the MongoDB-wire test
-#: server sometimes stop after their first windows (alone the file passes in ~20 s); not hidden, not blocking
-MONGO_STALL = pytest.mark.xfail(reason='known, issue 13: competing event-time consumers on the MongoDB-wire '
-                                'test server sometimes stall late in a full run', strict=False)
-
-
-def _stall_known(store_url, request):
-    if store_url.startswith('mongodb'):
-        request.applymarker(MONGO_STALL)
-
-
 def test_kill_9_mid_window_then_restart_emits_every_window_with_all_its_events(store_url, tmp_path):
     stream = mb.stream('crash', url=store_url)
     stream.append([{'k': k, 'ts': ts, 'v': f'{k}{ts}'} for ts in (1, 4, 12, 15) for k in 'ab'])
@@ -122,8 +109,7 @@ def test_kill_9_mid_window_then_restart_emits_every_window_with_all_its_events(s
     assert counts['dead'] == 0 and counts['available'] == 1  # z's window waits
 
 
-def test_competing_consumers_emit_each_key_window_exactly_once(store_url, tmp_path, request):
-    _stall_known(store_url, request)
+def test_competing_consumers_emit_each_key_window_exactly_once(store_url, tmp_path):
     # 1,000 keys; 150 on the MongoDB-wire test server, whose Python server takes ~5 ms per round trip
     # (DESIGN.md section 4) where a window costs about eight: the races are the same
     keys = 1000 if store_url.startswith('sqlite') else 150
@@ -140,8 +126,7 @@ def test_competing_consumers_emit_each_key_window_exactly_once(store_url, tmp_pa
     assert len({name for name in os.listdir(tmp_path) if name.endswith('.jsonl')}) == 2  # both took part
 
 
-def test_competing_consumers_number_and_emit_count_windows_per_key_exactly_once(store_url, tmp_path, request):
-    _stall_known(store_url, request)
+def test_competing_consumers_number_and_emit_count_windows_per_key_exactly_once(store_url, tmp_path):
     # MongoDB: fewer keys, more time; late in a full run the wire test server is slower (twice in
     # four full runs this did not finish 80 windows in 120 s, though alone it takes ~5 s)
     keys = 300 if store_url.startswith('sqlite') else 24
@@ -160,8 +145,7 @@ def test_competing_consumers_number_and_emit_count_windows_per_key_exactly_once(
     assert all(r['values'] == sorted(r['values']) for r in done)
 
 
-def test_competing_consumers_share_hopping_windows_exactly_once(store_url, tmp_path, request):
-    _stall_known(store_url, request)
+def test_competing_consumers_share_hopping_windows_exactly_once(store_url, tmp_path):
     # overlapping windows hold the same messages: a window waits while another one holds them
     keys = 100 if store_url.startswith('sqlite') else 20
     stream = mb.stream('hops', url=store_url)

@@ -87,9 +87,10 @@ def ensure_indexes(buffer: Any) -> None:
     buffer.create_index([('origin_key', 1)], name=ORIGIN_KEY_INDEX, unique=True, sparse=True)
     buffer.create_index([('stream', 1), ('origin', 1)], name='mb_origin', sparse=True)
     # No (stream, _id) index, though pulls, look-backs, retention and replay read a stream's messages in id
-    # order whatever their state: with it, the MongoDB-wire test server (SecantusDB 0.7.0b3) sometimes left
-    # appended messages out of the event-time index's reads (tests/test_eventtime_crash.py stalled in 1 of
-    # 2 runs; 0 of 4 without it). One made by an earlier version is dropped.
+    # order whatever their state: one made by an earlier version is dropped. (It was blamed for stalls of
+    # tests/test_eventtime_crash.py on the MongoDB-wire test server; their cause was the event-time index
+    # being built while an append's transaction was open, which that server does without the transaction's
+    # messages: see eventtime_mongodb. An extra index only made each append, and so that window, longer.)
     try:
         buffer.drop_index('mb_stream_id')
     except OperationFailure:
