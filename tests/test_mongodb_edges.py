@@ -382,12 +382,12 @@ def test_an_unreadable_record_does_not_end_the_change_stream_watch(mongo_url):
         waiter.close()
 
 
-# -- event-time windows: the index of unindexed messages exists before anything is appended -------------
+# -- event-time windows: messages an index built during an open append missed are still indexed ---------
 def test_a_batch_whose_append_is_open_as_the_first_event_time_consumer_starts_gets_indexed(mongo_url):
     """A batch appended in a transaction that is still open while the database's first event-time consumer starts
     is found by that consumer. (The MongoDB-wire test server builds an index without the documents of a transaction
-    open meanwhile: when the consumer made the index, such a batch was never indexed, and the competing-consumer
-    tests of tests/test_eventtime_crash.py stalled. The store makes that index when it connects, before appending.)"""
+    open meanwhile: such a batch was never indexed, and the competing-consumer tests of
+    tests/test_eventtime_crash.py stalled. A consumer that starts catches up with what the index missed.)"""
     from minibatch.store.eventtime import state_for
     store = get_store(mongo_url)
     if not store.server().transactions:

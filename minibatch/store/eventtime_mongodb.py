@@ -16,20 +16,27 @@ consumer takes it; the index step therefore reads its windows again after
 writing, and marks late the events whose windows were all taken meanwhile
 (the claim of the message settles who gets it, as for every window).
 
-``mb_et_unindexed`` is made by the store when it connects (:func:`ensure_unindexed_index`,
-called from ``MongoCollections._ensure_indexes``), before any of its appends, not
-when the first event-time consumer starts: the MongoDB-wire test server
-(SecantusDB 0.7.0b3) builds an index without the documents of a multi-document
-transaction that is open meanwhile (an append of a batch), so a batch appended
-just as a consumer started was missing from that index for good, never indexed,
-and its windows never closed. ``mb_et_window`` can still be made by the consumer:
-a message gets its entry there when it is indexed (an update, not in a transaction).
+**Catching up after a start.** ``mb_et_unindexed`` is made by the first
+event-time consumer of a database, so that producers who never use event time
+do not maintain it with every append. The MongoDB-wire test server (SecantusDB
+0.7.0b3) builds an index without the documents of a multi-document transaction
+open meanwhile (an append of a batch), and they never get an entry: a batch
+appended just as a consumer started was invisible to the reads through that
+index, never indexed, and its windows never closed. So for
+:data:`CATCH_UP` seconds after it starts, a consumer that has caught up reads
+the stream's unprocessed messages through ``mb_available`` as well, every
+:data:`CATCH_UP_EVERY` seconds, and indexes what the index missed (indexing
+writes the document, which gives it its entries). ``mb_et_window`` needs no such
+care: a message gets its entry there when it is indexed (an update, not in a
+transaction). A real ``mongod`` builds indexes with concurrent transactions
+correctly; there the catch-up reads find nothing.
 """
 from __future__ import annotations
 
 import datetime
 import hashlib
 import uuid
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -46,11 +53,14 @@ PURGE_EVERY = 50
 INDEX_LEASE = 30.0
 #: the buffer index of messages not yet indexed for a spec (``et.s`` null), in append order
 UNINDEXED_INDEX = 'mb_et_unindexed'
+#: seconds after a consumer starts during which it also looks for messages the index missed (module docstring)
+CATCH_UP = 60.0
+#: ... at most this often, and only once it has read everything the index offers
+CATCH_UP_EVERY = 2.0
 
 
 def ensure_unindexed_index(buffer: Any) -> None:
-    """Create the buffer index :meth:`State.unindexed` reads (idempotent; see the module's docstring for why the
-    store makes it when it connects, before it appends anything)."""
+    """Create the buffer index :meth:`State.unindexed` reads (idempotent)."""
     buffer.create_index([('stream', 1), ('et.s', 1), ('_id', 1)], name=UNINDEXED_INDEX)
 
 
@@ -73,9 +83,10 @@ class State(EventTimeState):
         db = getattr(store, '_db')()
         self.buffer = getattr(store, '_buffer')()
         self.specs, self.windows = db['eventtime_spec'], db['eventtime_window']
-        # unindexed messages in append order (et.s null; made by the store already, see the module's
-        # docstring), and a window's events by key and time
+        # unindexed messages in append order (et.s null), and a window's events by key and time
         ensure_unindexed_index(self.buffer)
+        self._catch_up_until = time.monotonic() + CATCH_UP  # see the module's docstring
+        self._next_catch_up = 0.0
         self.buffer.create_index([('et.s', 1), ('et.l', 1), ('et.k', 1), ('et.t', 1)], name='mb_et_window')
         self.windows.create_index([('spec', 1), ('state', 1), ('due', 1)], name='mb_et_due')
         self.windows.create_index([('spec', 1), ('key', 1), ('end', 1)], name='mb_et_key')
@@ -97,12 +108,20 @@ class State(EventTimeState):
 
     # -- indexing ---------------------------------------------------------
     def unindexed(self, limit: int) -> list[Message]:
-        cursor = self.buffer.find({'stream': self.stream, 'et.s': None, 'processed': False},
-                                  hint=UNINDEXED_INDEX).sort('_id', 1)
+        where = {'stream': self.stream, 'et.s': None, 'processed': False}
+        docs = list(self.buffer.find(where, hint=UNINDEXED_INDEX).sort('_id', 1).limit(limit))
+        now = time.monotonic()
+        if len(docs) < limit and now < self._catch_up_until and now >= self._next_catch_up:
+            # what an index built during an open append transaction missed (see the module's docstring)
+            self._next_catch_up = now + CATCH_UP_EVERY
+            seen = {d['_id'] for d in docs}
+            missed = [d for d in self.buffer.find(where, hint='mb_available').sort('_id', 1).limit(limit)
+                      if d['_id'] not in seen]
+            docs = sorted(docs + missed, key=lambda d: d['_id'])[:limit]
         # a record whose data is not a dict is not ours to judge: the store's own reads dead-letter it
         return [Message(id=d['_id'], stream=self.stream, created=d.get('created'), data=d['data'],
                         state=AVAILABLE, attempts=d.get('attempts', 0), error=d.get('error'))
-                for d in cursor.limit(limit) if isinstance(d.get('data'), dict)]
+                for d in docs if isinstance(d.get('data'), dict)]
 
     def _mark_skipped(self, skipped: Sequence[RecordId]) -> None:
         if skipped:

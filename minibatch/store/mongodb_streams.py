@@ -19,7 +19,7 @@ import pymongo
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from minibatch.errors import InvalidMessage
-from minibatch.store import eventtime, eventtime_mongodb
+from minibatch.store import eventtime
 from minibatch.store import mongodb_append as appending
 from minibatch.store import mongodb_groups as groups
 from minibatch.store.mongodb_append import ServerFacts
@@ -81,9 +81,6 @@ class MongoCollections(MongoConnection):
             # commits with output still under way (mongodb_outbox): only those records have the field
             db['window'].create_index([('open', 1)], name='mb_window_open', sparse=True)
             groups.ensure_indexes(db['buffer'])
-            # event-time consumers' index of unindexed messages: made before this store appends anything, as
-            # an index made while an append's transaction is open may miss its messages (see eventtime_mongodb)
-            eventtime_mongodb.ensure_unindexed_index(db['buffer'])
             try:
                 db['stream'].create_index([('name', 1)], name='mb_name_unique', unique=True)
             except OperationFailure as exc:
