@@ -435,3 +435,18 @@ def test_the_wire_server_is_not_left_in_a_transaction(store, mongo_url):
         assert time.monotonic() - started < 5
     finally:
         client.close()
+
+
+def test_the_index_of_copies_holds_copies_only_and_an_earlier_version_s_index_of_every_message_goes(store):
+    # a sparse compound (stream, origin) index held every message (each has a stream): every append paid for it
+    buffer = store._buffer()
+    buffer.create_index([('stream', 1), ('origin', 1)], name='mb_origin', sparse=True)  # as an earlier version
+    mongodb_groups.ensure_indexes(buffer)
+    indexes = buffer.index_information()
+    assert 'mb_origin' not in indexes
+    assert indexes['mb_origin_copies']['partialFilterExpression'] == {'origin': {'$exists': True}}
+    store.append(S, [{'i': 1}])
+    store.register_group(S, 'g')
+    assert store.pull(S, 'g', 10) == 1
+    copies = list(buffer.find({'stream': group_stream(S, 'g'), 'origin': {'$exists': True}}).hint('mb_origin_copies'))
+    assert [c['data'] for c in copies] == [{'i': 1}]
