@@ -54,14 +54,6 @@ def _json_ids(ids: Sequence[int]) -> str:
     return '[' + ','.join(map(str, ids)) + ']'
 
 
-def held(conn: sqlite3.Connection, name: str, token: str | None) -> list[int]:
-    """The ids the claim ``token`` of stream ``name`` holds, in the order claimed ([] for none)."""
-    if token is None:
-        return []
-    row = conn.execute('SELECT ids FROM claims WHERE token = ? AND stream = ?', (token, name)).fetchone()
-    return json.loads(row[0]) if row else []
-
-
 def _hold(conn: sqlite3.Connection, name: str, token: str, until: float, ids: Sequence[int]) -> None:
     """Record that claim ``token`` holds ``ids`` too, until ``until`` (a claim topped up keeps one row).
 
