@@ -437,16 +437,22 @@ def test_the_wire_server_is_not_left_in_a_transaction(store, mongo_url):
         client.close()
 
 
-def test_the_index_of_copies_holds_copies_only_and_an_earlier_version_s_index_of_every_message_goes(store):
-    # a sparse compound (stream, origin) index held every message (each has a stream): every append paid for it
+def test_one_unique_index_of_copies_only_and_the_indexes_of_earlier_versions_go(store):
+    # earlier: a sparse compound (stream, origin) index held every message (each has a stream), and a unique
+    # index on an origin_key field: every append paid for both
     buffer = store._buffer()
-    buffer.create_index([('stream', 1), ('origin', 1)], name='mb_origin', sparse=True)  # as an earlier version
+    buffer.create_index([('stream', 1), ('origin', 1)], name='mb_origin', sparse=True)
+    buffer.create_index([('origin_key', 1)], name='mb_origin_key', unique=True, sparse=True)
     mongodb_groups.ensure_indexes(buffer)
     indexes = buffer.index_information()
-    assert 'mb_origin' not in indexes
-    assert indexes['mb_origin_copies']['partialFilterExpression'] == {'origin': {'$exists': True}}
-    store.append(S, [{'i': 1}])
+    assert not {'mb_origin', 'mb_origin_key'} & set(indexes)
+    assert indexes['mb_copies']['partialFilterExpression'] == {'origin': {'$exists': True}}
+    assert indexes['mb_copies']['unique']
+    store.append(S, [{'i': 1}, {'i': 2}])
     store.register_group(S, 'g')
-    assert store.pull(S, 'g', 10) == 1
-    copies = list(buffer.find({'stream': group_stream(S, 'g'), 'origin': {'$exists': True}}).hint('mb_origin_copies'))
-    assert [c['data'] for c in copies] == [{'i': 1}]
+    assert store.pull(S, 'g', 10) == 2
+    copies = list(buffer.find({'stream': group_stream(S, 'g'), 'origin': {'$exists': True}}).hint('mb_copies'))
+    assert sorted(c['data']['i'] for c in copies) == [1, 2]
+    # a second copy of the same original is refused by the server, and ignored
+    assert mongodb_groups.insert_copies(buffer, [{**copies[0], '_id': bson.ObjectId()}]) == 0
+    assert _copies(store, 'g') == collections.Counter({c['origin']: 1 for c in copies})

@@ -6,9 +6,9 @@ group stream ``s[g]``, and its registry entry ``status.groups.g`` of the stream
 record says up to which message of ``s`` it has copied (``position``). What is
 particular to MongoDB:
 
-* **A copy is made once.** A copy carries ``origin`` (the original's ``_id``)
-  and ``origin_key`` (``'<group stream>|<origin>'``), on which the buffer has
-  a unique sparse index (:data:`ORIGIN_KEY_INDEX`). Copies are inserted with
+* **A copy is made once.** A copy carries ``origin`` (the original's ``_id``),
+  and the buffer has a unique index on ``(stream, origin)`` that holds the
+  copies only (partial: :data:`COPIES_INDEX`). Copies are inserted with
   ``insert_many(ordered=False)`` and a copy that exists already is refused by
   the server (duplicate key, code 11000) and ignored: two consumers pulling at
   once, or a pull that crashed between inserting its copies and moving the
@@ -69,7 +69,11 @@ LOOKBACK_EVERY = 1.0
 #: originals retain() removes per round trip (ids read, then deleted by id)
 CHUNK = 5000
 #: the buffer's unique sparse index that makes a copy at most once per group
-ORIGIN_KEY_INDEX = 'mb_origin_key'
+#: the unique index of copies, (group stream, origin); partial: appends of originals do not touch it
+COPIES_INDEX = 'mb_copies'
+#: indexes of earlier versions, dropped: a sparse (stream, origin) one that held every message (each has a
+#: stream), a unique one on a separate origin_key field, one that COPIES_INDEX replaced, a (stream, _id) one
+EARLIER_INDEXES = ('mb_origin', 'mb_origin_key', 'mb_origin_copies', 'mb_stream_id')
 #: MongoDB's duplicate key error
 DUPLICATE_KEY = 11000
 
@@ -83,27 +87,22 @@ _COPIED = {'_id': 1, 'created': 1, 'data': 1, 'state': 1, 'attempts': 1}
 
 
 def ensure_indexes(buffer: Any) -> None:
-    """Create the buffer indexes groups need (idempotent): copies by origin, originals by stream and id."""
-    buffer.create_index([('origin_key', 1)], name=ORIGIN_KEY_INDEX, unique=True, sparse=True)
-    # partial, not sparse: a sparse compound index holds every document with any of its fields (all of
-    # them: each has a stream), so every append paid for it; this one holds the copies only
-    buffer.create_index([('stream', 1), ('origin', 1)], name='mb_origin_copies',
+    """Create the buffer index groups need (idempotent): the copies, unique by group stream and origin.
+
+    One index, holding copies only, so that an append pays nothing for groups
+    (each index costs every append on the MongoDB-wire test server). No (stream,
+    _id) index either, though pulls, look-backs, retention and replay read a
+    stream's messages in id order whatever their state. (One was blamed for
+    stalls of tests/test_eventtime_crash.py; their cause was an index built while
+    an append's transaction was open, see eventtime_mongodb.)
+    """
+    buffer.create_index([('stream', 1), ('origin', 1)], name=COPIES_INDEX, unique=True,
                         partialFilterExpression={'origin': {'$exists': True}})
-    # No (stream, _id) index, though pulls, look-backs, retention and replay read a stream's messages in id
-    # order whatever their state: one made by an earlier version is dropped. (It was blamed for stalls of
-    # tests/test_eventtime_crash.py on the MongoDB-wire test server; their cause was the event-time index
-    # being built while an append's transaction was open, which that server does without the transaction's
-    # messages: see eventtime_mongodb. An extra index only made each append, and so that window, longer.)
-    for earlier in ('mb_stream_id', 'mb_origin'):  # made by earlier versions
+    for earlier in EARLIER_INDEXES:
         try:
             buffer.drop_index(earlier)
         except OperationFailure:
             pass  # there is none (the usual case)
-
-
-def origin_key(target: str, origin: RecordId) -> str:
-    """The value of the unique ``origin_key`` of the copy of ``origin`` in group stream ``target``."""
-    return f'{target}|{origin}'
 
 
 def _key(group: str) -> str:
@@ -170,8 +169,7 @@ def register(streams: Any, buffer: Any, name: str, group: str, start: str, keep:
 def _copy(doc: Any, target: str) -> dict[str, Any]:
     """The copy in group stream ``target`` of the raw original ``doc``: available, its created and data."""
     return {'_id': bson.ObjectId(), 'stream': target, 'created': doc.get('created'), 'data': doc.get('data'),
-            'processed': False, 'state': AVAILABLE, 'attempts': 0, 'origin': doc['_id'],
-            'origin_key': origin_key(target, doc['_id'])}
+            'processed': False, 'state': AVAILABLE, 'attempts': 0, 'origin': doc['_id']}
 
 
 def insert_copies(buffer: Any, copies: list[dict[str, Any]]) -> int:
