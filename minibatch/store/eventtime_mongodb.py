@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import uuid
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
