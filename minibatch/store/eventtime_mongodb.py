@@ -59,11 +59,6 @@ CATCH_UP = 60.0
 CATCH_UP_EVERY = 2.0
 
 
-def ensure_unindexed_index(buffer: Any) -> None:
-    """Create the buffer index :meth:`State.unindexed` reads (idempotent)."""
-    buffer.create_index([('stream', 1), ('et.s', 1), ('_id', 1)], name=UNINDEXED_INDEX)
-
-
 def _epoch(value: Any) -> float | None:
     if isinstance(value, datetime.datetime):
         return (value.replace(tzinfo=None) - _EPOCH).total_seconds()
@@ -84,7 +79,7 @@ class State(EventTimeState):
         self.buffer = getattr(store, '_buffer')()
         self.specs, self.windows = db['eventtime_spec'], db['eventtime_window']
         # unindexed messages in append order (et.s null), and a window's events by key and time
-        ensure_unindexed_index(self.buffer)
+        self.buffer.create_index([('stream', 1), ('et.s', 1), ('_id', 1)], name=UNINDEXED_INDEX)
         self._catch_up_until = time.monotonic() + CATCH_UP  # see the module's docstring
         self._next_catch_up = 0.0
         self.buffer.create_index([('et.s', 1), ('et.l', 1), ('et.k', 1), ('et.t', 1)], name='mb_et_window')
