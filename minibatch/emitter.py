@@ -31,6 +31,7 @@ from minibatch.legacy import LegacyEmitterAPI
 from minibatch.options import ConsumerOptions, refuse_unknown
 from minibatch.runner import Runner
 from minibatch.inflight import summary
+from minibatch.store import resolve_url, store_class
 from minibatch.store.base import Message, group_stream
 
 logger = logging.getLogger('minibatch.window')
@@ -158,6 +159,15 @@ class WindowEmitter(LegacyEmitterAPI):
     @property
     def store(self):
         return self.stream.store
+
+    @property
+    def transient_errors(self) -> tuple[type[BaseException], ...]:
+        """The store's "briefly unreachable" exceptions, known without reaching it (its class says which)."""
+        if self._stream is not None:
+            return self._stream.store.transient_errors
+        if not isinstance(self._stream_arg, str):
+            return self._stream_arg.store.transient_errors
+        return store_class(resolve_url(self.url)).transient_errors
 
     @property
     def membership(self):

@@ -120,7 +120,8 @@ class Runner:
             self.round()
             self.drain(timeout=None)
             return
-        self.setup()
+        if not self._start():
+            return
         restore = self._install_sigterm()
         self._started = utcnow()
         self._next_heartbeat = 0.0  # report at once, then every HEARTBEAT seconds
@@ -145,6 +146,27 @@ class Runner:
                 if restore:
                     restore()
                 self.teardown()
+
+    def _start(self) -> bool:
+        """:meth:`setup`, waiting out a store that is briefly unreachable, as rounds do; False if stopped meanwhile.
+
+        A consumer started while its server restarts (the connection reset in the
+        middle of its first commands) must not die: it retries, backing off to 2 s.
+        Other errors (a server that cannot be reached at all: StoreUnavailable) are raised.
+        """
+        pause = 0.05
+        while True:
+            try:
+                self.setup()
+                return True
+            except Exception as exc:
+                if not isinstance(exc, self.em.transient_errors):
+                    raise
+                logger.warning('minibatch: store unavailable while starting (%s); retrying', summary(exc))
+            if self.stop_event.wait(pause) or self.should_stop():
+                self.teardown()
+                return False
+            pause = min(pause * 2, 2.0)
 
     def should_stop(self) -> bool:
         """True once a stop was asked: ``stop()``, SIGTERM, or ``True`` put on the emitter's queue."""

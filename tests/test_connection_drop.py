@@ -151,3 +151,32 @@ def test_connection_dropped_at_commit_is_retried_and_delivers_once(mongo_url):
     assert failures, 'the fail point closed the connection of a commit'
     assert sorted(seen) == list(range(6)), 'each message delivered once: the commit was retried, not lost'
     assert em.stats['processed'] == 6 and em.stats['failed'] == 0
+
+
+def test_a_consumer_started_while_its_first_commands_lose_the_connection_waits_it_out(mongo_url):
+    """The server closes the connection of the consumer's first index command (as during a restart): it retries."""
+    stream = mb.stream('late-start', url=mongo_url)
+    stream.append([{'i': i} for i in range(4)])
+    seen, died = [], []
+    # a store object of its own (other client options): it makes its indexes when it first connects
+    em = mb.make_emitter('late-start', lambda window: seen.extend(m['i'] for m in window.data), size=2,
+                         url=mongo_url, executor='inline', cnx_kwargs={'appname': 'late-start'})
+
+    def run():
+        try:
+            em.run()
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            died.append(exc)
+    fail_point(mongo_url, mode={'times': 1}, data={'failCommands': ['createIndexes'], 'closeConnection': True})
+    try:
+        thread = threading.Thread(target=run)
+        thread.start()
+        try:
+            wait_until(lambda: sorted(seen) == list(range(4)) or died, timeout=60, message='every message delivered')
+        finally:
+            em.stop()
+            thread.join(30)
+    finally:
+        fail_point(mongo_url, mode='off')
+    assert not died, f'the consumer died at start: {died[0]!r}'
+    assert sorted(seen) == list(range(4))

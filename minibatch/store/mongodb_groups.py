@@ -98,11 +98,11 @@ def ensure_indexes(buffer: Any) -> None:
     """
     buffer.create_index([('stream', 1), ('origin', 1)], name=COPIES_INDEX, unique=True,
                         partialFilterExpression={'origin': {'$exists': True}})
-    for earlier in EARLIER_INDEXES:
+    for earlier in set(EARLIER_INDEXES) & set(buffer.index_information()):  # one read when there are none
         try:
             buffer.drop_index(earlier)
         except OperationFailure:
-            pass  # there is none (the usual case)
+            pass  # another process dropped it first
 
 
 def _key(group: str) -> str:
