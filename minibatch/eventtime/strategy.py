@@ -65,8 +65,8 @@ class EventTimeWindow(WindowEmitter):
     """
     strict_options = True
     #: messages indexed per read; rounds index until a read comes back short, at most INDEX_ROUNDS reads
-    INDEX_BATCH = 1000
-    INDEX_ROUNDS = 10
+    INDEX_BATCH = 5000
+    INDEX_ROUNDS = 2
     #: while windows are ready, look for new messages this often (seconds); every round otherwise
     INDEX_EVERY = 0.05
     #: ready windows read at once (taken one per round)

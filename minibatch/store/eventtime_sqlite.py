@@ -23,8 +23,7 @@ from minibatch.store.base import AVAILABLE, CLAIMED, DEAD, RETRY, Message, Recor
 from minibatch.store.eventtime import (DONE, NOT_YET, NOW, OPEN, TAKEN, Closing, Decide, EventTimeState, Indexed,
                                       Row, busy_until)
 from minibatch.store.sqlite_messages import chunks, marks
-from minibatch.store.sqlite_values import (AVAILABLE_COLUMNS, MESSAGE_COLUMNS, available_messages_of, dumps,
-                                           message_of, undecodable)
+from minibatch.store.sqlite_values import AVAILABLE_COLUMNS, MESSAGE_COLUMNS, available_messages_of, dumps, messages_of
 
 #: seconds between full scans for unindexed messages below the cursor
 RESCAN = 30.0
@@ -245,12 +244,9 @@ class State(EventTimeState):
             claimed = lifecycle.claim(conn, self.stream, [i.id for i in items], token, now + lease, MESSAGE_COLUMNS)
             return Closing('claimed', items=items), claimed
         closing, rows = self.db.write(work)
-        bad = undecodable(rows, 3)
+        closing.messages, bad = messages_of(rows)
         if bad:  # a message whose data cannot be read is dead-lettered with the reason, as the store does
             getattr(self.store, '_bury')(self.stream, bad, CLAIMED, token)
-            dead = {id_ for id_, _ in bad}
-            rows = [r for r in rows if r[0] not in dead]
-        closing.messages = [message_of(r) for r in rows]
         for message in closing.messages:
             message.token = token
         return closing

@@ -37,8 +37,8 @@ from minibatch.store.base import (AVAILABLE, CLAIMED, DEAD, Doc, Message, Output
 from minibatch.store.sqlite_connection import Database
 from minibatch.store.sqlite_inspection import SQLiteInspection
 from minibatch.store.sqlite_values import (AVAILABLE_COLUMNS, MESSAGE_COLUMNS, STREAM_COLUMNS,
-                                           available_messages_of, dumps, loads, message_of, serialise, stream_of,
-                                           stream_values, to_datetime, to_epoch, undecodable)
+                                           available_messages_of, dumps, loads, messages_of, serialise, stream_of,
+                                           stream_values, to_datetime, to_epoch)
 from minibatch.store.sqlite_waiter import FileWaiter
 
 __all__ = ['SQLiteStore', 'FileWaiter']
@@ -247,12 +247,9 @@ class SQLiteStore(SQLiteInspection, Store):
         else:
             rows = self._write(lambda conn: lifecycle.claim(conn, name, ids, token, time.time() + lease,
                                                             MESSAGE_COLUMNS))
-            bad = undecodable(rows, 3)
+            claimed, bad = messages_of(rows)
             if bad:
                 self._bury(name, bad, CLAIMED, token)
-                dead = {id_ for id_, _ in bad}
-                rows = [row for row in rows if row[0] not in dead]
-            claimed = [message_of(row) for row in rows]
             for message in claimed:
                 message.state, message.token = CLAIMED, token
         claimed.sort(key=_by_id)  # in id order (callers may pass any)

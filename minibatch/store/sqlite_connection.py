@@ -106,6 +106,16 @@ _BOOLEANS = {'1': True, 'true': True, 'yes': True, 'on': True, '0': False, 'fals
 TABLES = {match.group(1): match.group(0) for match in
           re.finditer(r'CREATE TABLE IF NOT EXISTS (\w+) \(.*?\n\)( WITHOUT ROWID)?;', SCHEMA, re.S)}
 LOCK_RETRIES = 5
+#: per connection, set when it opens (none of them is stored in the file). Measured with
+#: benchmarks/run (docs/performance.rst): SQLite's default page cache (2 MiB) is smaller
+#: than the pages a consumer's windows touch again and again, and its default checkpoint
+#: (every 1,000 WAL pages, run inside the commit that crosses the line) copied pages
+#: back to the file that the next windows were about to change anyway.
+TUNING = (
+    'PRAGMA cache_size = -65536',  # up to 64 MiB of pages per connection, filled only as pages are read
+    'PRAGMA wal_autocheckpoint = 10000',  # checkpoint at ~40 MiB of WAL instead of ~4 MiB
+    'PRAGMA journal_size_limit = 16777216',  # and give the WAL file back to 16 MiB after each one
+)
 _T = TypeVar('_T')
 
 # A connection inherited through fork() must never be closed in the child, not
@@ -220,6 +230,8 @@ class Database:
             raise StoreUnavailable(f'cannot open {self.describe()}: {exc}') from exc
         try:
             conn.execute(f'PRAGMA synchronous={self.synchronous}')
+            for pragma in TUNING:
+                conn.execute(pragma)
             if not self._ready:
                 self._init_schema_once(conn)
         except sqlite3.Error as exc:

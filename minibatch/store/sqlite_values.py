@@ -205,14 +205,30 @@ def message_of(row: Sequence[Any], data: Doc | None = None) -> Message:
                    state=state, attempts=attempts, error=error)
 
 
-def undecodable(rows: Sequence[Sequence[Any]], column: int) -> list[tuple[RecordId, str]]:
-    """``(id, why)`` of the rows whose JSON in ``column`` cannot be decoded (the id is column 0)."""
-    bad = []
-    for row in rows:
-        why = decode(row[column])[1]
-        if why is not None:
+def _decode_column(rows: Sequence[Sequence[Any]], column: int) -> list[tuple[Any, str | None]]:
+    """``decode`` of every row's JSON in ``column``: one decoder call for all when none is tagged or bad."""
+    texts = [row[column] for row in rows]
+    if len(texts) > 1 and not any(_tagged(text) for text in texts):
+        try:
+            return [(doc, None) for doc in _plain_decoder.decode('[' + ','.join(texts) + ']')]
+        except (RecursionError, ValueError, MemoryError):
+            pass  # one of them cannot be decoded: find which, one by one
+    return [decode(text) for text in texts]
+
+
+def messages_of(rows: Sequence[Sequence[Any]]) -> tuple[list[Message], list[tuple[RecordId, str]]]:
+    """Messages of rows of MESSAGE_COLUMNS, their JSON decoded in one call.
+
+    Returns the messages and ``(id, why)`` of the rows that cannot be decoded
+    (left out: the caller dead-letters them).
+    """
+    messages, bad = [], []
+    for row, (doc, why) in zip(rows, _decode_column(rows, 3)):
+        if why is None:
+            messages.append(message_of(row, doc))
+        else:
             bad.append((row[0], why))
-    return bad
+    return messages, bad
 
 
 def available_messages_of(name: str, rows: Sequence[Sequence[Any]]) -> tuple[list[Message], list[tuple[RecordId, str]]]:
@@ -223,24 +239,14 @@ def available_messages_of(name: str, rows: Sequence[Sequence[Any]]) -> tuple[lis
     Returns the messages and ``(id, why)`` of those that cannot be decoded
     (left out: the caller dead-letters them).
     """
-    texts = [row[2] for row in rows]
-    docs: list[Any] | None = None
-    if len(texts) > 1 and not any(_tagged(text) for text in texts):
-        try:
-            docs = _plain_decoder.decode('[' + ','.join(texts) + ']')
-        except (RecursionError, ValueError, MemoryError):
-            docs = None  # one of them cannot be decoded: find which, one by one
-    if docs is None:
-        decoded = [decode(text) for text in texts]
-        bad = [(row[0], why) for row, (_, why) in zip(rows, decoded) if why is not None]
-        if bad:
-            rows = [row for row, (_, why) in zip(rows, decoded) if why is None]
-        docs = [doc for doc, why in decoded if why is None]
-    else:
-        bad = []
+    decoded = _decode_column(rows, 2)
+    bad = [(row[0], why) for row, (_, why) in zip(rows, decoded) if why is not None]
+    if bad:
+        rows = [row for row, (_, why) in zip(rows, decoded) if why is None]
+        decoded = [item for item in decoded if item[1] is None]
     # positional arguments: half the cost of keywords, on the hot path (Message's field order)
     return [Message(id_, name, to_datetime(created), doc, AVAILABLE, attempts, error)
-            for (id_, created, _, attempts, error), doc in zip(rows, docs)], bad
+            for (id_, created, _, attempts, error), (doc, _) in zip(rows, decoded)], bad
 
 
 def stream_of(row: Sequence[Any]) -> StreamInfo:
