@@ -50,7 +50,7 @@ FULL = dict(append_one_n=2000, append_one_n_mongodb=1000, append_batch_n=20000, 
             async_n=100, async_delay=1.0,
             et_n=100000, et_keys=1000, et_n_mongodb=5000, et_keys_mongodb=50, et_memory_n=100000,
             et_memory_keys=10000, et_memory_n_mongodb=2000, et_memory_keys_mongodb=200,
-            groups_n=20000, groups_n_mongodb=1000, groups_append_n=20000, groups_append_n_mongodb=5000,
+            groups_n=100000, groups_n_mongodb=1000, groups_append_n=20000, groups_append_n_mongodb=5000,
             groups_repeats=3, groups_append_repeats=5)
 # On the wire server a window costs the server (one Python process) ~0.2 s: a function must do more
 # than that to be the bottleneck, hence more work per window for the MongoDB scale-out.
