@@ -74,6 +74,10 @@ class WindowEmitter(LegacyEmitterAPI):
     #: refuse keywords no built-in strategy knows (the strategies minibatch ships set it; a subclass
     #: that does not set it itself receives unknown keywords in ``self.kwargs``, as in 0.6)
     strict_options = False
+    #: a named group's consumer reads its group stream with find_available and claim (all count and time
+    #: windows, and 0.6 emitters through query()): the store may then give the stream's messages in place
+    #: instead of copies (minibatch.groups.Membership). Strategies with their own reads set it False.
+    reads_groups_in_place = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -173,7 +177,8 @@ class WindowEmitter(LegacyEmitterAPI):
     def membership(self):
         """This consumer's :class:`~minibatch.groups.Membership` of its group (docs/groups.rst)."""
         if self._membership is None:
-            self._membership = Membership(self.store, self.source_name, self.group, self.options.start, self.keep)
+            self._membership = Membership(self.store, self.source_name, self.group, self.options.start, self.keep,
+                                          in_place=self.reads_groups_in_place)
         return self._membership
 
     def commits_output(self, sink):

@@ -49,11 +49,15 @@ class Membership:
     :param group: the group's name, or None for the default group
     :param start: where a new group starts, ``'earliest'`` or ``'latest'``
     :param keep: the consumer keeps committed messages (``keep=True``)
+    :param in_place: the consumer reads its group stream through the store's ``find_available`` and
+        ``claim``, which on a store with ``reads_groups_in_place`` (SQLite) also give the stream's
+        messages the group has not taken yet: nothing is copied in ahead (see ``refill``)
     """
 
     def __init__(self, store: Store, source: str, group: str | None, start: str = 'earliest',
-                 keep: bool = False) -> None:
+                 keep: bool = False, in_place: bool = False) -> None:
         self.store = store
+        self.in_place = in_place and bool(getattr(store, 'reads_groups_in_place', False))
         self.source = source
         self.group = check_options(group, start)
         self.start = start
@@ -105,8 +109,11 @@ class Membership:
         self._refresh(time.monotonic())
 
     def refill(self) -> int:
-        """Copy new messages into a named group's stream, a batch at a time; returns how many. Default: 0."""
-        if self.group is None or (self._unclaimed >= LOW_WATER and not self._starved):
+        """Copy new messages into a named group's stream, a batch at a time; returns how many.
+
+        0 for the default group, and for a consumer that reads the stream in place (``in_place``).
+        """
+        if self.group is None or self.in_place or (self._unclaimed >= LOW_WATER and not self._starved):
             return 0
         copied = self.store.pull(self.source, self.group, PULL_BATCH)
         self._unclaimed = copied if self._starved else self._unclaimed + copied

@@ -64,6 +64,7 @@ class EventTimeWindow(WindowEmitter):
     :raises ConfigurationError: a bad key, time, on_late, or ``isolate=True`` (a window is one (key, window))
     """
     strict_options = True
+    reads_groups_in_place = False  # its reads are its own (the state's index): a named group gets copies
     #: messages indexed per read; rounds index until a read comes back short, at most INDEX_ROUNDS reads
     INDEX_BATCH = 5000
     INDEX_ROUNDS = 2

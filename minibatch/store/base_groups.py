@@ -62,6 +62,10 @@ class StoreGroups:
     A store without groups keeps these defaults, which raise
     :class:`~minibatch.errors.NotSupportedByStore`.
     """
+    #: True if ``find_available`` and ``claim`` of a group stream ``s[g]`` also give the messages of ``s``
+    #: the group has not taken yet, so that its consumers need not ``pull`` copies ahead (a copy is then
+    #: made only of what a claim passes or gives up). False: consumers pull.
+    reads_groups_in_place: bool = False
 
     if TYPE_CHECKING:  # declared and documented by Store
         def describe(self) -> str: ...

@@ -30,6 +30,7 @@ from typing import Any, ClassVar, cast
 
 from minibatch.errors import InvalidMessage
 from minibatch.store import eventtime
+from minibatch.store import sqlite_group_reads as in_place
 from minibatch.store import sqlite_groups as groups
 from minibatch.store import sqlite_messages as lifecycle
 from minibatch.store.base import (AVAILABLE, CLAIMED, DEAD, Doc, Message, Output, RecordId,
@@ -44,6 +45,7 @@ from minibatch.store.sqlite_waiter import FileWaiter
 __all__ = ['SQLiteStore', 'FileWaiter']
 
 _by_id = operator.attrgetter('id')
+_first = operator.itemgetter(0)
 logger = logging.getLogger(__name__)
 
 
@@ -62,6 +64,8 @@ class SQLiteStore(SQLiteInspection, Store):
     querysets = False
     # the write lock held longer than busy timeout plus retries: worth waiting out
     transient_errors = (ConnectionError, sqlite3.OperationalError)
+    #: a named group's consumers read the stream's new messages in place, not copies (sqlite_group_reads)
+    reads_groups_in_place = True
     #: ``readonly=True`` opens the file without creating or writing anything (read-only tools use it)
     opens_read_only: ClassVar[bool] = True
 
@@ -217,7 +221,13 @@ class SQLiteStore(SQLiteInspection, Store):
         if limit is not None:
             sql += ' LIMIT ?'
             params.append(int(limit))
-        messages, bad = available_messages_of(name, self._read(sql, params))
+        rows = self._read(sql, params)
+        if name.endswith(']'):  # a named group's stream: its copies and the stream's messages it reads in place
+            fresh = in_place.available(self.db.conn(), name, limit, None if until is None else to_epoch(until),
+                                       AVAILABLE_COLUMNS)
+            if fresh:
+                rows = sorted(rows + fresh, key=_first)[:limit]
+        messages, bad = available_messages_of(name, rows)
         if bad:
             self._bury(name, bad, AVAILABLE)
         return messages
@@ -239,14 +249,13 @@ class SQLiteStore(SQLiteInspection, Store):
             # computed from them); with mixed attempts, the general path reads the rows back.
             messages = cast(list[Message], list(ids))  # all Message: checked above
             attempts = first.attempts
-            held = self._write(lambda conn: lifecycle.claim_known(conn, name, messages, token, time.time() + lease,
-                                                                  attempts))
+            held = self._write(lambda conn: self._claim_known(conn, name, messages, token, time.time() + lease,
+                                                              attempts))
             claimed = messages if held is None else list({m.id: m for m in messages if m.id in held}.values())
             for message in claimed:
                 message.state, message.token = CLAIMED, token
         else:
-            rows = self._write(lambda conn: lifecycle.claim(conn, name, ids, token, time.time() + lease,
-                                                            MESSAGE_COLUMNS))
+            rows = self._write(lambda conn: self._claim_rows(conn, name, ids, token, time.time() + lease))
             claimed, bad = messages_of(rows)
             if bad:
                 self._bury(name, bad, CLAIMED, token)
@@ -254,6 +263,35 @@ class SQLiteStore(SQLiteInspection, Store):
                 message.state, message.token = CLAIMED, token
         claimed.sort(key=_by_id)  # in id order (callers may pass any)
         return claimed
+
+    @staticmethod
+    def _claim_known(conn: sqlite3.Connection, name: str, messages: list[Message], token: str, until: float,
+                     attempts: int) -> set[RecordId] | None:
+        """lifecycle.claim_known, and for a group stream the stream's messages it reads in place among them."""
+        held = lifecycle.claim_known(conn, name, messages, token, until, attempts)
+        if held is None or not name.endswith(']'):
+            return held
+        taken = in_place.claim(conn, name, [m.id for m in messages if m.id not in held])
+        if taken:
+            lifecycle.hold(conn, name, token, until, taken)
+            held |= set(taken)
+        return None if len(held) == len(messages) else held
+
+    @staticmethod
+    def _claim_rows(conn: sqlite3.Connection, name: str, ids: Sequence[RecordId | Message], token: str,
+                    until: float) -> list[Any]:
+        """lifecycle.claim (rows of MESSAGE_COLUMNS), and for a group stream the messages it reads in place."""
+        rows = lifecycle.claim(conn, name, ids, token, until, MESSAGE_COLUMNS)
+        if not name.endswith(']'):
+            return rows
+        got = {row[0] for row in rows}
+        wanted = [i.id if isinstance(i, Message) else i for i in ids]
+        taken = in_place.claim(conn, name, [int(i) for i in wanted if int(i) not in got])
+        if taken:
+            lifecycle.hold(conn, name, token, until, taken)
+            rows += conn.execute(f"SELECT id, ?, created, data, '{AVAILABLE}', 0, NULL FROM buffer WHERE id IN"
+                                 f" ({','.join('?' * len(taken))})", (name, *taken)).fetchall()
+        return rows
 
     def renew(self, name: str, token: str, lease: float) -> int:
         return self._write(lambda conn: lifecycle.renew(conn, name, token, time.time() + lease))

@@ -17,6 +17,7 @@ import sqlite3
 from typing import Any
 
 from minibatch.errors import ConfigurationError
+from minibatch.store import sqlite_group_reads as in_place
 from minibatch.store.base import AVAILABLE, CLAIMED, DEAD, DONE, RETRY, STATES, RecordId
 from minibatch.store.base_groups import DEFAULT_GROUP, STARTS, check_group, group_stream
 from minibatch.store.sqlite_values import dumps, loads, to_datetime, to_epoch
@@ -121,7 +122,7 @@ def delete_group(conn: sqlite3.Connection, name: str, group: str) -> bool:
     if group != DEFAULT_GROUP:
         copies = group_stream(name, group)
         for table, column in (('buffer', 'stream'), ('windows', 'stream'), ('consumers', 'stream'),
-                              ('stream_counters', 'stream'), ('streams', 'name')):
+                              ('stream_counters', 'stream'), ('claims', 'stream'), ('streams', 'name')):
             conn.execute(f'DELETE FROM {table} WHERE {column} = ?', (copies,))
     return True
 
@@ -181,6 +182,9 @@ def retain(conn: sqlite3.Connection, name: str) -> int:
         params.append(floor)
         conditions.append(f'NOT EXISTS (SELECT 1 FROM buffer AS copy WHERE copy.origin = buffer.id'
                           f' AND copy.state IN {UNCOMMITTED})')
+        # taken in place by a claim of a group that has not ended yet (see sqlite_group_reads)
+        conditions.append(f'id NOT IN ({in_place.held(named)})')
+        params += named
     removed = conn.execute(f'DELETE FROM buffer WHERE stream = ? AND {" AND ".join(conditions)}', params).rowcount
     for copies in named:
         conn.execute(f"DELETE FROM buffer WHERE stream = ? AND state = '{DONE}' AND NOT EXISTS"
@@ -203,5 +207,6 @@ def lag(conn: sqlite3.Connection, name: str, group: str) -> tuple[int, float | N
     waiting, waiting_oldest = conn.execute(
         f'SELECT count(*), min(created) FROM buffer WHERE stream = ? AND state IN {UNCOMMITTED}',
         (group_stream(name, group),)).fetchone()
+    held = in_place.held_in_place(conn, name, group_stream(name, group))
     oldest = [t for t in (fresh_oldest, waiting_oldest) if t is not None]
-    return fresh + waiting, min(oldest) if oldest else None
+    return fresh + waiting + held, min(oldest) if oldest else None

@@ -26,6 +26,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from minibatch.store import sqlite_group_reads as in_place
 from minibatch.store.base import AVAILABLE, DEAD, DONE, RETRY, Message, RecordId
 
 CHUNK = 500  # ids per IN (...) list, well below SQLite's bound-parameter limit
@@ -54,7 +55,7 @@ def _json_ids(ids: Sequence[int]) -> str:
     return '[' + ','.join(map(str, ids)) + ']'
 
 
-def _hold(conn: sqlite3.Connection, name: str, token: str, until: float, ids: Sequence[int]) -> None:
+def hold(conn: sqlite3.Connection, name: str, token: str, until: float, ids: Sequence[int]) -> None:
     """Record that claim ``token`` holds ``ids`` too, until ``until`` (a claim topped up keeps one row).
 
     One statement: a claim topped up (same token) gets the new ids appended to
@@ -94,7 +95,7 @@ def claim(conn: sqlite3.Connection, name: str, ids: Iterable[Any], token: str, u
             f"SELECT {columns} FROM buffer WHERE +stream = ? AND state = '{AVAILABLE}' AND id IN ({marks(chunk)})"
             f' AND id NOT IN ({CLAIMED_IDS})', (name, *chunk, name)).fetchall()
     if rows:
-        _hold(conn, name, token, until, [row[0] for row in rows])
+        hold(conn, name, token, until, [row[0] for row in rows])
     return rows
 
 
@@ -114,7 +115,7 @@ def claim_known(conn: sqlite3.Connection, name: str, messages: Sequence[Message]
             f"SELECT id FROM buffer WHERE +stream = ? AND state = '{AVAILABLE}' AND attempts = ?"
             f' AND id IN ({marks(chunk)}) AND id NOT IN ({CLAIMED_IDS})', (name, attempts, *chunk, name))]
     if free:
-        _hold(conn, name, token, until, sorted(free))
+        hold(conn, name, token, until, sorted(free))
     if len(free) == len(ids):
         return None  # the usual case
     return set(free)
@@ -122,7 +123,9 @@ def claim_known(conn: sqlite3.Connection, name: str, messages: Sequence[Message]
 
 def unclaim(conn: sqlite3.Connection, name: str, token: str | None, ids: Iterable[Any]) -> int:
     """Give ``ids`` held under ``token`` back, untouched (no attempt counted); return how many."""
-    return len(let_go(conn, name, token, ids))
+    mine = let_go(conn, name, token, ids)
+    in_place.materialise(conn, name, mine)  # held in place (a group stream): read again as copies
+    return len(mine)
 
 
 def renew(conn: sqlite3.Connection, name: str, token: str, until: float) -> int:
@@ -140,14 +143,21 @@ def commit(conn: sqlite3.Connection, name: str, token: str | None, ids: Sequence
         sql = f"UPDATE buffer SET state = '{DONE}', processed = 1, claim = NULL, lease = NULL WHERE"
     else:
         sql = 'DELETE FROM buffer WHERE'
-    return sum(conn.execute(f"{sql} +stream = ? AND state = '{AVAILABLE}' AND id IN ({marks(chunk)})",
-                            (name, *chunk)).rowcount for chunk in chunks(mine))
+    count = sum(conn.execute(f"{sql} +stream = ? AND state = '{AVAILABLE}' AND id IN ({marks(chunk)})",
+                             (name, *chunk)).rowcount for chunk in chunks(mine))
+    if count < len(mine) and name.endswith(']'):
+        # a group stream's claim held messages of the stream in place: letting go of them commits them
+        count += sum(conn.execute(f'SELECT count(*) FROM buffer WHERE id IN ({marks(chunk)}) AND stream != ?',
+                                  (*chunk, name)).fetchone()[0] for chunk in chunks(mine))
+    return count
 
 
 def release(conn: sqlite3.Connection, name: str, token: str, ids: Sequence[RecordId], error: str | None,
             max_attempts: int, backoff: float, now: float) -> tuple[int, int]:
     """Count a failed attempt: retry after ``backoff`` (at once if 0) or dead-letter; return (retried, dead)."""
     mine = let_go(conn, name, token, ids)
+    copies = in_place.materialise(conn, name, mine)  # held in place: the attempt is counted on a copy
+    mine = [copies.get(i, i) for i in mine]
     # SET expressions see the old row, so "attempts + 1" is the new attempt count throughout
     later = f"CASE WHEN ? > 0 THEN '{RETRY}' ELSE '{AVAILABLE}' END"
     new_state = f"CASE WHEN attempts + 1 >= ? THEN '{DEAD}' ELSE {later} END"
@@ -176,6 +186,8 @@ def expire(conn: sqlite3.Connection, name: str, max_attempts: int, now: float) -
     if lapsed:
         conn.execute('DELETE FROM claims WHERE stream = ? AND lease < ?', (name, now))
         ids = sorted(i for _, held_ids in lapsed for i in json.loads(held_ids))
+        copies = in_place.materialise(conn, name, ids)  # held in place: the attempt is counted on a copy
+        ids = sorted(copies.get(i, i) for i in ids)
         for chunk in chunks(ids):
             # an abandoned claim counts as a failed delivery
             expired += conn.execute(
@@ -220,8 +232,10 @@ def bury(conn: sqlite3.Connection, name: str, bad: Sequence[tuple[RecordId, str]
     if token is None:
         sql += f' AND id NOT IN ({CLAIMED_IDS})'
         return sum(conn.execute(sql, (why, int(id_), name, name)).rowcount for id_, why in bad)
-    mine = set(let_go(conn, name, token, [id_ for id_, _ in bad]))
-    return sum(conn.execute(sql, (why, int(id_), name)).rowcount for id_, why in bad if int(id_) in mine)
+    mine = let_go(conn, name, token, [id_ for id_, _ in bad])
+    copies = in_place.materialise(conn, name, mine)  # held in place: the dead letter is a copy
+    return sum(conn.execute(sql, (why, copies.get(int(id_), int(id_)), name)).rowcount
+               for id_, why in bad if int(id_) in set(mine))
 
 
 def on_dead(conn: sqlite3.Connection, sql: str, name: str, ids: Iterable[RecordId] | None) -> int:
