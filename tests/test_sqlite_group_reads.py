@@ -51,9 +51,11 @@ def test_a_group_reads_the_streams_messages_and_a_commit_writes_no_copy(store):
     assert _position(store) == ids[3]
     assert [m.id for m in store.find_available(BILLING)] == ids[4:], 'the rest, not what is held'
     assert store.group_lag(S, 'billing')[0] == 10, 'held in place still counts as not committed'
+    assert store.counts(BILLING)['claimed'] == 4, 'in flight in the group'
     assert store.retain(S) == 0, 'nothing committed yet'
     assert store.commit(BILLING, claim, [m.id for m in held], keep=True) == 4
     assert store.messages(BILLING) == [], 'no copy was made'
+    assert store.counts(BILLING)['claimed'] == 0
     assert store.group_lag(S, 'billing')[0] == 6
     assert store.retain(S) == 4
     assert [m.data['i'] for m in store.messages(S)] == list(range(4, 10))

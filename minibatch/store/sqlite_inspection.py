@@ -61,6 +61,10 @@ class SQLiteInspection:
         counts[CLAIMED] = self.db.read(f"SELECT count(*) FROM buffer WHERE stream = ? AND state = '{AVAILABLE}'"
                                      f' AND id IN ({lifecycle.CLAIMED_IDS})', (name, name))[0][0]
         counts[AVAILABLE] -= counts[CLAIMED]
+        if name.endswith(']'):  # a group stream's claims may hold messages of its stream in place
+            counts[CLAIMED] += self.db.read(
+                'SELECT count(*) FROM claims AS c, json_each(c.ids) AS j JOIN buffer AS b ON b.id = j.value'
+                ' WHERE c.stream = ? AND b.stream != ?', (name, name))[0][0]
         counts['windows'] = self.db.read('SELECT count(*) FROM windows WHERE stream = ?', (name,))[0][0]
         expired = self.db.read("SELECT value FROM stream_counters WHERE stream = ? AND name = 'expired'", (name,))
         counts['expired'] = expired[0][0] if expired else 0
