@@ -10,6 +10,8 @@ import time
 import uuid
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import minibatch as mb
 from minibatch.store.base import DEAD, group_stream
@@ -172,3 +174,73 @@ def test_a_named_group_consumer_processes_everything_without_copies(tmp_path):
     assert sorted(seen) == list(range(240)), 'each once'
     assert stream.store.db.read('SELECT count(*) FROM buffer WHERE stream = ?', (BILLING,))[0][0] == 0, \
         'no message was copied'
+
+
+# -- a model: consumers racing with read-aheads, failures and give-backs; each message committed once --
+OPS = st.lists(st.one_of(
+    st.tuples(st.just('append'), st.integers(1, 6)),
+    st.tuples(st.just('read'), st.integers(0, 1), st.integers(1, 8)),
+    st.tuples(st.just('claim'), st.integers(0, 1), st.integers(0, 3), st.integers(1, 4)),
+    st.tuples(st.just('settle'), st.integers(0, 1), st.sampled_from(['commit', 'fail', 'give back'])),
+    st.tuples(st.just('retain'),),
+), max_size=40)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS)
+def test_model_racing_consumers_commit_every_message_once(store, ops):
+    name = f'model-{uuid.uuid4().hex[:8]}'
+    copies = group_stream(name, 'g')
+    store.register_group(name, 'g')
+    appended, committed, counter = [], [], 0
+    read_ahead = {0: [], 1: []}
+    held: dict[int, list] = {0: [], 1: []}  # consumer -> [(token, messages)]
+
+    def settle(consumer, how):
+        if not held[consumer]:
+            return
+        token, messages = held[consumer].pop(0)
+        ids = [m.id for m in messages]
+        if how == 'commit':
+            assert store.commit(copies, token, ids, keep=True) == len(ids)
+            committed.extend(m.data['n'] for m in messages)
+        elif how == 'fail':
+            store.release(copies, token, ids, error='x', max_attempts=1000)
+        else:
+            store.unclaim(copies, token, ids)
+
+    for op in ops:
+        if op[0] == 'append':
+            docs = [{'n': counter + i} for i in range(op[1])]
+            counter += op[1]
+            store.append(name, docs)
+            appended.extend(d['n'] for d in docs)
+        elif op[0] == 'read':
+            read_ahead[op[1]] = store.find_available(copies, limit=op[2])
+        elif op[0] == 'claim':
+            window = read_ahead[op[1]][op[2]:op[2] + op[3]]
+            token = _token()
+            got = store.claim(copies, window, token, 30)
+            if got:
+                held[op[1]].append((token, got))
+        elif op[0] == 'settle':
+            settle(op[1], op[2])
+        else:
+            store.retain(name)
+        # nothing is lost: what no group committed is still in the stream or in the group's copies
+        kept = {m.data['n'] for m in store.messages(name)} | {m.data['n'] for m in store.messages(copies)}
+        assert set(appended) - set(committed) <= kept
+    for consumer in (0, 1):
+        while held[consumer]:
+            settle(consumer, 'commit')
+    while True:  # drain
+        found = store.find_available(copies, limit=50)
+        if not found:
+            break
+        token = _token()
+        got = store.claim(copies, found, token, 30)
+        store.commit(copies, token, [m.id for m in got], keep=True)
+        committed.extend(m.data['n'] for m in got)
+    assert sorted(committed) == appended, 'each message committed once'
+    store.retain(name)
+    assert store.messages(name) == []
