@@ -13,7 +13,10 @@ therefore writes one small row instead of rewriting 100 rows and moving 100
 index entries, and a commit deletes the messages as a bare consumer would plus
 that one row. Every query for available messages leaves out the claimed ones
 (:data:`CLAIMED_IDS`); a claim's row goes once it holds nothing, and the
-claims of a stream go with the stream (clear, delete).
+claims of a stream go with the stream (clear, delete). A claim of a named group's
+stream may also hold messages of the stream itself, read in place
+(:mod:`~minibatch.store.sqlite_group_reads`): a commit lets go of them, and
+whatever else ends such a claim first copies them into the group stream.
 
 Operations on listed messages filter with ``+stream``: without statistics the
 planner would otherwise walk the stream's whole index instead of looking up the
