@@ -222,7 +222,7 @@ class SQLiteStore(SQLiteInspection, Store):
             sql += ' LIMIT ?'
             params.append(int(limit))
         rows = self._read(sql, params)
-        if name.endswith(']'):  # a named group's stream: its copies and the stream's messages it reads in place
+        if in_place.is_group_stream(name):  # a named group's stream: its copies and the stream's messages it reads in place
             fresh = in_place.available(self.db.conn(), name, limit, None if until is None else to_epoch(until),
                                        AVAILABLE_COLUMNS)
             if fresh:
@@ -269,7 +269,7 @@ class SQLiteStore(SQLiteInspection, Store):
                      attempts: int) -> set[RecordId] | None:
         """lifecycle.claim_known, and for a group stream the stream's messages it reads in place among them."""
         held = lifecycle.claim_known(conn, name, messages, token, until, attempts)
-        if held is None or not name.endswith(']'):
+        if held is None or not in_place.is_group_stream(name):
             return held
         taken = in_place.claim(conn, name, [m.id for m in messages if m.id not in held])
         if taken:
@@ -282,7 +282,7 @@ class SQLiteStore(SQLiteInspection, Store):
                     until: float) -> list[Any]:
         """lifecycle.claim (rows of MESSAGE_COLUMNS), and for a group stream the messages it reads in place."""
         rows = lifecycle.claim(conn, name, ids, token, until, MESSAGE_COLUMNS)
-        if not name.endswith(']'):
+        if not in_place.is_group_stream(name):
             return rows
         got = {row[0] for row in rows}
         wanted = [i.id if isinstance(i, Message) else i for i in ids]

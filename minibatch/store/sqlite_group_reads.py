@@ -36,18 +36,20 @@ from typing import Any
 from minibatch.store.base import DEAD, STATES
 from minibatch.store.sqlite_values import loads
 
-_EVERY_STATE = '(' + ', '.join(f"'{state}'" for state in STATES) + ')'
-
-
 def held(streams: Sequence[str]) -> str:
     """SQL of the ids held by claims of ``streams`` (their names as parameters), for ``id NOT IN (...)``."""
     return ('SELECT j.value FROM claims AS c, json_each(c.ids) AS j'
             f" WHERE c.stream IN ({','.join('?' * len(streams))})")
 
 
+def is_group_stream(name: str) -> bool:
+    """Whether ``name`` is shaped like a group stream ``s[g]`` (only those may hold messages in place)."""
+    return name.endswith(']') and '[' in name
+
+
 def source_of(conn: sqlite3.Connection, name: str) -> tuple[str, str, int] | None:
     """``(stream, group, position)`` if ``name`` is the group stream of a registered named group, else None."""
-    if not name.endswith(']') or '[' not in name:
+    if not is_group_stream(name):
         return None
     cut = name.rindex('[')  # a group name holds no '[' (check_group)
     source, group = name[:cut], name[cut + 1:-1]
@@ -90,12 +92,10 @@ def available(conn: sqlite3.Connection, name: str, limit: int | None, until: flo
     if found is None:
         return []
     source, _, position = found
-    extra, params = '', list[Any]()
-    if until is not None:
-        extra, params = ' AND created < ?', [until]
+    extra, extra_params = ('', []) if until is None else (' AND created < ?', [until])
     # each state's range read up to the limit only: a read must not cost the length of the stream
     ids_sql = _fresh(extra, limited=limit is not None)
-    ids_params = _params(source, position, *params, *([int(limit)] if limit is not None else []))
+    ids_params = _params(source, position, *extra_params, *([int(limit)] if limit is not None else []))
     sql = (f'SELECT {columns} FROM buffer WHERE id IN ({ids_sql})'
            ' AND id NOT IN (SELECT j.value FROM claims AS c, json_each(c.ids) AS j WHERE c.stream = ?) ORDER BY id')
     params = [*ids_params, name]
@@ -147,7 +147,7 @@ def materialise(conn: sqlite3.Connection, name: str, ids: Sequence[int]) -> dict
     copies like any other. Returns {} at once for a stream that is no group
     stream.
     """
-    if not ids or not name.endswith(']'):
+    if not ids or not is_group_stream(name):
         return {}
     mapping: dict[int, int] = {}
     keys = [int(i) for i in ids]
@@ -161,8 +161,8 @@ def materialise(conn: sqlite3.Connection, name: str, ids: Sequence[int]) -> dict
     return mapping
 
 
-def held_in_place(conn: sqlite3.Connection, name: str, group_stream: str) -> int:
-    """How many messages of ``name`` claims of ``group_stream`` hold in place (a read)."""
+def held_in_place(conn: sqlite3.Connection, group_stream: str) -> int:
+    """How many messages of its stream the claims of ``group_stream`` hold in place (a read)."""
     return int(conn.execute(
         'SELECT count(*) FROM claims AS c, json_each(c.ids) AS j JOIN buffer AS b ON b.id = j.value'
-        ' WHERE c.stream = ? AND b.stream = ?', (group_stream, name)).fetchone()[0])
+        ' WHERE c.stream = ? AND b.stream != ?', (group_stream, group_stream)).fetchone()[0])

@@ -207,6 +207,6 @@ def lag(conn: sqlite3.Connection, name: str, group: str) -> tuple[int, float | N
     waiting, waiting_oldest = conn.execute(
         f'SELECT count(*), min(created) FROM buffer WHERE stream = ? AND state IN {UNCOMMITTED}',
         (group_stream(name, group),)).fetchone()
-    held = in_place.held_in_place(conn, name, group_stream(name, group))
+    held = in_place.held_in_place(conn, group_stream(name, group))
     oldest = [t for t in (fresh_oldest, waiting_oldest) if t is not None]
     return fresh + waiting + held, min(oldest) if oldest else None

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from minibatch.errors import InvalidMessage
+from minibatch.store import sqlite_group_reads as in_place
 from minibatch.store import sqlite_messages as lifecycle
 from minibatch.store.base import AVAILABLE, CLAIMED, DONE, RETRY, STATES, Message, RecordId
 from minibatch.store.sqlite_connection import Database
@@ -61,10 +62,8 @@ class SQLiteInspection:
         counts[CLAIMED] = self.db.read(f"SELECT count(*) FROM buffer WHERE stream = ? AND state = '{AVAILABLE}'"
                                      f' AND id IN ({lifecycle.CLAIMED_IDS})', (name, name))[0][0]
         counts[AVAILABLE] -= counts[CLAIMED]
-        if name.endswith(']'):  # a group stream's claims may hold messages of its stream in place
-            counts[CLAIMED] += self.db.read(
-                'SELECT count(*) FROM claims AS c, json_each(c.ids) AS j JOIN buffer AS b ON b.id = j.value'
-                ' WHERE c.stream = ? AND b.stream != ?', (name, name))[0][0]
+        if in_place.is_group_stream(name):  # its claims may hold messages of its stream in place
+            counts[CLAIMED] += in_place.held_in_place(self.db.conn(), name)
         counts['windows'] = self.db.read('SELECT count(*) FROM windows WHERE stream = ?', (name,))[0][0]
         expired = self.db.read("SELECT value FROM stream_counters WHERE stream = ? AND name = 'expired'", (name,))
         counts['expired'] = expired[0][0] if expired else 0

@@ -148,7 +148,7 @@ def commit(conn: sqlite3.Connection, name: str, token: str | None, ids: Sequence
         sql = 'DELETE FROM buffer WHERE'
     count = sum(conn.execute(f"{sql} +stream = ? AND state = '{AVAILABLE}' AND id IN ({marks(chunk)})",
                              (name, *chunk)).rowcount for chunk in chunks(mine))
-    if count < len(mine) and name.endswith(']'):
+    if count < len(mine) and in_place.is_group_stream(name):
         # a group stream's claim held messages of the stream in place: letting go of them commits them
         count += sum(conn.execute(f'SELECT count(*) FROM buffer WHERE id IN ({marks(chunk)}) AND stream != ?',
                                   (*chunk, name)).fetchone()[0] for chunk in chunks(mine))
