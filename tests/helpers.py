@@ -1,4 +1,5 @@
 """Small helpers shared by the test modules."""
+import json
 import signal
 import socket
 import threading
@@ -22,6 +23,16 @@ def wait_until(condition, timeout=5.0, interval=0.02, message='condition', alive
         if time.monotonic() > deadline:
             raise AssertionError(f'{message} not met within {timeout}s (last value: {value!r})')
         time.sleep(interval)
+
+
+def complete_records(path):
+    """The JSON records of the JSON-lines file ``path`` whose lines are complete.
+
+    A consumer process may be writing its last line while a test polls the file,
+    so a last line without its newline is a record not yet written, and left out.
+    """
+    with open(path) as log:
+        return [json.loads(line) for line in log if line.endswith('\n') and line.strip()]
 
 
 def free_port():

@@ -9,7 +9,7 @@ import sys
 
 import minibatch as mb
 
-from tests.helpers import wait_until
+from tests.helpers import complete_records, wait_until
 
 #: a consumer process: python -c CHILD URL STREAM OUTDIR SLOW LEASE MODE (tumbling: tumbling(10) by 'ts';
 #: hopping: hopping(10, 5); count: size=3 per key); logs each window's start and end
@@ -56,8 +56,7 @@ def logged(outdir, event):
     records = []
     for name in os.listdir(outdir):
         if name.endswith('.jsonl'):
-            with open(os.path.join(outdir, name)) as f:
-                records += [r for r in map(json.loads, f) if r['event'] == event]
+            records += [r for r in complete_records(os.path.join(outdir, name)) if r['event'] == event]
     return records
 
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 import minibatch as mb
-from tests.helpers import ListSink, default_sigint, settled, wait_until
+from tests.helpers import ListSink, complete_records, default_sigint, settled, wait_until
 
 HERE = os.path.dirname(__file__)
 CONSUMER = os.path.join(HERE, 'consumer_process.py')
@@ -30,12 +30,7 @@ def events(outdir, event):
     """All logged windows of kind ``event`` as (pid, ids) pairs."""
     found = []
     for path in glob.glob(os.path.join(str(outdir), '*.jsonl')):
-        with open(path) as log:
-            for line in log:
-                if line.strip():
-                    record = json.loads(line)
-                    if record['event'] == event:
-                        found.append((record['pid'], record['ids']))
+        found += [(record['pid'], record['ids']) for record in complete_records(path) if record['event'] == event]
     return found
 
 
