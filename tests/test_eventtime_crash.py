@@ -1,7 +1,6 @@
 """Event-time windows across processes: kill -9 mid-window and a restart lose nothing; competing consumers
 with many keys emit each (key, window) exactly once while nothing fails. On both stores."""
 import collections
-import json
 import os
 import signal
 import subprocess

@@ -137,6 +137,10 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+#: the first and the longest pause (seconds) between tries to take the write lock (Database._begin)
+WAIT_FIRST, WAIT_MAX = 0.00005, 0.002
+
+
 def _is_locked(exc: BaseException) -> bool:
     text = str(exc).lower()
     return 'locked' in text or 'busy' in text
@@ -320,7 +324,7 @@ class Database:
     def write(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``work(conn)`` in one BEGIN IMMEDIATE transaction and return its result.
 
-        The busy timeout already waits for the write lock; a few more tries
+        :meth:`_begin` waits for the write lock, up to the busy timeout; a few more tries
         cover a lock held longer than that. A failed try is rolled back before
         the next, so nothing is written twice or half.
         """
@@ -329,7 +333,7 @@ class Database:
             if self.read_only:
                 raise ConfigurationError(f'cannot write to {self.describe()}: it is read-only ({self.read_only})')
             try:
-                conn.execute('BEGIN IMMEDIATE')
+                self._begin(conn)
                 try:
                     result = work(conn)
                     conn.execute('COMMIT')
@@ -344,6 +348,34 @@ class Database:
                 logger.debug('%s locked, retrying (%s)', self.path, exc)
                 time.sleep(0.05 * 2 ** attempt)
         raise AssertionError('unreachable: the last try returns or raises')
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE``, waiting for the write lock in short steps, for up to the busy timeout.
+
+        SQLite's own busy handler sleeps 1, 2, 5, 10... ms between tries, while a
+        write transaction here holds the lock for a fraction of a millisecond:
+        two processes taking turns (two consumer groups, competing consumers)
+        would spend more time asleep than the other holds the lock. So the
+        first try is made without the busy handler, and a locked one is tried
+        again after WAIT_FIRST s, the pause growing to WAIT_MAX s. Raises the
+        locked error once the busy timeout has passed.
+        """
+        conn.execute('PRAGMA busy_timeout = 0')
+        try:
+            pause, deadline = WAIT_FIRST, None
+            while True:
+                try:
+                    conn.execute('BEGIN IMMEDIATE')
+                    return
+                except sqlite3.OperationalError as exc:
+                    now = time.monotonic()
+                    deadline = deadline or now + self.timeout
+                    if not _is_locked(exc) or now >= deadline:
+                        raise
+                time.sleep(pause)
+                pause = min(pause * 1.5, WAIT_MAX)
+        finally:
+            conn.execute(f'PRAGMA busy_timeout = {int(self.timeout * 1000)}')
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """The rows of one query, outside any transaction (WAL: never blocked by the writer)."""
