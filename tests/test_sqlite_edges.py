@@ -3,6 +3,7 @@
 SQLite only (the store-independent contract is tests/test_store_contract.py), except the
 CountWindow retry of a lone message, which runs on every store (``store_url``).
 """
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -33,28 +34,34 @@ def store(db_path):
 
 
 # -- the write lock -----------------------------------------------------------------
-def _hold_write_lock(path, seconds, held):
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute('BEGIN IMMEDIATE')
-    held.set()
-    time.sleep(seconds)
-    conn.execute('COMMIT')
-    conn.close()
+@contextlib.contextmanager
+def write_lock_held_elsewhere(path, seconds):
+    """Another connection takes the write lock of ``path`` and holds it ``seconds``; the block runs meanwhile."""
+    held = threading.Event()
+
+    def hold():
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute('BEGIN IMMEDIATE')
+        held.set()
+        time.sleep(seconds)
+        conn.execute('COMMIT')
+        conn.close()
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(5)
+        yield
+    finally:
+        holder.join()
 
 
 def test_a_write_waits_for_the_write_lock_another_connection_holds_and_keeps_the_busy_timeout(db_path):
     store = SQLiteStore(f'sqlite:///{db_path}?timeout=5')
     store.ensure_stream('s')
-    held = threading.Event()
-    holder = threading.Thread(target=_hold_write_lock, args=(db_path, 0.3, held))
-    holder.start()
-    try:
-        held.wait(5)
+    with write_lock_held_elsewhere(db_path, 0.3):
         started = time.monotonic()
         store.append('s', [{'i': 1}])  # waits in short steps (Database._begin), not failing
         waited = time.monotonic() - started
-    finally:
-        holder.join()
     assert 0.25 <= waited < 4.0
     assert [m.data for m in store.find_available('s')] == [{'i': 1}]
     # the busy handler is off only while the lock is being taken
@@ -64,15 +71,9 @@ def test_a_write_waits_for_the_write_lock_another_connection_holds_and_keeps_the
 def test_a_write_gives_up_on_a_write_lock_held_past_the_busy_timeout(db_path):
     store = SQLiteStore(f'sqlite:///{db_path}?timeout=0.1')
     store.ensure_stream('s')
-    held = threading.Event()
-    holder = threading.Thread(target=_hold_write_lock, args=(db_path, 4.0, held))
-    holder.start()
-    try:
-        held.wait(5)
+    with write_lock_held_elsewhere(db_path, 4.0):
         with pytest.raises(sqlite3.OperationalError, match='locked'):
             store.append('s', [{'i': 1}])
-    finally:
-        holder.join()
     assert store.find_available('s') == []  # nothing half-written
     assert store.db.conn().execute('PRAGMA busy_timeout').fetchone()[0] == 100
 
