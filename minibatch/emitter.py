@@ -310,25 +310,30 @@ class WindowEmitter(LegacyEmitterAPI):
         return window
 
     def commit(self, qs, window):
-        """The window succeeded: remove (or keep, with ``keep=True``) its messages; mark the window processed."""
+        """The window succeeded: remove (or keep, with ``keep=True``) its messages; mark the window processed.
+
+        With ``store.commit_soon``: the embedded store carries the commit in the
+        next claim's transaction (or the runner's flush when no claim comes), and
+        ``window.processed``, ``window.id`` and the figures follow once it is committed.
+        """
         token = qs[0].token if qs else None
-        if getattr(window, '_record_at_commit', False):
-            done, window.id = self.store.commit_window(self.stream_name, token, [m.id for m in qs],
-                                                       keep=self.commit_keep,
-                                                       data=list(window.data) if self.keep else None,
-                                                       output=getattr(window, '_output', None))
-            window._record_at_commit = False
-        else:
-            done = self.store.commit(self.stream_name, token, [m.id for m in qs], keep=self.commit_keep,
-                                     window_id=window.id, output=getattr(window, '_output', None))
-        if done < len(qs):
-            logger.warning('minibatch: %d of %d messages of a window on %r were no longer held under its '
-                           'claim (its lease ran out and they went back to the stream, or the stream was '
-                           'cleared or deleted meanwhile); those still in the stream are delivered again',
-                           len(qs) - done, len(qs), self.stream_name)
-        window.processed = True
-        self.stats['committed'] += 1
-        self.stats['processed'] += done
+        at_commit = getattr(window, '_record_at_commit', False)
+        window._record_at_commit = False
+
+        def committed(done, window_id):
+            window.id = window_id
+            if done < len(qs):
+                logger.warning('minibatch: %d of %d messages of a window on %r were no longer held under its '
+                               'claim (its lease ran out and they went back to the stream, or the stream was '
+                               'cleared or deleted meanwhile); those still in the stream are delivered again',
+                               len(qs) - done, len(qs), self.stream_name)
+            window.processed = True
+            self.stats['committed'] += 1
+            self.stats['processed'] += done
+        self.store.commit_soon(self.stream_name, token, [m.id for m in qs], committed, keep=self.commit_keep,
+                               window_id=None if at_commit else window.id, record=at_commit,
+                               data=list(window.data) if (self.keep and at_commit) else None,
+                               output=getattr(window, '_output', None))
 
     def undo(self, qs, window=None, error=None):
         """The window failed: count an attempt per message, retry after a backoff or dead-letter.

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import abc
 import datetime
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, TypeAlias
 
 from minibatch.errors import ConfigurationError, InvalidMessage, NotSupportedByStore
@@ -288,6 +288,31 @@ class Store(StoreUpkeep, StoreGroups):
         """
         window_id = self.save_window(name, [] if data is None else data, token=token)
         return self.commit(name, token, ids, keep=keep, window_id=window_id, output=output), window_id
+
+    def commit_soon(self, name: str, token: str | None, ids: Sequence[RecordId],
+                    then: Callable[[int, RecordId | None], None], keep: bool = False,
+                    window_id: RecordId | None = None, record: bool = False, data: list[Any] | None = None,
+                    output: Output | None = None) -> None:
+        """Commit as :meth:`commit` does (``record``: as :meth:`commit_window` does), now or a little later.
+
+        Then calls ``then(committed, window_id)`` (the new record's id with
+        ``record``). A store may carry the commit in this process's next write
+        instead (SQLite: a window's commit and the next claim are one
+        transaction), at the latest in :meth:`flush`; until then it is not
+        durable: a crash loses it and the messages are delivered again when
+        their lease ends, as if the consumer had died before committing.
+        Invalid ``output`` raises here, writing nothing.
+
+        Optional: the default commits now.
+        """
+        if record:
+            count, window_id = self.commit_window(name, token, ids, keep=keep, data=data, output=output)
+        else:
+            count = self.commit(name, token, ids, keep=keep, window_id=window_id, output=output)
+        then(count, window_id)
+
+    def flush(self) -> None:
+        """Carry out now the commits :meth:`commit_soon` left for later (none by default). Idempotent."""
 
     @abc.abstractmethod
     def release(self, name: str, token: str, ids: Sequence[RecordId], error: object = None,

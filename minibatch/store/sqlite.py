@@ -25,7 +25,7 @@ import logging
 import operator
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, cast
 
 from minibatch.errors import InvalidMessage
@@ -300,29 +300,49 @@ class SQLiteStore(SQLiteInspection, Store):
                window_id: RecordId | None = None, output: Output | None = None) -> int:
         if not ids and window_id is None:
             return 0
-        appended = self._output_rows(output)
-
-        def work(conn: sqlite3.Connection) -> int:
-            count = lifecycle.commit(conn, name, token, ids, keep or groups.has_named(conn, name))
-            if window_id is not None:
-                lifecycle.mark_window(conn, window_id)
-            if count:
-                self._append_output(conn, appended)
-            return count
-        return self._write(work)
+        return self._write(self._commit_work(name, token, ids, keep, window_id, False, None, output))[0]
 
     def commit_window(self, name: str, token: str | None, ids: Sequence[RecordId], keep: bool = False,
                       data: list[Any] | None = None, output: Output | None = None) -> tuple[int, RecordId]:
         # the window record goes into the commit's transaction: a window costs two writes (claim, commit)
-        data_json = '[]' if data is None else self._window_json(name, data)
+        count, window_id = self._write(self._commit_work(name, token, ids, keep, None, True, data, output))
+        return count, cast(RecordId, window_id)
+
+    def commit_soon(self, name: str, token: str | None, ids: Sequence[RecordId],
+                    then: Callable[[int, RecordId | None], None], keep: bool = False,
+                    window_id: RecordId | None = None, record: bool = False, data: list[Any] | None = None,
+                    output: Output | None = None) -> None:
+        """Queued for this process's next write transaction (Database.write_soon): one turn at the lock less."""
+        if not ids and window_id is None and not record:
+            then(0, None)
+            return
+        work = self._commit_work(name, token, ids, keep, window_id, record, data, output)
+        # a work that failed (logged by the queue) committed nothing
+        self.db.write_soon(work, lambda result: then(*(result or (0, window_id))))
+
+    def flush(self) -> None:
+        self.db.flush()
+
+    def _commit_work(self, name: str, token: str | None, ids: Sequence[RecordId], keep: bool,
+                     window_id: RecordId | None, record: bool, data: list[Any] | None,
+                     output: Output | None) -> Callable[[sqlite3.Connection], tuple[int, RecordId | None]]:
+        """The transaction of a commit: with ``record`` a new processed window record, else ``window_id`` marked.
+
+        Data and output are encoded first: a bad document raises here, and nothing is written.
+        """
+        data_json = ('[]' if data is None else self._window_json(name, data)) if record else None
         appended = self._output_rows(output)
 
-        def work(conn: sqlite3.Connection) -> tuple[int, RecordId]:
-            count = lifecycle.commit(conn, name, token, ids, keep or groups.has_named(conn, name))
+        def work(conn: sqlite3.Connection) -> tuple[int, RecordId | None]:
+            count = lifecycle.commit(conn, name, token, ids, keep or groups.has_named(conn, name)) if ids else 0
             if count:
                 self._append_output(conn, appended)
-            return count, lifecycle.insert_window(conn, name, time.time(), data_json, processed=True)
-        return self._write(work)
+            if data_json is not None:
+                return count, lifecycle.insert_window(conn, name, time.time(), data_json, processed=True)
+            if window_id is not None:
+                lifecycle.mark_window(conn, window_id)
+            return count, window_id
+        return work
 
     def _output_rows(self, output: Output | None) -> tuple[str, list[str]] | None:
         """``output`` validated and encoded before the transaction: a bad document fails the commit, writing nothing."""

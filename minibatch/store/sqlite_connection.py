@@ -2,8 +2,9 @@
 
 Every process and thread has its own connection (SQLite connections must not
 cross a fork), in autocommit mode; every write is one ``BEGIN IMMEDIATE``
-transaction (:meth:`Database.write`), so the write lock is taken up front and a
-transaction never fails half-way when upgrading from a read lock.
+transaction (:meth:`Database.write`, in :mod:`minibatch.store.sqlite_transaction`),
+so the write lock is taken up front and a transaction never fails half-way when
+upgrading from a read lock.
 
 A file can be opened read-only (``readonly=True``, or by itself when this user
 may not write the file or its folder): nothing is created, the schema is not
@@ -18,11 +19,12 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import parse_qsl, quote
 
 from minibatch.errors import ConfigurationError, StoreUnavailable
+from minibatch.store.sqlite_transaction import LOCK_RETRIES, SoonQueue, Transactions, is_locked as _is_locked
 
 logger = logging.getLogger('minibatch.store.sqlite')
 
@@ -105,7 +107,6 @@ _BOOLEANS = {'1': True, 'true': True, 'yes': True, 'on': True, '0': False, 'fals
 #: table name -> its CREATE statement (a read-only connection makes empty TEMP copies of the tables a file lacks)
 TABLES = {match.group(1): match.group(0) for match in
           re.finditer(r'CREATE TABLE IF NOT EXISTS (\w+) \(.*?\n\)( WITHOUT ROWID)?;', SCHEMA, re.S)}
-LOCK_RETRIES = 5
 #: per connection, set when it opens (none of them is stored in the file). Measured with
 #: benchmarks/run (docs/performance.rst): SQLite's default page cache (2 MiB) is smaller
 #: than the pages a consumer's windows touch again and again, and its default checkpoint
@@ -116,7 +117,6 @@ TUNING = (
     'PRAGMA wal_autocheckpoint = 10000',  # checkpoint at ~40 MiB of WAL instead of ~4 MiB
     'PRAGMA journal_size_limit = 16777216',  # and give the WAL file back to 16 MiB after each one
 )
-_T = TypeVar('_T')
 
 # A connection inherited through fork() must never be closed in the child, not
 # even by garbage collection: closing it drops the child's POSIX locks on the
@@ -137,15 +137,6 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-#: the first and the longest pause (seconds) between tries to take the write lock (Database._begin)
-WAIT_FIRST, WAIT_MAX = 0.00005, 0.002
-
-
-def _is_locked(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return 'locked' in text or 'busy' in text
-
-
 class _Holder:
     """A thread's connection; weak-referenceable (sqlite3.Connection is not) so close() can find it."""
     __slots__ = ('conn', 'pid', 'stand_in', '__weakref__')
@@ -157,7 +148,7 @@ class _Holder:
         self.stand_in = stand_in
 
 
-class Database:
+class Database(Transactions):
     """One SQLite file in WAL mode: a connection per thread, transactions, reads.
 
     ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``, options
@@ -205,6 +196,7 @@ class Database:
         self._ready = False
         self._schema_lock = threading.Lock()
         self._schema_lock_pid = os.getpid()
+        self._soon = SoonQueue()  # write_soon
 
     def conn(self) -> sqlite3.Connection:
         """This thread's connection, opened (and the schema made) on first use in this process."""
@@ -320,62 +312,6 @@ class Database:
             conn.execute('ROLLBACK')
             raise
         self._ready = True
-
-    def write(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run ``work(conn)`` in one BEGIN IMMEDIATE transaction and return its result.
-
-        :meth:`_begin` waits for the write lock, up to the busy timeout; a few more tries
-        cover a lock held longer than that. A failed try is rolled back before
-        the next, so nothing is written twice or half.
-        """
-        for attempt in range(LOCK_RETRIES):
-            conn = self.conn()
-            if self.read_only:
-                raise ConfigurationError(f'cannot write to {self.describe()}: it is read-only ({self.read_only})')
-            try:
-                self._begin(conn)
-                try:
-                    result = work(conn)
-                    conn.execute('COMMIT')
-                    return result
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute('ROLLBACK')
-                    raise
-            except sqlite3.OperationalError as exc:
-                if not _is_locked(exc) or attempt == LOCK_RETRIES - 1:
-                    raise
-                logger.debug('%s locked, retrying (%s)', self.path, exc)
-                time.sleep(0.05 * 2 ** attempt)
-        raise AssertionError('unreachable: the last try returns or raises')
-
-    def _begin(self, conn: sqlite3.Connection) -> None:
-        """``BEGIN IMMEDIATE``, waiting for the write lock in short steps, for up to the busy timeout.
-
-        SQLite's own busy handler sleeps 1, 2, 5, 10... ms between tries, while a
-        write transaction here holds the lock for a fraction of a millisecond:
-        two processes taking turns (two consumer groups, competing consumers)
-        would spend more time asleep than the other holds the lock. So the
-        first try is made without the busy handler, and a locked one is tried
-        again after WAIT_FIRST s, the pause growing to WAIT_MAX s. Raises the
-        locked error once the busy timeout has passed.
-        """
-        conn.execute('PRAGMA busy_timeout = 0')
-        try:
-            pause, deadline = WAIT_FIRST, None
-            while True:
-                try:
-                    conn.execute('BEGIN IMMEDIATE')
-                    return
-                except sqlite3.OperationalError as exc:
-                    now = time.monotonic()
-                    deadline = deadline or now + self.timeout
-                    if not _is_locked(exc) or now >= deadline:
-                        raise
-                time.sleep(pause)
-                pause = min(pause * 1.5, WAIT_MAX)
-        finally:
-            conn.execute(f'PRAGMA busy_timeout = {int(self.timeout * 1000)}')
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """The rows of one query, outside any transaction (WAL: never blocked by the writer)."""
