@@ -335,6 +335,14 @@ class WindowEmitter(LegacyEmitterAPI):
                                data=list(window.data) if (self.keep and at_commit) else None,
                                output=getattr(window, '_output', None))
 
+    def flush(self):
+        """Write now the commits left for later (the runner calls it when a round cuts no window, and at the end).
+
+        The default writes those the store queued (``store.commit_soon``); a
+        strategy that gathers commits of its own writes them too.
+        """
+        self.store.flush()
+
     def undo(self, qs, window=None, error=None):
         """The window failed: count an attempt per message, retry after a backoff or dead-letter.
 

@@ -130,7 +130,7 @@ class Runner:
                 try:
                     worked = self.round()
                     if not worked:
-                        self.store.flush()  # commits waiting for the next claim (commit_soon): none comes now
+                        self.em.flush()  # commits waiting for the next claim (commit_soon): none comes now
                 except self.store.transient_errors as exc:
                     logger.warning('minibatch: store unavailable (%s); retrying', summary(exc))
                     self.stop_event.wait(min(self._idle * 4, 2.0))
@@ -381,7 +381,7 @@ class Runner:
             self.give_back(flight.messages)
             self.inflight.remove(flight)
             stop_window(flight.executor, flight.future, self._owns_executor)
-        self.settle_call(self.store.flush)  # the commits left for a next claim (commit_soon)
+        self.settle_call(self.em.flush)  # the commits left for a next claim (commit_soon)
 
     # -- waiting ----------------------------------------------------------
     def wait(self) -> None:

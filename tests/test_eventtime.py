@@ -424,3 +424,48 @@ def test_a_dead_letter_requeued_after_its_window_comes_back_as_a_late_event(stor
     assert store.requeue('requeued') == 1
     rounds(em)
     assert fn.windows[1:] == [('a', 0, 10, [1], True)]  # its window was emitted: it is late now
+
+
+def test_tumbling_windows_closed_together_are_committed_in_batches_each_once(store_url, monkeypatch):
+    monkeypatch.setattr(EventTimeWindow, 'COMMIT_BATCH', 3)  # 10 windows: batches of 3, 3, 3 and 1
+    monkeypatch.setattr(EventTimeWindow, 'COMMIT_WAIT', 30.0)  # however slow the store, the batches fill
+    stream = mb.stream('batched', url=store_url)
+    fn = Collect()
+    em = consumer(store_url, 'batched', fn, lease=600)
+    stream.append(events(*[(f'k{i % 10}', i % 10, i) for i in range(30)]) + events(('z', 100, -1)))
+    committed = []
+    original = em.state.commit_many
+
+    def spy(commits):
+        committed.append(len(commits))
+        return original(commits)
+    em.state.commit_many = spy
+    thread = threading.Thread(target=em.run, daemon=True)  # blocking: a round that runs a window does not flush
+    thread.start()
+    try:
+        wait_until(lambda: em.stats['committed'] == 10, timeout=60, message='10 windows committed')
+    finally:
+        em.stop()
+        thread.join(30)
+    assert sorted(key for key, *_ in fn.windows) == [f'k{i}' for i in range(10)]  # each once
+    assert sorted(committed, reverse=True) == [3, 3, 3, 1]
+    assert em.stats['committed'] == 10 and em.stats['processed'] == 30
+    assert stream.store.counts('batched')['available'] == 1  # z's window is still open; nothing else is left
+    assert stream.stats()['claimed'] == 0
+
+
+def test_a_running_consumer_commits_its_last_tumbling_window_without_waiting_for_more(store_url):
+    stream = mb.stream('last', url=store_url)
+    fn = Collect()
+    em = consumer(store_url, 'last', fn)
+    thread = threading.Thread(target=em.run, daemon=True)
+    thread.start()
+    try:
+        stream.append(events(('a', 1, 1), ('a', 2, 2), ('b', 15, 3)))  # the watermark closes a's [0, 10)
+        wait_until(lambda: fn.windows, timeout=30, message="a's window ran")
+        wait_until(lambda: stream.stats()['claimed'] == 0 and stream.store.counts('last')['available'] == 1,
+                   timeout=10, message='its commit written')
+        assert thread.is_alive() and em.stats['committed'] == 1
+    finally:
+        em.stop()
+        thread.join(30)

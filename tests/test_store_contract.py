@@ -338,6 +338,27 @@ def test_commit_window_of_a_lost_claim_commits_nothing_but_still_records_the_win
     assert len(store.windows(S, processed=True)) == 2
 
 
+def test_commit_soon_commits_by_the_flush_at_the_latest_and_reports_once(store):
+    tok, ids = claimed(store, 3)
+    other = store.append(S, [{'i': 99}])
+    reports = []
+    store.commit_soon(S, tok, ids, lambda n, window_id: reports.append((n, window_id)), record=True)
+    store.flush()
+    store.flush()  # nothing left: no second report
+    assert len(reports) == 1 and reports[0][0] == 3
+    assert list(states(store)) == other
+    assert [(w.id, w.processed, w.data) for w in store.windows(S)] == [(reports[0][1], True, [])]
+
+
+def test_commit_soon_with_bad_output_raises_at_once_and_commits_nothing(store):
+    store.ensure_stream('out')
+    tok, ids = claimed(store, 2)
+    with pytest.raises(InvalidMessage):
+        store.commit_soon(S, tok, ids, lambda n, window_id: None, output=('out', [{'bad': object()}]))
+    store.flush()
+    assert set(states(store).values()) == {CLAIMED} and store.find_available('out') == []
+
+
 def test_commit_keep_marks_done(store):
     tok, ids = claimed(store, 3)
     assert store.commit(S, tok, ids, keep=True) == 3

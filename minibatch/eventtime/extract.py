@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+from json.encoder import encode_basestring_ascii
 from typing import Any, Callable
 
 from minibatch.errors import MinibatchError
@@ -32,6 +33,19 @@ def field(data: Any, path: str) -> Any:
         else:
             raise EventReadError(f'the message has no field {path!r} (missing {part!r})')
     return value
+
+
+def getter(path: str) -> Callable[[Any], Any]:
+    """``fn(data)``: :func:`field` of ``path``, with a quick look-up first for a top-level field."""
+    if '.' in path:
+        return lambda data: field(data, path)
+
+    def get(data: Any) -> Any:
+        try:
+            return data[path]
+        except (KeyError, TypeError, IndexError):
+            return field(data, path)  # not a dict holding it: field() says why, or reads a list index
+    return get
 
 
 def to_epoch(value: Any) -> float:
@@ -64,7 +78,8 @@ def key_reader(key: Any) -> Callable[[Any], str]:
     if key is None:
         return lambda data: 'null'
     if isinstance(key, str):
-        return lambda data: key_text(field(data, key))
+        get = getter(key)
+        return lambda data: key_text(get(data))
 
     def call(data: Any) -> str:
         try:
@@ -75,8 +90,14 @@ def key_reader(key: Any) -> Callable[[Any], str]:
     return call
 
 
+_KEY_ENCODER = json.JSONEncoder(sort_keys=True, default=str, separators=(',', ':'))
+
+
 def key_text(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str, separators=(',', ':'))
+    """The key as JSON text: sorted object keys, compact, anything else as ``str()`` (one encoder, made once)."""
+    if type(value) is str:
+        return encode_basestring_ascii(value)  # what the encoder makes of a str, without its call overhead
+    return _KEY_ENCODER.encode(value)
 
 
 def key_value(text: str) -> Any:
@@ -93,7 +114,8 @@ def time_reader(time: Any) -> Callable[[Any, datetime.datetime | None], float]:
             return to_epoch(created)
         return appended
     if isinstance(time, str):
-        return lambda data, created: _checked(to_epoch(field(data, time)), time)
+        get = getter(time)
+        return lambda data, created: _checked(to_epoch(get(data)), time)
 
     def call(data: Any, created: datetime.datetime | None) -> float:
         try:

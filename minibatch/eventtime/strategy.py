@@ -32,10 +32,10 @@ from minibatch.emitter import WindowEmitter
 from minibatch.errors import ConfigurationError
 from minibatch.eventtime.assign import DONE, Event, assign_counts, decide, span, windows_of
 from minibatch.eventtime.extract import EventReadError, key_reader, key_value, time_reader, to_datetime
-from minibatch.eventtime.spec import Count, EventTimeSpec, Hopping, Session
+from minibatch.eventtime.spec import Count, EventTimeSpec, Hopping, Session, Tumbling
 from minibatch.eventtime.window import EventWindow
 from minibatch.store.base import Message
-from minibatch.store.eventtime import EventTimeState, Row, state_for
+from minibatch.store.eventtime import Commit, EventTimeState, Row, state_for
 
 logger = logging.getLogger('minibatch.window')
 
@@ -74,6 +74,11 @@ class EventTimeWindow(WindowEmitter):
     READY_BATCH = 100
     #: late events handled per round
     LATE_BATCH = 500
+    #: tumbling and count windows (a key's never share a message) are committed together, up to this many: a window's
+    #: events lie on as many pages as it has events (keys interleave), and windows closed together share them
+    COMMIT_BATCH = 100
+    #: ... and none waits longer than this (seconds) after its function returned, nor past a tenth of its lease
+    COMMIT_WAIT = 0.5
 
     def __init__(self, stream_name: Any, window: Any = None, key: Any = None, time: Any = None, grace: Any = 0.0,
                  on_late: Any = 'dead', close_by_clock: bool = True, **kwargs: Any) -> None:
@@ -91,6 +96,8 @@ class EventTimeWindow(WindowEmitter):
         self._ready: list[Row] = []
         self._claims: dict[str, _Claim] = {}
         self._late_pending = True
+        self._pending: list[tuple[Commit, Any, int]] = []  # commits gathered: (commit, window, messages)
+        self._pending_since = 0.0
         self._due_at: float | None = None
         self._next_index = 0.0
         self.stats['late'] = 0
@@ -124,6 +131,7 @@ class EventTimeWindow(WindowEmitter):
             claimed = self._take(row)
             if claimed:
                 return True, (claimed,)
+        self._commit_pending()  # nothing more to run now: what ran is committed before the loop waits
         return False, ()
 
     def query(self, claimed=()):
@@ -194,7 +202,9 @@ class EventTimeWindow(WindowEmitter):
     def _take(self, row: Row) -> list[Message]:
         """Take ``row`` and claim all its messages; [] if another consumer has it, or not all are free yet."""
         token = uuid.uuid4().hex
-        closing = self.state.close(row, time.time(), self.lease, token)
+        # this consumer's windows awaiting their commit hold none of this row's messages (tumbling and count
+        # windows of a key never share one): the store need not read their claims
+        closing = self.state.close(row, time.time(), self.lease, token, [c.token for c, _, _ in self._pending])
         if closing.outcome != 'claimed' or not closing.messages:
             return []
         times = {i.id: (i.t, i.first if i.first is not None else i.t) for i in closing.items}
@@ -233,16 +243,36 @@ class EventTimeWindow(WindowEmitter):
             return
         done, back = self._needed_later(claim, qs)
         at_commit = getattr(window, '_record_at_commit', False)
-        count, window.id = self.state.commit(claim.row, qs[0].token, [m.id for m in done], [m.id for m in back],
-                                             self.commit_keep, None if at_commit else window.id,
-                                             list(window.data) if (self.keep and at_commit) else None)
         window._record_at_commit = False
-        if count < len(done):
-            logger.warning('minibatch: %d of %d messages of a window on %r were no longer held (lease expired); '
-                           'they may be delivered again', len(done) - count, len(done), self.stream_name)
-        window.processed = True
-        self.stats['committed'] += 1
-        self.stats['processed'] += count
+        commit = Commit(claim.row, qs[0].token, [m.id for m in done], [m.id for m in back], self.commit_keep,
+                        None if at_commit else window.id, list(window.data) if (self.keep and at_commit) else None)
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        self._pending.append((commit, window, len(done)))
+        # only tumbling and count windows wait: a hopping window's commit must see the one before done (see
+        # _needed_later), and a session's row may come to cover a committed session's time
+        if (not isinstance(self.spec.window, (Tumbling, Count)) or len(self._pending) >= self.COMMIT_BATCH
+                or time.monotonic() - self._pending_since >= min(self.COMMIT_WAIT, self.lease / 10)):
+            self._commit_pending()
+
+    def _commit_pending(self) -> None:
+        """Commit the windows gathered by :meth:`commit`, in one store call; then count them."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        results = self.runner.settle_call(self.state.commit_many, [commit for commit, _, _ in pending])
+        for (_, window, wanted), (count, window_id) in zip(pending, results):
+            window.id = window_id
+            if count < wanted:
+                logger.warning('minibatch: %d of %d messages of a window on %r were no longer held (lease '
+                               'expired); they may be delivered again', wanted - count, wanted, self.stream_name)
+            window.processed = True
+            self.stats['committed'] += 1
+            self.stats['processed'] += count
+
+    def flush(self):
+        self._commit_pending()
+        super().flush()
 
     def _needed_later(self, claim: _Claim, qs: list[Message]) -> tuple[list[Message], list[Message]]:
         """Split a hopping window's messages: those no other open window of the key needs, and the rest."""

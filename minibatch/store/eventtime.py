@@ -81,6 +81,18 @@ class Closing:
     items: list[Indexed] = dataclasses.field(default_factory=list)
 
 
+@dataclasses.dataclass(frozen=True)
+class Commit:
+    """The arguments of one :meth:`EventTimeState.commit`, for :meth:`EventTimeState.commit_many`."""
+    row: Row
+    token: str
+    done: Sequence[RecordId]
+    back: Sequence[RecordId]
+    keep: bool
+    window_id: RecordId | None
+    data: list[Any] | None
+
+
 #: ``decide(events, max_t, rows) -> Decision`` (minibatch.eventtime.assign.decide with the spec bound)
 Decide = Callable[[list[Any], 'float | None', dict[tuple[str, float, float], int]], Any]
 
@@ -171,8 +183,12 @@ class EventTimeState(abc.ABC):
         passed by more than the span: an event for them is late by the watermark alone.
         """
 
-    def close(self, row: Row, now: float, lease: float, token: str) -> Closing:
+    def close(self, row: Row, now: float, lease: float, token: str, disjoint: Sequence[str] = ()) -> Closing:
         """Take ``row`` (compare-and-set) and claim all its messages under ``token``, or none of them.
+
+        ``disjoint``: tokens of claims known to hold none of the row's messages
+        (this consumer's windows of the same tumbling spec awaiting their commit);
+        a store may leave them out of its checks.
 
         The default takes, reads the contents and claims with ``store.claim`` (a racing consumer
         that claimed some first makes it give them back); a store with transactions does it all
@@ -213,6 +229,15 @@ class EventTimeState(abc.ABC):
             self.store.unclaim(self.stream, token, back)
         self.done(row, done)
         return count, window_id
+
+    def commit_many(self, commits: Sequence[Commit]) -> list[tuple[int, RecordId]]:
+        """Commit several rows' windows, each as :meth:`commit` does; their ``(committed, window_id)`` in order.
+
+        For windows that share no message (tumbling, session, count windows). The
+        default commits one after another; a store with transactions does all in
+        one, so that pages their messages share are written once.
+        """
+        return [self.commit(c.row, c.token, c.done, c.back, c.keep, c.window_id, c.data) for c in commits]
 
     @abc.abstractmethod
     def rows(self, key: str, lo: float, hi: float) -> dict[tuple[float, float], int]:

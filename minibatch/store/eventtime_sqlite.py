@@ -20,8 +20,8 @@ from typing import Any
 
 from minibatch.store import sqlite_messages as lifecycle
 from minibatch.store.base import AVAILABLE, CLAIMED, DEAD, RETRY, Message, RecordId, Store
-from minibatch.store.eventtime import (DONE, NOT_YET, NOW, OPEN, TAKEN, Closing, Decide, EventTimeState, Indexed,
-                                      Row, busy_until)
+from minibatch.store.eventtime import (DONE, NOT_YET, NOW, OPEN, TAKEN, Closing, Commit, Decide, EventTimeState,
+                                      Indexed, Row, busy_until)
 from minibatch.store.sqlite_messages import chunks, marks
 from minibatch.store.sqlite_values import AVAILABLE_COLUMNS, MESSAGE_COLUMNS, available_messages_of, dumps, messages_of
 
@@ -218,21 +218,26 @@ class State(EventTimeState):
     # a claimed message is available in its row and held by a claim (see sqlite_messages): state and lease from it
     _CONTENTS = (f"SELECT e.msg, e.key, e.t, CASE WHEN cl.id IS NULL THEN b.state ELSE '{CLAIMED}' END,"
                  ' coalesce(cl.lease, b.lease), e.ws FROM et_events e JOIN buffer b ON b.id = e.msg'
-                 f' LEFT JOIN ({lifecycle.CLAIMED_LEASES}) AS cl ON cl.id = e.msg'
+                 ' LEFT JOIN ({claimed}) AS cl ON cl.id = e.msg'
                  ' WHERE e.spec = ? AND e.late = 0 AND e.key = ? AND e.t >= ? AND e.t < ? AND e.ws <= ?'
                  f' AND b.state IN {_IN_STREAM} ORDER BY e.t, e.msg')
 
-    def contents(self, row: Row) -> list[Indexed]:
-        rows = self.db.read(self._CONTENTS, (self.stream, self.spec, row.key, row.start, row.end, row.start))
+    def _contents(self, read: Callable[[str, Sequence[Any]], Iterable[Any]], row: Row,
+                  disjoint: Sequence[str] = ()) -> list[Indexed]:
+        claimed, params = lifecycle.claimed_ids_but(disjoint, lifecycle.CLAIMED_LEASES)
+        rows = read(self._CONTENTS.format(claimed=claimed),
+                    (self.stream, *params, self.spec, row.key, row.start, row.end, row.start))
         return [Indexed(r[0], r[1], r[2], r[3], r[4], first=r[5]) for r in rows]
 
-    def close(self, row: Row, now: float, lease: float, token: str) -> Closing:
+    def contents(self, row: Row) -> list[Indexed]:
+        return self._contents(self.db.read, row)
+
+    def close(self, row: Row, now: float, lease: float, token: str, disjoint: Sequence[str] = ()) -> Closing:
         """Take, read and claim in one transaction: no other consumer can claim in between."""
         def work(conn: sqlite3.Connection) -> tuple[Closing, list[Any]]:
             if not self._take(conn, row, now + lease):
                 return Closing('lost'), []
-            items = [Indexed(r[0], r[1], r[2], r[3], r[4], first=r[5]) for r in
-                     conn.execute(self._CONTENTS, (self.stream, self.spec, row.key, row.start, row.end, row.start))]
+            items = self._contents(conn.execute, row, disjoint)
             if not items:
                 self._done(conn, row, [], sweep=True)
                 return Closing('empty'), []
@@ -241,7 +246,8 @@ class State(EventTimeState):
                 conn.execute(f'UPDATE et_windows SET due = ? WHERE {_ROW}',
                              (busy_until(busy, now), self.spec, row.key, row.start, row.end))
                 return Closing('busy'), []
-            claimed = lifecycle.claim(conn, self.stream, [i.id for i in items], token, now + lease, MESSAGE_COLUMNS)
+            claimed = lifecycle.claim(conn, self.stream, [i.id for i in items], token, now + lease, MESSAGE_COLUMNS,
+                                      disjoint)
             return Closing('claimed', items=items), claimed
         closing, rows = self.db.write(work)
         closing.messages, bad = messages_of(rows)
@@ -254,24 +260,33 @@ class State(EventTimeState):
     def commit(self, row: Row, token: str, done: Sequence[RecordId], back: Sequence[RecordId], keep: bool,
                window_id: RecordId | None, data: list[Any] | None) -> tuple[int, RecordId]:
         """Messages, window record and row in one transaction: a window costs two writes, as a count window."""
-        data_json = '[]' if data is None else dumps(list(data))
+        return self.commit_many([Commit(row, token, done, back, keep, window_id, data)])[0]
 
-        def work(conn: sqlite3.Connection) -> tuple[int, RecordId]:
-            count = lifecycle.commit(conn, self.stream, token, done, keep)
-            wid = window_id
-            if wid is None:
-                wid = lifecycle.insert_window(conn, self.stream, time.time(), data_json, processed=True)
-            else:
-                lifecycle.mark_window(conn, wid)
-            if back:
-                lifecycle.unclaim(conn, self.stream, token, back)
-            self._done(conn, row, ())
-            return count, wid
-        result: tuple[int, RecordId] = self.db.write(work)
-        self._forgotten += done
+    def commit_many(self, commits: Sequence[Commit]) -> list[tuple[int, RecordId]]:
+        """All in one transaction: the pages their messages share (keys interleave) are written once."""
+        encoded = ['[]' if c.data is None else dumps(list(c.data)) for c in commits]
+
+        def work(conn: sqlite3.Connection) -> list[tuple[int, RecordId]]:
+            results = []
+            now = time.time()
+            for c, data_json in zip(commits, encoded):
+                count = lifecycle.commit(conn, self.stream, c.token, c.done, c.keep)
+                wid = c.window_id
+                if wid is None:
+                    wid = lifecycle.insert_window(conn, self.stream, now, data_json, processed=True)
+                else:
+                    lifecycle.mark_window(conn, wid)
+                if c.back:
+                    lifecycle.unclaim(conn, self.stream, c.token, c.back)
+                self._done(conn, c.row, ())
+                results.append((count, wid))
+            return results
+        results: list[tuple[int, RecordId]] = self.db.write(work)
+        for c in commits:
+            self._forgotten += c.done
         if len(self._forgotten) >= FORGET_BATCH or time.monotonic() >= self._next_forget:
             self.forget(self._forgotten)
-        return result
+        return results
 
     def reschedule(self, row: Row, due: float) -> None:
         self.db.write(lambda conn: conn.execute(

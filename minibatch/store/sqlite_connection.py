@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote
 
 from minibatch.errors import ConfigurationError, StoreUnavailable
-from minibatch.store.sqlite_transaction import LOCK_RETRIES, SoonQueue, Transactions, is_locked as _is_locked
+from minibatch.store.sqlite_transaction import SoonQueue, Transactions, is_locked as _is_locked, until_unlocked
 
 logger = logging.getLogger('minibatch.store.sqlite')
 
@@ -228,6 +228,8 @@ class Database(Transactions):
             conn.execute(f'PRAGMA synchronous={self.synchronous}')
             for pragma in TUNING:
                 conn.execute(pragma)
+            # no busy handler: waits for a lock are the store's own, in short steps (sqlite_transaction)
+            conn.execute('PRAGMA busy_timeout = 0')
             if not self._ready:
                 self._init_schema_once(conn)
         except sqlite3.Error as exc:
@@ -315,15 +317,9 @@ class Database(Transactions):
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """The rows of one query, outside any transaction (WAL: never blocked by the writer)."""
-        # fetchall() so that no statement stays open and pins an old WAL snapshot
-        for attempt in range(LOCK_RETRIES):
-            try:
-                return self.conn().execute(sql, params).fetchall()
-            except sqlite3.OperationalError as exc:
-                if not _is_locked(exc) or attempt == LOCK_RETRIES - 1:
-                    raise
-                time.sleep(0.05 * 2 ** attempt)
-        raise AssertionError('unreachable: the last try returns or raises')
+        # fetchall() so that no statement stays open and pins an old WAL snapshot; a reader is locked out only
+        # for a moment (another connection recovering the WAL after a crash, say): tried again up to the timeout
+        return until_unlocked(lambda: self.conn().execute(sql, params).fetchall(), self.timeout)
 
     def close(self) -> None:
         """Close this process's connections (another thread's too); the next use reconnects."""

@@ -38,6 +38,18 @@ CHUNK = 500  # ids per IN (...) list, well below SQLite's bound-parameter limit
 CLAIMED_IDS = 'SELECT j.value FROM claims AS c, json_each(c.ids) AS j WHERE c.stream = ?'
 #: (id, lease) of stream ``?``'s claimed messages, to join on
 CLAIMED_LEASES = 'SELECT j.value AS id, c.lease AS lease FROM claims AS c, json_each(c.ids) AS j WHERE c.stream = ?'
+
+
+def claimed_ids_but(tokens: Sequence[str], sql: str = CLAIMED_IDS) -> tuple[str, list[str]]:
+    """``sql`` (CLAIMED_IDS or CLAIMED_LEASES) without the claims of ``tokens``, and the parameters after the stream.
+
+    For a caller that knows those claims hold none of the ids it looks for: the
+    claims left out are not read (each is a JSON array of its ids).
+    """
+    if not tokens:
+        return sql, []
+    return f"{sql} AND c.token NOT IN ({marks(tokens)})", list(tokens)
+
 REQUEUE = (f"UPDATE buffer SET state = '{AVAILABLE}', processed = 0, attempts = 0, error = NULL,"
            ' claim = NULL, lease = NULL')
 PURGE = 'DELETE FROM buffer'
@@ -90,13 +102,18 @@ def let_go(conn: sqlite3.Connection, name: str, token: str | None, ids: Iterable
 
 
 def claim(conn: sqlite3.Connection, name: str, ids: Iterable[Any], token: str, until: float,
-          columns: str) -> list[Any]:
-    """Claim the available, unclaimed messages among ``ids``; return their ``columns`` (the id first)."""
+          columns: str, disjoint: Sequence[str] = ()) -> list[Any]:
+    """Claim the available, unclaimed messages among ``ids``; return their ``columns`` (the id first).
+
+    ``disjoint``: tokens of claims known to hold none of ``ids``, left out of the
+    check (it reads every claim of the stream otherwise).
+    """
     rows: list[Any] = []
+    others, params = claimed_ids_but(disjoint)
     for chunk in chunks(ids):
         rows += conn.execute(
             f"SELECT {columns} FROM buffer WHERE +stream = ? AND state = '{AVAILABLE}' AND id IN ({marks(chunk)})"
-            f' AND id NOT IN ({CLAIMED_IDS})', (name, *chunk, name)).fetchall()
+            f' AND id NOT IN ({others})', (name, *chunk, name, *params)).fetchall()
     if rows:
         hold(conn, name, token, until, [row[0] for row in rows])
     return rows

@@ -198,29 +198,28 @@ class Transactions:
         raise AssertionError('unreachable: the last try returns or raises')
 
     def _begin(self, conn: sqlite3.Connection) -> None:
-        """``BEGIN IMMEDIATE``, waiting for the write lock in short steps, for up to the busy timeout.
+        """``BEGIN IMMEDIATE``, waiting for the write lock in short steps (:func:`until_unlocked`)."""
+        until_unlocked(lambda: conn.execute('BEGIN IMMEDIATE'), self.timeout)
 
-        SQLite's own busy handler sleeps 1, 2, 5, 10... ms between tries, while a
-        write transaction here holds the lock for a fraction of a millisecond:
-        two processes taking turns (two consumer groups, competing consumers)
-        would spend more time asleep than the other holds the lock. So the
-        first try is made without the busy handler, and a locked one is tried
-        again after WAIT_FIRST s, the pause growing to WAIT_MAX s. Raises the
-        locked error once the busy timeout has passed.
-        """
-        conn.execute('PRAGMA busy_timeout = 0')
+
+def until_unlocked(attempt: Callable[[], _T], timeout: float) -> _T:
+    """``attempt()``, tried again while it fails as locked/busy, for up to ``timeout`` s; then the error is raised.
+
+    The embedded store's writable connections have no busy handler (busy_timeout
+    0, set when they open): SQLite's sleeps 1, 2, 5, 10... ms between tries,
+    while a write transaction here holds the lock for a fraction of a
+    millisecond, so two processes taking turns (two consumer groups, competing
+    consumers) would spend more time asleep than the other holds the lock.
+    Here a locked try is made again after WAIT_FIRST s, the pause growing to WAIT_MAX s.
+    """
+    pause, deadline = WAIT_FIRST, None
+    while True:
         try:
-            pause, deadline = WAIT_FIRST, None
-            while True:
-                try:
-                    conn.execute('BEGIN IMMEDIATE')
-                    return
-                except sqlite3.OperationalError as exc:
-                    now = time.monotonic()
-                    deadline = deadline or now + self.timeout
-                    if not is_locked(exc) or now >= deadline:
-                        raise
-                time.sleep(pause)
-                pause = min(pause * 1.5, WAIT_MAX)
-        finally:
-            conn.execute(f'PRAGMA busy_timeout = {int(self.timeout * 1000)}')
+            return attempt()
+        except sqlite3.OperationalError as exc:
+            now = time.monotonic()
+            deadline = deadline or now + timeout
+            if not is_locked(exc) or now >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 1.5, WAIT_MAX)
