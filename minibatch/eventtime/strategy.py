@@ -115,6 +115,8 @@ class EventTimeWindow(WindowEmitter):
     # -- the round --------------------------------------------------------
     def window_ready(self):
         self._due_at = None  # read again when the loop next asks (due_in), not every round
+        if self._pending and self._waited_enough():
+            self._commit_pending()
         now = time.monotonic()
         if not self._ready or now >= self._next_index:
             # while ready windows are queued, new messages are indexed every INDEX_EVERY seconds only
@@ -252,8 +254,12 @@ class EventTimeWindow(WindowEmitter):
         # only tumbling and count windows wait: a hopping window's commit must see the one before done (see
         # _needed_later), and a session's row may come to cover a committed session's time
         if (not isinstance(self.spec.window, (Tumbling, Count)) or len(self._pending) >= self.COMMIT_BATCH
-                or time.monotonic() - self._pending_since >= min(self.COMMIT_WAIT, self.lease / 10)):
+                or self._waited_enough()):
             self._commit_pending()
+
+    def _waited_enough(self) -> bool:
+        """Whether the oldest gathered commit has waited COMMIT_WAIT s (or a tenth of the lease, if less)."""
+        return time.monotonic() - self._pending_since >= min(self.COMMIT_WAIT, self.lease / 10)
 
     def _commit_pending(self) -> None:
         """Commit the windows gathered by :meth:`commit`, in one store call; then count them."""

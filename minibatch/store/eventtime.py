@@ -187,7 +187,7 @@ class EventTimeState(abc.ABC):
         """Take ``row`` (compare-and-set) and claim all its messages under ``token``, or none of them.
 
         ``disjoint``: tokens of claims known to hold none of the row's messages
-        (this consumer's windows of the same tumbling spec awaiting their commit);
+        (this consumer's tumbling or count windows of the spec awaiting their commit);
         a store may leave them out of its checks.
 
         The default takes, reads the contents and claims with ``store.claim`` (a racing consumer
@@ -233,7 +233,7 @@ class EventTimeState(abc.ABC):
     def commit_many(self, commits: Sequence[Commit]) -> list[tuple[int, RecordId]]:
         """Commit several rows' windows, each as :meth:`commit` does; their ``(committed, window_id)`` in order.
 
-        For windows that share no message (tumbling, session, count windows). The
+        For windows that share no message (tumbling and count windows). The
         default commits one after another; a store with transactions does all in
         one, so that pages their messages share are written once.
         """

@@ -30,6 +30,8 @@ from typing import Any, TypeVar
 
 from minibatch.errors import ConfigurationError
 
+logger = logging.getLogger('minibatch.store.sqlite')
+
 LOCK_RETRIES = 5
 #: the first and the longest pause (seconds) between tries to take the write lock (Transactions._begin)
 WAIT_FIRST, WAIT_MAX = 0.00005, 0.002
@@ -41,8 +43,6 @@ def is_locked(exc: BaseException) -> bool:
     text = str(exc).lower()
     return 'locked' in text or 'busy' in text
 
-
-logger = logging.getLogger('minibatch.store.sqlite')
 
 #: ``work(conn) -> result`` and ``then(result)``, called once the result is committed (None if the work failed)
 Work = Callable[[sqlite3.Connection], Any]
