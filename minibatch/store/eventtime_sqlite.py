@@ -78,6 +78,8 @@ CREATE TABLE IF NOT EXISTS et_keys (
 """
 _ready_paths: set[tuple[int, str]] = set()
 _ROW = 'spec = ? AND key = ? AND wstart = ? AND wend = ?'
+#: MESSAGE_COLUMNS but the id, of the buffer row ``b`` (the id is the event's ``e.msg``)
+_MESSAGE = ''.join(f', b.{column}' for column in MESSAGE_COLUMNS.split(', ')[1:])
 _IN_STREAM = f"('{AVAILABLE}', '{CLAIMED}', '{RETRY}')"
 
 
@@ -131,9 +133,14 @@ class State(EventTimeState):
         return messages
 
     def _fresh(self, conn: sqlite3.Connection, events: Sequence[Any]) -> list[Any]:
-        """The events not indexed yet (another consumer may have indexed the same batch)."""
+        """The events not indexed yet (another consumer may have indexed the same batch).
+
+        Every indexed id is at or below the spec's cursor (each index step moves the cursor
+        past what it indexed, in its transaction): only those below need a look-up.
+        """
+        (cursor,), = conn.execute('SELECT cursor FROM et_specs WHERE spec = ?', (self.spec,)).fetchall()
         known: set[int] = set()
-        for chunk in chunks([e.id for e in events]):
+        for chunk in chunks([e.id for e in events if e.id <= cursor]):
             known.update(row[0] for row in conn.execute(
                 f'SELECT msg FROM et_events WHERE spec = ? AND msg IN ({marks(chunk)})', (self.spec, *chunk)))
         return [e for e in events if e.id not in known]
@@ -216,28 +223,34 @@ class State(EventTimeState):
             (due, self.spec, row.key, row.start, row.end, row.state, row.due)).rowcount == 1)
 
     # a claimed message is available in its row and held by a claim (see sqlite_messages): state and lease from it
+    # (closing also reads the messages themselves: {message}, the columns of MESSAGE_COLUMNS after the id)
     _CONTENTS = (f"SELECT e.msg, e.key, e.t, CASE WHEN cl.id IS NULL THEN b.state ELSE '{CLAIMED}' END,"
-                 ' coalesce(cl.lease, b.lease), e.ws FROM et_events e JOIN buffer b ON b.id = e.msg'
+                 ' coalesce(cl.lease, b.lease), e.ws{message} FROM et_events e JOIN buffer b ON b.id = e.msg'
                  ' LEFT JOIN ({claimed}) AS cl ON cl.id = e.msg'
                  ' WHERE e.spec = ? AND e.late = 0 AND e.key = ? AND e.t >= ? AND e.t < ? AND e.ws <= ?'
                  f' AND b.state IN {_IN_STREAM} ORDER BY e.t, e.msg')
 
-    def _contents(self, read: Callable[[str, Sequence[Any]], Iterable[Any]], row: Row,
-                  disjoint: Sequence[str] = ()) -> list[Indexed]:
+    def _contents(self, read: Callable[[str, Sequence[Any]], Iterable[Any]], row: Row, disjoint: Sequence[str] = (),
+                  message: str = '') -> list[Any]:
+        """The rows of the contents query: :class:`Indexed` fields, then ``message`` columns when given."""
         claimed, params = lifecycle.claimed_ids_but(disjoint, lifecycle.CLAIMED_LEASES)
-        rows = read(self._CONTENTS.format(claimed=claimed),
-                    (self.stream, *params, self.spec, row.key, row.start, row.end, row.start))
-        return [Indexed(r[0], r[1], r[2], r[3], r[4], first=r[5]) for r in rows]
+        return list(read(self._CONTENTS.format(claimed=claimed, message=message),
+                         (self.stream, *params, self.spec, row.key, row.start, row.end, row.start)))
 
     def contents(self, row: Row) -> list[Indexed]:
-        return self._contents(self.db.read, row)
+        return [Indexed(r[0], r[1], r[2], r[3], r[4], first=r[5]) for r in self._contents(self.db.read, row)]
 
     def close(self, row: Row, now: float, lease: float, token: str, disjoint: Sequence[str] = ()) -> Closing:
-        """Take, read and claim in one transaction: no other consumer can claim in between."""
+        """Take, read and claim in one transaction: no other consumer can claim in between.
+
+        One query reads the row's events with their messages; once none is held or waiting
+        for a retry, they are claimed as read (the transaction keeps them so).
+        """
         def work(conn: sqlite3.Connection) -> tuple[Closing, list[Any]]:
             if not self._take(conn, row, now + lease):
                 return Closing('lost'), []
-            items = self._contents(conn.execute, row, disjoint)
+            rows = self._contents(conn.execute, row, disjoint, message=_MESSAGE)
+            items = [Indexed(r[0], r[1], r[2], r[3], r[4], first=r[5]) for r in rows]
             if not items:
                 self._done(conn, row, [], sweep=True)
                 return Closing('empty'), []
@@ -246,9 +259,8 @@ class State(EventTimeState):
                 conn.execute(f'UPDATE et_windows SET due = ? WHERE {_ROW}',
                              (busy_until(busy, now), self.spec, row.key, row.start, row.end))
                 return Closing('busy'), []
-            claimed = lifecycle.claim(conn, self.stream, [i.id for i in items], token, now + lease, MESSAGE_COLUMNS,
-                                      disjoint)
-            return Closing('claimed', items=items), claimed
+            lifecycle.hold(conn, self.stream, token, now + lease, sorted(item.id for item in items))
+            return Closing('claimed', items=items), [(r[0], *r[6:]) for r in rows]
         closing, rows = self.db.write(work)
         closing.messages, bad = messages_of(rows)
         if bad:  # a message whose data cannot be read is dead-lettered with the reason, as the store does
