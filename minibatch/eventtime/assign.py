@@ -104,11 +104,24 @@ def decide(spec: WindowSpec, grace: float, events: Iterable[Event], max_t: float
     it is updated in place with the decision.
     """
     decision = Decision(max_t=max_t)
+    tumbling = spec.size if isinstance(spec, Tumbling) else None
     for event in events:
-        closed = functools.partial(_closed, None if decision.max_t is None else decision.max_t - grace, rows)
-        if isinstance(spec, Session):
-            _session(spec, event, closed, rows, decision)
+        watermark = None if decision.max_t is None else decision.max_t - grace
+        if tumbling is not None:  # windows_of and _closed written out: the common case, once per event
+            start = math.floor(event.t / tumbling) * tumbling
+            row = (event.key, start, start + tumbling)
+            if (watermark is not None and row[2] <= watermark) or rows.get(row, OPEN) != OPEN:
+                decision.late.append((event, (start, row[2])))
+            else:
+                event.first = start
+                decision.on_time.append(event)
+                if row not in rows:
+                    rows[row] = OPEN
+                    decision.new_rows.add(row)
+        elif isinstance(spec, Session):
+            _session(spec, event, functools.partial(_closed, watermark, rows), rows, decision)
         else:
+            closed = functools.partial(_closed, watermark, rows)
             windows = windows_of(spec, event.t)
             open_ = [w for w in windows if not closed((event.key, *w))]
             if not open_:
@@ -121,7 +134,8 @@ def decide(spec: WindowSpec, grace: float, events: Iterable[Event], max_t: float
                     if row not in rows:
                         rows[row] = OPEN
                         decision.new_rows.add(row)
-        decision.max_t = event.t if decision.max_t is None else max(decision.max_t, event.t)
+        if decision.max_t is None or event.t > decision.max_t:
+            decision.max_t = event.t
     return decision
 
 

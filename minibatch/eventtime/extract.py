@@ -131,3 +131,49 @@ def _checked(epoch: float, source: Any) -> float:
     if not -62135596800.0 <= epoch <= 253402300799.0:
         raise EventReadError(f'event time {epoch!r} from {source!r} is out of range')
     return epoch
+
+
+def plain_reader(key: Any, time: Any, counting: bool = False) -> Callable[[Any], tuple[str, float] | None] | None:
+    """``fn(data) -> (key as JSON text, event time)`` for the plain case, or None when there is no plain case.
+
+    The plain case: ``key`` and ``time`` are field paths (``key`` may be None; with
+    ``counting`` no time is read: 0.0) and the message holds, through dicts, a ``str``
+    or ``int`` key and a number of epoch seconds in range. ``fn`` returns exactly what
+    :func:`key_reader` and :func:`time_reader` return then, without their checks and
+    calls, and None for any other message (a time that is a datetime or a string, a
+    field missing, ...): the full readers read it, or say why it cannot be read.
+    """
+    if not (key is None or isinstance(key, str)) or not (counting or isinstance(time, str)):
+        return None
+    key_parts = None if key is None else key.split('.')
+    time_parts = None if counting else str(time).split('.')
+
+    def at(data: Any, parts: list[str]) -> Any:
+        for part in parts:
+            if type(data) is not dict or part not in data:
+                return _MISSING
+            data = data[part]
+        return data
+
+    def read(data: Any) -> tuple[str, float] | None:
+        if key_parts is None:
+            text = 'null'
+        else:
+            value = at(data, key_parts)
+            if type(value) is str:
+                text = encode_basestring_ascii(value)
+            elif type(value) is int:
+                text = str(value)
+            else:
+                return None
+        if time_parts is None:
+            return text, 0.0
+        t = at(data, time_parts)
+        # NaN fails the range test: the full reader says why it is not a time
+        if (type(t) is float or type(t) is int) and -62135596800.0 <= t <= 253402300799.0:
+            return text, float(t)
+        return None
+    return read
+
+
+_MISSING = object()

@@ -31,7 +31,8 @@ from typing import Any
 from minibatch.emitter import WindowEmitter
 from minibatch.errors import ConfigurationError
 from minibatch.eventtime.assign import DONE, Event, assign_counts, decide, span, windows_of
-from minibatch.eventtime.extract import EventReadError, key_reader, key_value, time_reader, to_datetime
+from minibatch.eventtime.extract import (EventReadError, key_reader, key_value, plain_reader, time_reader,
+                                        to_datetime)
 from minibatch.eventtime.spec import Count, EventTimeSpec, Hopping, Session, Tumbling
 from minibatch.eventtime.window import EventWindow
 from minibatch.store.base import Message
@@ -91,6 +92,8 @@ class EventTimeWindow(WindowEmitter):
                                      '(key, window) and is retried and dead-lettered as a whole')
         self._key = key_reader(key)
         self._time = time_reader(time)
+        #: the plain case of key and time, read without making Messages (EventTimeState.unindexed_fields)
+        self._plain = plain_reader(key, time, counting=isinstance(self.spec.window, Count))
         self._decide = functools.partial(decide, self.spec.window, self.spec.grace)
         self._state: EventTimeState | None = None
         self._ready: list[Row] = []
@@ -154,11 +157,17 @@ class EventTimeWindow(WindowEmitter):
         """Record the key and event time of new messages (count windows: their number in the key)."""
         counting = isinstance(self.spec.window, Count)
         for _ in range(self.INDEX_ROUNDS):
-            messages = self.state.unindexed(self.INDEX_BATCH)
-            if not messages:
+            if self._plain is None:
+                items: list[Any] = list(self.state.unindexed(self.INDEX_BATCH))
+            else:
+                items = self.state.unindexed_fields(self.INDEX_BATCH, self._plain)
+            if not items:
                 return
             events, bad = [], []
-            for message in messages:
+            for message in items:
+                if type(message) is tuple:  # read by the store: (id, key, time)
+                    events.append(Event(*message))
+                    continue
                 try:
                     t = 0.0 if counting else self._time(message.data, message.created)
                     events.append(Event(message.id, self._key(message.data), t))
@@ -174,7 +183,7 @@ class EventTimeWindow(WindowEmitter):
                 if decision.late:
                     self._late_pending = True
                     self.stats['late'] += len(decision.late)
-            if len(messages) < self.INDEX_BATCH:
+            if len(items) < self.INDEX_BATCH:
                 return
 
     def _unreadable(self, bad: list[tuple[Message, str]]) -> None:

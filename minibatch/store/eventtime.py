@@ -55,7 +55,7 @@ class Row:
         return self.key, self.start, self.end
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)  # not frozen: made for every event of every window closed, at half the cost
 class Indexed:
     """An event as the index holds it: message id, key, event time, its state in the buffer and lease end."""
     id: RecordId
@@ -93,6 +93,8 @@ class Commit:
     data: list[Any] | None
 
 
+#: ``read(data) -> (key as JSON text, event time) or None`` (minibatch.eventtime.extract.plain_reader)
+PlainRead = Callable[[Any], 'tuple[str, float] | None']
 #: ``decide(events, max_t, rows) -> Decision`` (minibatch.eventtime.assign.decide with the spec bound)
 Decide = Callable[[list[Any], 'float | None', dict[tuple[str, float, float], int]], Any]
 
@@ -116,6 +118,20 @@ class EventTimeState(abc.ABC):
     @abc.abstractmethod
     def unindexed(self, limit: int) -> list[Message]:
         """Available messages of the stream not yet indexed for the spec, oldest first, at most ``limit``."""
+
+    def unindexed_fields(self, limit: int, read: PlainRead) -> list[Message | tuple[RecordId, str, float]]:
+        """As :meth:`unindexed`, with each message's data given to ``read`` first.
+
+        ``read(data)`` returns ``(key, time)`` (:func:`~minibatch.eventtime.extract.plain_reader`),
+        or None for a message it leaves to the caller's full readers. A message it read comes
+        as ``(id, key, time)``, any other as a :class:`Message`; arrival order, at most
+        ``limit`` items. A store may skip making the Messages that are not needed.
+        """
+        items: list[Message | tuple[RecordId, str, float]] = []
+        for message in self.unindexed(limit):
+            fields = read(message.data)
+            items.append(message if fields is None else (message.id, *fields))
+        return items
 
     @abc.abstractmethod
     def index(self, events: Sequence[Any], skipped: Sequence[RecordId], decide: Decide) -> Any:

@@ -154,8 +154,10 @@ class MongoStore(MongoCollections):
         if modified == len(ids) and len(known) == len(ids):
             claimed = [known[i] for i in ids]
         else:
-            # lost some to another consumer, or we lack the data: read back what is ours
-            claimed, bad = read(buffer, {'_id': {'$in': ids}, 'claim': token}, hint=BY_ID)
+            # lost some to another consumer, or we lack the data: read back what is ours. Not hinted, unlike
+            # the writes: no index but _id's can serve this query, and the wire server, told to use _id's,
+            # scans all of it for a find (3.7 s for 100 of 20,000 messages, against 16 ms unhinted)
+            claimed, bad = read(buffer, {'_id': {'$in': ids}, 'claim': token})
             if bad:
                 bury(buffer, name, bad, CLAIMED, token)
         for message in claimed:

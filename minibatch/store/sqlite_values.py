@@ -56,9 +56,21 @@ def to_datetime(value: float | None) -> datetime.datetime | None:
     last = _last_datetime  # one read of an immutable pair: safe across threads
     if value == last[0]:
         return last[1]
-    converted = datetime.datetime.fromtimestamp(value, datetime.timezone.utc).replace(tzinfo=None)
+    converted = _recent.get(value)
+    if converted is None:
+        converted = datetime.datetime.fromtimestamp(value, datetime.timezone.utc).replace(tzinfo=None)
+        if len(_recent) >= RECENT_DATETIMES:
+            _recent.clear()
+        _recent[value] = converted
     _last_datetime = (value, converted)
     return converted
+
+
+#: epoch -> datetime of recent conversions: a window of keyed events holds messages of many batches (each
+#: batch shares one time), read in turn by the windows of every key. Cleared when full (dict operations
+#: are atomic: safe across threads).
+RECENT_DATETIMES = 4096
+_recent: dict[float, datetime.datetime] = {}
 
 
 def _encode_default(value: object) -> dict[str, str]:
@@ -205,7 +217,7 @@ def message_of(row: Sequence[Any], data: Doc | None = None) -> Message:
                    state=state, attempts=attempts, error=error)
 
 
-def _decode_column(rows: Sequence[Sequence[Any]], column: int) -> list[tuple[Any, str | None]]:
+def decode_column(rows: Sequence[Sequence[Any]], column: int) -> list[tuple[Any, str | None]]:
     """``decode`` of every row's JSON in ``column``: one decoder call for all when none is tagged or bad."""
     texts = [row[column] for row in rows]
     if len(texts) > 1 and not any(_tagged(text) for text in texts):
@@ -216,19 +228,27 @@ def _decode_column(rows: Sequence[Sequence[Any]], column: int) -> list[tuple[Any
     return [decode(text) for text in texts]
 
 
+def _decoded(rows: Sequence[Sequence[Any]], column: int) -> tuple[Sequence[Sequence[Any]], list[tuple[Any, str | None]],
+                                                                list[tuple[RecordId, str]]]:
+    """``decode_column``, then the rows that decoded with their data, and ``(id, why)`` of the others."""
+    decoded = decode_column(rows, column)
+    bad = [(row[0], why) for row, (_, why) in zip(rows, decoded) if why is not None]
+    if bad:
+        rows = [row for row, (_, why) in zip(rows, decoded) if why is None]
+        decoded = [item for item in decoded if item[1] is None]
+    return rows, decoded, bad
+
+
 def messages_of(rows: Sequence[Sequence[Any]]) -> tuple[list[Message], list[tuple[RecordId, str]]]:
     """Messages of rows of MESSAGE_COLUMNS, their JSON decoded in one call.
 
     Returns the messages and ``(id, why)`` of the rows that cannot be decoded
     (left out: the caller dead-letters them).
     """
-    messages, bad = [], []
-    for row, (doc, why) in zip(rows, _decode_column(rows, 3)):
-        if why is None:
-            messages.append(message_of(row, doc))
-        else:
-            bad.append((row[0], why))
-    return messages, bad
+    rows, decoded, bad = _decoded(rows, 3)
+    # positional arguments, no call per message but the constructor's (as available_messages_of)
+    return [Message(id_, stream, to_datetime(created), doc, state, attempts, error)
+            for (id_, stream, created, _, state, attempts, error), (doc, _) in zip(rows, decoded)], bad
 
 
 def available_messages_of(name: str, rows: Sequence[Sequence[Any]]) -> tuple[list[Message], list[tuple[RecordId, str]]]:
@@ -239,11 +259,7 @@ def available_messages_of(name: str, rows: Sequence[Sequence[Any]]) -> tuple[lis
     Returns the messages and ``(id, why)`` of those that cannot be decoded
     (left out: the caller dead-letters them).
     """
-    decoded = _decode_column(rows, 2)
-    bad = [(row[0], why) for row, (_, why) in zip(rows, decoded) if why is not None]
-    if bad:
-        rows = [row for row, (_, why) in zip(rows, decoded) if why is None]
-        decoded = [item for item in decoded if item[1] is None]
+    rows, decoded, bad = _decoded(rows, 2)
     # positional arguments: half the cost of keywords, on the hot path (Message's field order)
     return [Message(id_, name, to_datetime(created), doc, AVAILABLE, attempts, error)
             for (id_, created, _, attempts, error), (doc, _) in zip(rows, decoded)], bad
