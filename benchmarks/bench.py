@@ -49,7 +49,8 @@ FULL = dict(append_one_n=2000, append_one_n_mongodb=1000, append_batch_n=20000, 
             scale_work_ms_mongodb=300.0, memory_n=100000, memory_n_mongodb=10000, memory_backlog=2000,
             async_n=100, async_delay=1.0,
             et_n=100000, et_keys=1000, et_n_mongodb=5000, et_keys_mongodb=50, et_memory_n=100000,
-            et_memory_keys=10000, et_memory_n_mongodb=2000, et_memory_keys_mongodb=200,
+            et_memory_keys=10000, et_memory_n_mongodb=2000, et_memory_keys_mongodb=200, et_repeats=3,
+            et_repeats_mongodb=1,
             groups_n=100000, groups_n_mongodb=1000, groups_append_n=20000, groups_append_n_mongodb=5000,
             groups_repeats=3, groups_append_repeats=5)
 # On the wire server a window costs the server (one Python process) ~0.2 s: a function must do more
@@ -60,7 +61,7 @@ QUICK = dict(append_one_n=100, append_batch_n=2000, batch=1000, append_repeats=1
              scale_work_ms_mongodb=20.0, memory_n=1000, memory_n_mongodb=500, memory_backlog=500,
              async_n=20, async_delay=0.5,
              et_n=10000, et_keys=100, et_n_mongodb=1000, et_keys_mongodb=10, et_memory_n=10000,
-             et_memory_keys=2000, et_memory_n_mongodb=500, et_memory_keys_mongodb=100,
+             et_memory_keys=2000, et_memory_n_mongodb=500, et_memory_keys_mongodb=100, et_repeats=1,
              groups_n=1000, groups_n_mongodb=300, groups_append_n=2000, groups_repeats=1, groups_append_repeats=2)
 
 
@@ -285,15 +286,24 @@ class Bench:
 
     def eventtime(self):
         """Keyed tumbling(60) windows (event times out of order by up to the grace) and size=100 count windows,
-        same number of messages, one after the other; then the RSS of a consumer through many keys."""
+        same number of messages, alternately ``et_repeats`` times, the best of each counting (as e2e_pair: a
+        single run of either moved by a third on this shared machine); then the RSS of a consumer through many
+        keys."""
         import eventtime
         import ours
         for store in self.stores:
             n, keys = self.param('et_n', store), self.param('et_keys', store)
-            r = self.attempt('eventtime', store, 'ours', lambda: eventtime.keyed_tumbling(self.url(store), n, keys))
-            r and self.record('eventtime', store, 'ours', f'tumbling(60), {keys:,} keys', r['rate'], 'msgs/s', **r)
-            r = self.attempt('eventtime', store, 'ours', lambda: ours.end_to_end(self.url(store), n, 'inline', 100))
-            r and self.record('eventtime', store, 'ours', 'size=100, inline', r['rate'], 'msgs/s', **r)
+            runs = {'keyed': [], 'count': []}
+            for _ in range(self.param('et_repeats', store)):
+                r = self.attempt('eventtime', store, 'ours', lambda: eventtime.keyed_tumbling(self.url(store), n, keys))
+                r and runs['keyed'].append(r)
+                r = self.attempt('eventtime', store, 'ours', lambda: ours.end_to_end(self.url(store), n, 'inline', 100))
+                r and runs['count'].append(r)
+            for kind, what in (('keyed', f'tumbling(60), {keys:,} keys'), ('count', 'size=100, inline')):
+                if runs[kind]:
+                    best = max(runs[kind], key=lambda r: r['rate'])
+                    self.record('eventtime', store, 'ours', what, best['rate'], 'msgs/s', **best,
+                                tries=[r['rate'] for r in runs[kind]])
             n, keys = self.param('et_memory_n', store), self.param('et_memory_keys', store)
             r = self.attempt('eventtime', store, 'ours',
                              lambda: eventtime.keyed_tumbling(self.url(store), n, keys, sample=True))

@@ -1,11 +1,18 @@
-"""Event-time window state in the embedded store: three tables beside the buffer, in the same file.
+"""Event-time window state in the embedded store: tables beside the buffer, in the same file.
 
-``et_specs`` (one row per spec: latest event time, late count, and the id up to
-which the buffer was indexed), ``et_events`` (per indexed message: key, event
-time, late flag) and ``et_windows`` (per (key, window): state and due time).
-Window contents are found by joining ``et_events`` to ``buffer``; each index
+``et_specs`` (one row per spec: its number ``sid``, latest event time, late
+count, and the id up to which the buffer was indexed), ``et_entries`` (per
+indexed message: key, event time, late flag), ``et_marks`` (which messages a
+spec indexed) and ``et_windows`` (per (key, window): state and due time).
+Window contents are found by joining ``et_entries`` to ``buffer``; each index
 step and each state change is one ``BEGIN IMMEDIATE`` transaction, so competing
 consumers see one order of events (SQLite serialises writers).
+
+The entries are kept in window order (spec, late, key, time, id): a window's
+events are one range, read and deleted together, where keys interleave in the
+stream. Looking up whether a message was indexed goes through ``et_marks``, kept
+in id order, eight bytes a message (files of earlier versions held both in one
+table, ``et_events``, keyed by id and indexed by window: it is moved over once).
 
 Buffer ids only increase, in commit order, so new messages are those above the
 spec's ``cursor``; a full anti-join (every ``RESCAN`` seconds) also finds
@@ -28,9 +35,9 @@ from minibatch.store.sqlite_values import (AVAILABLE_COLUMNS, MESSAGE_COLUMNS, a
 
 #: seconds between full scans for unindexed messages below the cursor
 RESCAN = 30.0
-#: index entries of committed messages are deleted in batches of this many (or after FORGET_EVERY seconds):
-#: a window's events lie on as many pages as it has events (keys interleave), one write for many windows
-#: touches each page once. Until then the join with the buffer hides them.
+#: the marks of committed messages are deleted in batches of this many (or after FORGET_EVERY seconds): a
+#: window's messages lie on as many pages of et_marks as it has events (keys interleave), one write for many
+#: windows touches each page once. (Their entries go in the commit: a window's entries are one range.)
 FORGET_BATCH = 5000
 FORGET_EVERY = 2.0
 
@@ -44,20 +51,25 @@ CREATE TABLE IF NOT EXISTS et_specs (
     max_t REAL,
     cursor INTEGER NOT NULL DEFAULT 0,
     late INTEGER NOT NULL DEFAULT 0,
-    born REAL  -- the stream's creation time: a stream deleted and made again starts afresh
+    born REAL,  -- the stream's creation time: a stream deleted and made again starts afresh
+    sid INTEGER  -- the spec's number in et_entries and et_marks (a byte or two, where the spec takes 21)
 );
 CREATE INDEX IF NOT EXISTS et_specs_stream ON et_specs (stream);
-CREATE TABLE IF NOT EXISTS et_events (
-    spec TEXT NOT NULL,
-    msg INTEGER NOT NULL,
+CREATE TABLE IF NOT EXISTS et_entries (
+    sid INTEGER NOT NULL,
+    late INTEGER NOT NULL,
     key TEXT NOT NULL,
     t REAL NOT NULL,
-    late INTEGER NOT NULL DEFAULT 0,
+    msg INTEGER NOT NULL,
     ws REAL,  -- late: the window missed, on time: the start of the first window it is in
     we REAL,
-    PRIMARY KEY (spec, msg)
+    PRIMARY KEY (sid, late, key, t, msg)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS et_events_window ON et_events (spec, late, key, t);
+CREATE TABLE IF NOT EXISTS et_marks (
+    msg INTEGER NOT NULL,
+    sid INTEGER NOT NULL,
+    PRIMARY KEY (msg, sid)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS et_windows (
     spec TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -79,15 +91,33 @@ CREATE TABLE IF NOT EXISTS et_keys (
 """
 _ready_paths: set[tuple[int, str]] = set()
 _ROW = 'spec = ? AND key = ? AND wstart = ? AND wend = ?'
+#: the on-time entries of a row: (sid, key, start, end)
+_RANGE = 'sid = ? AND late = 0 AND key = ? AND t >= ? AND t < ?'
 #: MESSAGE_COLUMNS but the id, of the buffer row ``b`` (the id is the event's ``e.msg``)
 _MESSAGE = ''.join(f', b.{column}' for column in MESSAGE_COLUMNS.split(', ')[1:])
 _IN_STREAM = f"('{AVAILABLE}', '{CLAIMED}', '{RETRY}')"
 
 
 def _schema(conn: sqlite3.Connection) -> None:
+    """Make the tables; in a file of an earlier version, number its specs and move ``et_events`` over."""
     for statement in SCHEMA.split(';'):
         if statement.strip():
             conn.execute(statement)
+    if 'sid' not in {row[1] for row in conn.execute('PRAGMA table_info(et_specs)')}:
+        conn.execute('ALTER TABLE et_specs ADD COLUMN sid INTEGER')
+    for (spec,) in conn.execute('SELECT spec FROM et_specs WHERE sid IS NULL').fetchall():
+        conn.execute(f'UPDATE et_specs SET sid = {_NEXT_SID} WHERE spec = ?', (spec,))
+    conn.execute('CREATE UNIQUE INDEX IF NOT EXISTS et_specs_sid ON et_specs (sid)')
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'et_events'").fetchone():
+        conn.execute('INSERT OR IGNORE INTO et_entries (sid, late, key, t, msg, ws, we) SELECT s.sid, e.late, e.key,'
+                     ' e.t, e.msg, e.ws, e.we FROM et_events e JOIN et_specs s ON s.spec = e.spec')
+        conn.execute('INSERT OR IGNORE INTO et_marks (msg, sid) SELECT e.msg, s.sid FROM et_events e'
+                     ' JOIN et_specs s ON s.spec = e.spec')
+        conn.execute('DROP TABLE et_events')
+
+
+#: the number a new spec gets
+_NEXT_SID = '(SELECT coalesce(max(sid), 0) + 1 FROM et_specs)'
 
 
 class State(EventTimeState):
@@ -101,18 +131,23 @@ class State(EventTimeState):
         self._forgotten: list[RecordId] = []
         self._next_forget = time.monotonic() + FORGET_EVERY
 
-        def create(conn: sqlite3.Connection) -> None:
+        def create(conn: sqlite3.Connection) -> int:
             _schema(conn)
             born = conn.execute('SELECT created FROM streams WHERE name = ?', (stream,)).fetchone()
             known = conn.execute('SELECT born FROM et_specs WHERE spec = ?', (spec,)).fetchone()
             if born and known and known[0] is not None and known[0] != born[0]:
                 _forget_specs(conn, [spec])  # the stream was deleted and made again: its old state is not ours
-            conn.execute('INSERT OR IGNORE INTO et_specs (spec, stream, describe, grace, span, born)'
-                         ' VALUES (?, ?, ?, ?, ?, ?)', (spec, stream, describe, grace, span, born and born[0]))
-            # entries a consumer that stopped or died had not deleted yet (see FORGET_BATCH)
-            conn.execute('DELETE FROM et_events WHERE spec = ? AND NOT EXISTS (SELECT 1 FROM buffer b WHERE'
-                         f' b.id = et_events.msg AND b.state IN {_IN_STREAM})', (spec,))
-        self.db.write(create)
+            conn.execute('INSERT OR IGNORE INTO et_specs (spec, stream, describe, grace, span, born, sid)'
+                         f' VALUES (?, ?, ?, ?, ?, ?, {_NEXT_SID})', (spec, stream, describe, grace, span,
+                                                                  born and born[0]))
+            (sid,), = conn.execute('SELECT sid FROM et_specs WHERE spec = ?', (spec,)).fetchall()
+            # entries and marks a consumer that stopped or died had not deleted yet (see FORGET_BATCH)
+            for table in ('et_entries', 'et_marks'):
+                conn.execute(f'DELETE FROM {table} WHERE sid = ? AND NOT EXISTS (SELECT 1 FROM buffer b WHERE'
+                             f' b.id = {table}.msg AND b.state IN {_IN_STREAM})', (sid,))
+            return int(sid)
+        #: the spec's number in et_entries and et_marks
+        self.sid: int = self.db.write(create)
 
     # -- indexing ---------------------------------------------------------
     def unindexed(self, limit: int) -> list[Message]:
@@ -149,13 +184,15 @@ class State(EventTimeState):
         if now >= self._next_rescan:
             self._next_rescan = now + RESCAN
             sql = (f'SELECT {AVAILABLE_COLUMNS} FROM buffer b WHERE stream = ? AND state = ? AND NOT EXISTS '
-                   '(SELECT 1 FROM et_events e WHERE e.spec = ? AND e.msg = b.id)'
+                   '(SELECT 1 FROM et_marks m WHERE m.msg = b.id AND m.sid = ?)'
                    f' AND id NOT IN ({lifecycle.CLAIMED_IDS}) ORDER BY id LIMIT ?')
+            spec: Any = self.sid
         else:
             sql = (f'SELECT {AVAILABLE_COLUMNS} FROM buffer WHERE stream = ? AND state = ? AND id > '
                    f'(SELECT cursor FROM et_specs WHERE spec = ?) AND id NOT IN ({lifecycle.CLAIMED_IDS})'
                    ' ORDER BY id LIMIT ?')
-        rows: list[Any] = self.db.read(sql, (self.stream, AVAILABLE, self.spec, self.stream, limit))
+            spec = self.spec
+        rows: list[Any] = self.db.read(sql, (self.stream, AVAILABLE, spec, self.stream, limit))
         return rows
 
     def _fresh(self, conn: sqlite3.Connection, events: Sequence[Any]) -> list[Any]:
@@ -168,7 +205,7 @@ class State(EventTimeState):
         known: set[int] = set()
         for chunk in chunks([e.id for e in events if e.id <= cursor]):
             known.update(row[0] for row in conn.execute(
-                f'SELECT msg FROM et_events WHERE spec = ? AND msg IN ({marks(chunk)})', (self.spec, *chunk)))
+                f'SELECT msg FROM et_marks WHERE msg IN ({marks(chunk)}) AND sid = ?', (*chunk, self.sid)))
         return [e for e in events if e.id not in known]
 
     def index_counted(self, events: Sequence[Any], skipped: Sequence[RecordId], size: int,
@@ -186,8 +223,7 @@ class State(EventTimeState):
             added = assign(size, fresh, next_of)
             conn.executemany('INSERT INTO et_keys (spec, key, next) VALUES (?, ?, ?) ON CONFLICT (spec, key)'
                              ' DO UPDATE SET next = excluded.next', [(self.spec, k, next_of[k]) for k in keys])
-            conn.executemany('INSERT INTO et_events (spec, msg, key, t, late, ws) VALUES (?, ?, ?, ?, 0, ?)',
-                             [(self.spec, e.id, e.key, e.t, e.first) for e in fresh])
+            self._record(conn, [(e, 0, e.first, None) for e in fresh])
             conn.executemany(f'INSERT INTO et_windows (spec, key, wstart, wend, state, due, n) VALUES'
                              f' (?, ?, ?, ?, {OPEN}, ?, ?) ON CONFLICT (spec, key, wstart, wend)'
                              ' DO UPDATE SET n = n + excluded.n',
@@ -220,14 +256,19 @@ class State(EventTimeState):
             conn.executemany(f'INSERT OR IGNORE INTO et_windows (spec, key, wstart, wend, state, due)'
                              f' VALUES (?, ?, ?, ?, {OPEN}, ?)',
                              [(self.spec, *row, row[2]) for row in decision.new_rows])
-            conn.executemany('INSERT OR IGNORE INTO et_events (spec, msg, key, t, late, ws, we)'
-                             ' VALUES (?, ?, ?, ?, ?, ?, ?)',
-                             [(self.spec, e.id, e.key, e.t, 0, e.first, None) for e in decision.on_time]
-                             + [(self.spec, e.id, e.key, e.t, 1, w[0], w[1]) for e, w in decision.late])
+            self._record(conn, [(e, 0, e.first, None) for e in decision.on_time]
+                         + [(e, 1, w[0], w[1]) for e, w in decision.late])
             conn.execute('UPDATE et_specs SET max_t = ?, cursor = max(cursor, ?), late = late + ? WHERE spec = ?',
                          (decision.max_t, upto, len(decision.late), self.spec))
             return decision
         return self.db.write(work)
+
+    def _record(self, conn: sqlite3.Connection, events: list[tuple[Any, int, float | None, float | None]]) -> None:
+        """Write the entries and marks of ``(event, late, ws, we)``: events not indexed yet (see _fresh)."""
+        sid = self.sid
+        conn.executemany('INSERT OR IGNORE INTO et_marks (msg, sid) VALUES (?, ?)', [(e.id, sid) for e, *_ in events])
+        conn.executemany('INSERT OR IGNORE INTO et_entries (sid, late, key, t, msg, ws, we) VALUES (?, ?, ?, ?, ?, ?, ?)',
+                         [(sid, late, e.key, e.t, e.id, ws, we) for e, late, ws, we in events])
 
     def max_time(self) -> float | None:
         rows = self.db.read('SELECT max_t FROM et_specs WHERE spec = ?', (self.spec,))
@@ -249,19 +290,23 @@ class State(EventTimeState):
             (due, self.spec, row.key, row.start, row.end, row.state, row.due)).rowcount == 1)
 
     # a claimed message is available in its row and held by a claim (see sqlite_messages): state and lease from it
-    # (closing also reads the messages themselves: {message}, the columns of MESSAGE_COLUMNS after the id)
-    _CONTENTS = (f"SELECT e.msg, e.key, e.t, CASE WHEN cl.id IS NULL THEN b.state ELSE '{CLAIMED}' END,"
-                 ' coalesce(cl.lease, b.lease), e.ws{message} FROM et_events e JOIN buffer b ON b.id = e.msg'
-                 ' LEFT JOIN ({claimed}) AS cl ON cl.id = e.msg'
-                 ' WHERE e.spec = ? AND e.late = 0 AND e.key = ? AND e.t >= ? AND e.t < ? AND e.ws <= ?'
+    # (closing also reads the messages themselves: {message}, the columns of MESSAGE_COLUMNS after the id). The
+    # claimed ids are looked up with IN, which SQLite answers from an index it builds once per query: joined, they
+    # were scanned once per event, and another consumer's waiting windows hold thousands of them.
+    _CONTENTS = ("WITH cl(id) AS ({claimed}) SELECT e.msg, e.key, e.t,"
+                 f" CASE WHEN e.msg IN cl THEN '{CLAIMED}' ELSE b.state END,"
+                 ' CASE WHEN e.msg IN cl THEN (SELECT max(c.lease) FROM claims AS c, json_each(c.ids) AS j'
+                 ' WHERE c.stream = b.stream AND j.value = e.msg) ELSE b.lease END,'
+                 ' e.ws{message} FROM et_entries e JOIN buffer b ON b.id = e.msg'
+                 ' WHERE e.sid = ? AND e.late = 0 AND e.key = ? AND e.t >= ? AND e.t < ? AND e.ws <= ?'
                  f' AND b.state IN {_IN_STREAM} ORDER BY e.t, e.msg')
 
     def _contents(self, read: Callable[[str, Sequence[Any]], Iterable[Any]], row: Row, disjoint: Sequence[str] = (),
                   message: str = '') -> list[Any]:
         """The rows of the contents query: :class:`Indexed` fields, then ``message`` columns when given."""
-        claimed, params = lifecycle.claimed_ids_but(disjoint, lifecycle.CLAIMED_LEASES)
+        claimed, params = lifecycle.claimed_ids_but(disjoint)
         return list(read(self._CONTENTS.format(claimed=claimed, message=message),
-                         (self.stream, *params, self.spec, row.key, row.start, row.end, row.start)))
+                         (self.stream, *params, self.sid, row.key, row.start, row.end, row.start)))
 
     def contents(self, row: Row) -> list[Indexed]:
         return [Indexed(r[0], r[1], r[2], r[3], r[4], first=r[5]) for r in self._contents(self.db.read, row)]
@@ -316,7 +361,7 @@ class State(EventTimeState):
                     lifecycle.mark_window(conn, wid)
                 if c.back:
                     lifecycle.unclaim(conn, self.stream, c.token, c.back)
-                self._done(conn, c.row, ())
+                self._done(conn, c.row, c.done, unmark=False)
                 results.append((count, wid))
             return results
         results: list[tuple[int, RecordId]] = self.db.write(work)
@@ -341,20 +386,25 @@ class State(EventTimeState):
     def done(self, row: Row, ids: Sequence[RecordId], sweep: bool = False) -> None:
         self.db.write(lambda conn: self._done(conn, row, ids, sweep))
 
-    def _done(self, conn: sqlite3.Connection, row: Row, ids: Sequence[RecordId], sweep: bool = False) -> None:
+    def _done(self, conn: sqlite3.Connection, row: Row, ids: Sequence[RecordId], sweep: bool = False,
+              unmark: bool = True) -> None:
+        """:meth:`done` in ``conn``'s transaction; ``unmark`` False: the marks of ``ids`` are left to :meth:`forget`."""
         if self.counting:  # nothing is late for count windows: a done row is not needed any more
             conn.execute(f'DELETE FROM et_windows WHERE {_ROW}', (self.spec, row.key, row.start, row.end))
         else:
             conn.execute(f'UPDATE et_windows SET state = {DONE}, due = wend WHERE {_ROW}',
                          (self.spec, row.key, row.start, row.end))
-        for chunk in chunks(ids):
-            conn.execute(f'DELETE FROM et_events WHERE spec = ? AND msg IN ({marks(chunk)})', (self.spec, *chunk))
+        window = (self.sid, row.key, row.start, row.end)
+        for chunk in chunks(ids):  # the row's entries are one range: ids only pick among them
+            conn.execute(f'DELETE FROM et_entries WHERE {_RANGE} AND msg IN ({marks(chunk)})', (*window, *chunk))
+        if unmark:
+            _unmark(conn, self.sid, ids)
         # dead letters leave the index (requeued, they are indexed again, as late events); with sweep, also
         # entries whose messages are gone (committed just before a crash): reads only, unless there are any
-        gone = (f'NOT EXISTS (SELECT 1 FROM buffer b WHERE b.id = et_events.msg AND b.state IN {_IN_STREAM})'
-                if sweep else f"EXISTS (SELECT 1 FROM buffer b WHERE b.id = et_events.msg AND b.state = '{DEAD}')")
-        conn.execute('DELETE FROM et_events WHERE spec = ? AND late = 0 AND key = ? AND t >= ? AND t < ? AND '
-                     + gone, (self.spec, row.key, row.start, row.end))
+        gone = (f'NOT EXISTS (SELECT 1 FROM buffer b WHERE b.id = et_entries.msg AND b.state IN {_IN_STREAM})'
+                if sweep else f"EXISTS (SELECT 1 FROM buffer b WHERE b.id = et_entries.msg AND b.state = '{DEAD}')")
+        left = conn.execute(f'DELETE FROM et_entries WHERE {_RANGE} AND {gone} RETURNING msg', window).fetchall()
+        _unmark(conn, self.sid, [msg for msg, in left])
         # rows the watermark passed by more than the span: late by the watermark alone
         conn.execute(f'DELETE FROM et_windows WHERE spec = ? AND state = {DONE} AND due <= '
                      '(SELECT max_t - grace - span FROM et_specs WHERE spec = ?)', (self.spec, self.spec))
@@ -367,9 +417,9 @@ class State(EventTimeState):
     # -- late events ------------------------------------------------------
     def late(self, limit: int) -> list[Indexed]:
         rows = self.db.read(
-            'SELECT e.msg, e.key, e.t, b.state, b.lease, e.ws, e.we FROM et_events e JOIN buffer b ON b.id = e.msg'
-            f' WHERE e.spec = ? AND e.late = 1 AND b.state = ? AND e.msg NOT IN ({lifecycle.CLAIMED_IDS})'
-            ' ORDER BY e.msg LIMIT ?', (self.spec, AVAILABLE, self.stream, limit))
+            'SELECT e.msg, e.key, e.t, b.state, b.lease, e.ws, e.we FROM et_entries e JOIN buffer b ON b.id = e.msg'
+            f' WHERE e.sid = ? AND e.late = 1 AND b.state = ? AND e.msg NOT IN ({lifecycle.CLAIMED_IDS})'
+            ' ORDER BY e.msg LIMIT ?', (self.sid, AVAILABLE, self.stream, limit))
         return [Indexed(r[0], r[1], r[2], r[3], r[4], window=(r[5], r[6])) for r in rows]
 
     def forget(self, ids: Sequence[RecordId]) -> None:
@@ -377,8 +427,10 @@ class State(EventTimeState):
         self._forgotten, self._next_forget = [], time.monotonic() + FORGET_EVERY
 
         def work(conn: sqlite3.Connection) -> None:
-            for chunk in chunks(ids):
-                conn.execute(f'DELETE FROM et_events WHERE spec = ? AND msg IN ({marks(chunk)})', (self.spec, *chunk))
+            for chunk in chunks(ids):  # late entries (on-time ones go with their window: _done)
+                conn.execute(f'DELETE FROM et_entries WHERE sid = ? AND late = 1 AND msg IN ({marks(chunk)})',
+                             (self.sid, *chunk))
+            _unmark(conn, self.sid, ids)
         if ids:
             self.db.write(work)
 
@@ -421,5 +473,14 @@ def forget_stream(store: Store, stream: str) -> None:
 
 
 def _forget_specs(conn: sqlite3.Connection, specs: list[str]) -> None:
-    for table in ('et_events', 'et_windows', 'et_keys', 'et_specs'):
+    sids = [(row[0],) for spec in specs for row in conn.execute('SELECT sid FROM et_specs WHERE spec = ?', (spec,))]
+    for table in ('et_entries', 'et_marks'):
+        conn.executemany(f'DELETE FROM {table} WHERE sid = ?', sids)
+    for table in ('et_windows', 'et_keys', 'et_specs'):
         conn.executemany(f'DELETE FROM {table} WHERE spec = ?', [(s,) for s in specs])
+
+
+def _unmark(conn: sqlite3.Connection, sid: int, ids: Sequence[RecordId]) -> None:
+    """Delete the marks of ``ids`` for spec ``sid`` (in id order: each page once)."""
+    for chunk in chunks(sorted(ids)):
+        conn.execute(f'DELETE FROM et_marks WHERE msg IN ({marks(chunk)}) AND sid = ?', (*chunk, sid))
