@@ -67,7 +67,7 @@ class EventTimeWindow(WindowEmitter):
     strict_options = True
     reads_groups_in_place = False  # its reads are its own (the state's index): a named group gets copies
     #: messages indexed per read; rounds index until a read comes back short, at most INDEX_ROUNDS reads
-    INDEX_BATCH = 20000
+    INDEX_BATCH = 5000
     INDEX_ROUNDS = 2
     #: while windows are ready, look for new messages this often (seconds); every round otherwise
     INDEX_EVERY = 0.05
