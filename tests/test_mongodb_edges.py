@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import uuid
 
 import bson
@@ -381,6 +383,34 @@ def test_an_unreadable_record_does_not_end_the_change_stream_watch(mongo_url):
     finally:
         waiter.close()
 
+
+
+def test_the_watch_wakes_for_an_append_while_other_writes_keep_the_collection_busy(mongo_url):
+    """The wire server ends a change stream's wait at every write to the collection: the watch then asks again
+    a little later (EARLY_PAUSE), and an append to its stream still wakes the consumer at once after that."""
+    store = get_store(mongo_url)
+    store.ensure_stream(S)
+    store.append('other', [{'i': i} for i in range(20)])
+    waiter = store.waiter(S)
+    stop = threading.Event()
+
+    def churn():
+        while not stop.is_set():
+            store._buffer().update_many({'stream': 'other'}, {'$inc': {'data.i': 1}})
+    thread = threading.Thread(target=churn, daemon=True)
+    try:
+        if not waiter.supported:
+            pytest.skip('this server has no change streams')
+        thread.start()
+        assert waiter.wait(1.0) is False, 'writes to another stream are not news'
+        store.append(S, [{'i': 1}])
+        asked = time.monotonic()
+        assert waiter.wait(10), 'woken by the append'
+        assert time.monotonic() - asked < 2.0
+    finally:
+        stop.set()
+        thread.join()
+        waiter.close()
 
 # -- event-time windows: messages an index built during an open append missed are still indexed ---------
 def test_a_batch_whose_append_is_open_as_the_first_event_time_consumer_starts_gets_indexed(mongo_url):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
@@ -32,6 +33,9 @@ class ChangeStreamWaiter(Waiter):
     #: how long the server holds each getMore of the change stream (an event ends it at once):
     #: bounds the queries of an idle consumer to one per this period
     MAX_AWAIT_MS = 3000
+    #: seconds before asking again when the server ended a wait early with nothing for us (see _watch):
+    #: at most this much later to wake, while other writes go on in the collection
+    EARLY_PAUSE = 0.05
     # push wake-ups until the server turns out to have no change streams (see _watch);
     # appends only: a retry or requeue coming due needs the consumer's own polls
     supported = True
@@ -54,8 +58,15 @@ class ChangeStreamWaiter(Waiter):
             try:
                 with self.store._buffer().watch(pipeline, max_await_time_ms=self.MAX_AWAIT_MS) as changes:
                     while not self._closed.is_set():
+                        asked = time.monotonic()
                         if changes.try_next() is not None:
                             self._event.set()
+                        elif time.monotonic() - asked < self.MAX_AWAIT_MS / 2000:
+                            # the server ended the wait for a change we do not watch (the MongoDB-wire test
+                            # server does, for every write to the collection, the consumer's own included):
+                            # ask again a little later, not at once, or a busy collection keeps the server
+                            # answering this thread (an append meanwhile waits in the change stream)
+                            self._closed.wait(self.EARLY_PAUSE)
             except OperationFailure as exc:
                 logger.info('minibatch: change streams unavailable on %s (%s); polling instead',
                             self.store.describe(), exc)
