@@ -218,11 +218,14 @@ class EventTimeWindow(WindowEmitter):
         closing = self.state.close(row, time.time(), self.lease, token, [c.token for c, _, _ in self._pending])
         if closing.outcome != 'claimed' or not closing.messages:
             return []
-        times = {i.id: (i.t, i.first if i.first is not None else i.t) for i in closing.items}
-        return self._hold(closing.messages, token, row, row.key, row.start, row.end, times)
+        # the events' times: to sort the messages, and for a hopping window's commit (_needed_later)
+        times = ({} if closing.ordered and not isinstance(self.spec.window, Hopping) else
+                 {i.id: (i.t, i.first if i.first is not None else i.t) for i in closing.items})
+        return self._hold(closing.messages, token, row, row.key, row.start, row.end, times, ordered=closing.ordered)
 
-    def _hold(self, claimed, token, row, key, start, end, times, late=False) -> list[Message]:
-        claimed.sort(key=lambda m: (times.get(m.id, (0.0,))[0], m.id))
+    def _hold(self, claimed, token, row, key, start, end, times, late=False, ordered=False) -> list[Message]:
+        if not ordered:
+            claimed.sort(key=lambda m: (times.get(m.id, (0.0,))[0], m.id))
         for message in claimed:
             message.token = token
         self._claims[token] = _Claim(row, key, start, end, times, late)

@@ -74,11 +74,13 @@ class Closing:
     ``outcome``: ``'claimed'`` (``messages`` are held under the token, ``items`` are the row's
     events), ``'lost'`` (another consumer took the row first), ``'empty'`` (nothing left to
     emit: marked done), ``'busy'`` (some of its messages are held or wait for a retry: due
-    again later).
+    again later). ``ordered``: ``messages`` are in the window's order already (event time,
+    then id), and need no sorting.
     """
     outcome: str
     messages: list[Message] = dataclasses.field(default_factory=list)
     items: list[Indexed] = dataclasses.field(default_factory=list)
+    ordered: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,8 +30,8 @@ from minibatch.store.base import AVAILABLE, CLAIMED, DEAD, RETRY, Message, Recor
 from minibatch.store.eventtime import (DONE, NOT_YET, NOW, OPEN, TAKEN, Closing, Commit, Decide, EventTimeState,
                                       Indexed, PlainRead, Row, busy_until)
 from minibatch.store.sqlite_messages import chunks, marks
-from minibatch.store.sqlite_values import (AVAILABLE_COLUMNS, MESSAGE_COLUMNS, available_messages_of, decode_column, dumps,
-                                           messages_of, to_datetime)
+from minibatch.store.sqlite_values import (AVAILABLE_COLUMNS, MESSAGE_COLUMNS, available_messages_of, decode_column,
+                                           dumps, messages_of, to_datetime)
 
 #: seconds between full scans for unindexed messages below the cursor
 RESCAN = 30.0
@@ -267,7 +267,8 @@ class State(EventTimeState):
         """Write the entries and marks of ``(event, late, ws, we)``: events not indexed yet (see _fresh)."""
         sid = self.sid
         conn.executemany('INSERT OR IGNORE INTO et_marks (msg, sid) VALUES (?, ?)', [(e.id, sid) for e, *_ in events])
-        conn.executemany('INSERT OR IGNORE INTO et_entries (sid, late, key, t, msg, ws, we) VALUES (?, ?, ?, ?, ?, ?, ?)',
+        conn.executemany('INSERT OR IGNORE INTO et_entries (sid, late, key, t, msg, ws, we)'
+                         ' VALUES (?, ?, ?, ?, ?, ?, ?)',
                          [(sid, late, e.key, e.t, e.id, ws, we) for e, late, ws, we in events])
 
     def max_time(self) -> float | None:
@@ -331,7 +332,8 @@ class State(EventTimeState):
                              (busy_until(busy, now), self.spec, row.key, row.start, row.end))
                 return Closing('busy'), []
             lifecycle.hold(conn, self.stream, token, now + lease, sorted(item.id for item in items))
-            return Closing('claimed', items=items), [(r[0], *r[6:]) for r in rows]
+            # the contents query's order (ORDER BY e.t, e.msg) is the window's
+            return Closing('claimed', items=items, ordered=True), [(r[0], *r[6:]) for r in rows]
         closing, rows = self.db.write(work)
         closing.messages, bad = messages_of(rows)
         if bad:  # a message whose data cannot be read is dead-lettered with the reason, as the store does
