@@ -89,7 +89,6 @@ CREATE TABLE IF NOT EXISTS et_keys (
     PRIMARY KEY (spec, key)
 ) WITHOUT ROWID;
 """
-_ready_paths: set[tuple[int, str]] = set()
 _ROW = 'spec = ? AND key = ? AND wstart = ? AND wend = ?'
 #: the on-time entries of a row: (sid, key, start, end)
 _RANGE = 'sid = ? AND late = 0 AND key = ? AND t >= ? AND t < ?'
@@ -370,7 +369,7 @@ class State(EventTimeState):
         for c in commits:
             self._forgotten += c.done
         if len(self._forgotten) >= FORGET_BATCH or time.monotonic() >= self._next_forget:
-            self.forget(self._forgotten)
+            self.forget([])
         return results
 
     def reschedule(self, row: Row, due: float) -> None:
@@ -425,15 +424,17 @@ class State(EventTimeState):
         return [Indexed(r[0], r[1], r[2], r[3], r[4], window=(r[5], r[6])) for r in rows]
 
     def forget(self, ids: Sequence[RecordId]) -> None:
-        ids = sorted(set(ids) | set(self._forgotten))  # in key order: each page is touched once
+        """As the contract says for late events' ``ids`` (an on-time entry goes with its window's commit);
+        also writes the marks of committed messages waiting for their batch (see FORGET_BATCH)."""
+        marked = sorted(set(ids) | set(self._forgotten))  # in id order: each page of et_marks is touched once
         self._forgotten, self._next_forget = [], time.monotonic() + FORGET_EVERY
 
         def work(conn: sqlite3.Connection) -> None:
-            for chunk in chunks(ids):  # late entries (on-time ones go with their window: _done)
+            for chunk in chunks(list(ids)):
                 conn.execute(f'DELETE FROM et_entries WHERE sid = ? AND late = 1 AND msg IN ({marks(chunk)})',
                              (self.sid, *chunk))
-            _unmark(conn, self.sid, ids)
-        if ids:
+            _unmark(conn, self.sid, marked)
+        if marked:
             self.db.write(work)
 
     def next_due(self, clock_lag: float | None) -> float | None:
